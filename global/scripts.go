@@ -1,0 +1,56 @@
+package global
+
+import (
+	_ "embed"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Algorithm selects a strict script.
+type Algorithm uint8
+
+// The strict algorithms, one Lua script each.
+const (
+	SlidingWindow Algorithm = iota // two-window weighted counter
+	SlidingLog                     // sorted set of timestamps, exact
+	FixedWindow                    // counter per aligned window
+	TokenBucket                    // GCRA, burst = limit
+	numAlgorithms
+)
+
+var (
+	//go:embed scripts/sliding_window.lua
+	slidingWindowLua string
+	//go:embed scripts/sliding_log.lua
+	slidingLogLua string
+	//go:embed scripts/fixed_window.lua
+	fixedWindowLua string
+	//go:embed scripts/token_bucket.lua
+	tokenBucketLua string
+)
+
+// scripts is indexed by Algorithm.
+var scripts = [numAlgorithms]*redis.Script{
+	SlidingWindow: redis.NewScript(slidingWindowLua),
+	SlidingLog:    redis.NewScript(slidingLogLua),
+	FixedWindow:   redis.NewScript(fixedWindowLua),
+	TokenBucket:   redis.NewScript(tokenBucketLua),
+}
+
+// keyCount is how many KEYS each script takes; all derive from one base key.
+var keyCount = [numAlgorithms]int{SlidingWindow: 1, SlidingLog: 2, FixedWindow: 1, TokenBucket: 1}
+
+// String returns the algorithm's name.
+func (a Algorithm) String() string {
+	switch a {
+	case SlidingWindow:
+		return "sliding_window"
+	case SlidingLog:
+		return "sliding_log"
+	case FixedWindow:
+		return "fixed_window"
+	case TokenBucket:
+		return "token_bucket"
+	}
+	return "unknown"
+}

@@ -1,0 +1,409 @@
+// Package ratelimit limits how many requests each user makes, across many
+// gateway instances that share one Redis (single node, sentinel or cluster).
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
+)
+
+// Errors that callers branch on with errors.Is. Returned errors wrap them
+// with the detail.
+var (
+	// ErrUnknownRule: the rule name passed to Allow is not configured.
+	ErrUnknownRule = errors.New("ratelimit: unknown rule")
+	// ErrInvalidKey: the user key is empty or longer than Config.MaxKeyBytes.
+	ErrInvalidKey = errors.New("ratelimit: invalid key")
+	// ErrInvalidArgument: a bad count, timestamp or configuration.
+	ErrInvalidArgument = errors.New("ratelimit: invalid argument")
+	// ErrClosed: the Limiter was closed.
+	ErrClosed = errors.New("ratelimit: limiter closed")
+)
+
+// Algorithm is how a rule counts. The zero value is SlidingWindow.
+type Algorithm uint8
+
+const (
+	// SlidingWindow weighs the previous fixed window's count by how much of
+	// it still overlaps the sliding window: estimate = prev·(1 − elapsed/W)
+	// + cur. Two counters per key; it assumes the previous window's
+	// requests were evenly spread, so it can admit somewhat more or less
+	// than an exact log would.
+	SlidingWindow Algorithm = iota
+	// SlidingLog keeps every admitted timestamp: exactly Limit in any
+	// window of length Window, at O(Limit) memory per key.
+	SlidingLog
+	// FixedWindow counts per aligned window [k·W, (k+1)·W): cheap, but up
+	// to 2·Limit can pass around a window boundary.
+	FixedWindow
+	// TokenBucket is GCRA: a bucket of Limit tokens refilled at Limit per
+	// Window. It allows bursts of Limit and then a steady Limit/Window; it
+	// is not "Limit per any window": up to 2·Limit can pass within one
+	// window (a full bucket, then its refill).
+	TokenBucket
+	numAlgorithms
+)
+
+// String returns the algorithm's name.
+func (a Algorithm) String() string { return global.Algorithm(a).String() }
+
+// Mode is where a rule's decisions are made.
+type Mode uint8
+
+const (
+	// Strict decides every request with one atomic Lua call on Redis:
+	// exact across instances, at one (coalesced) round trip per decision.
+	Strict Mode = iota + 1
+	// Local decides in this process only, with the same algorithms: no
+	// coordination across instances, no I/O.
+	Local
+	numModes
+)
+
+// defaultMode is what a Rule's zero Mode means.
+const defaultMode = Strict
+
+// String returns the mode's name.
+func (m Mode) String() string {
+	switch m {
+	case 0:
+		return "default(" + defaultMode.String() + ")"
+	case Strict:
+		return "strict"
+	case Local:
+		return "local"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// Rule is one limit: at most Limit requests per Window for each user.
+type Rule struct {
+	// Name identifies the rule in Allow calls and in Redis keys, e.g.
+	// "GET /v1/orders". Required and unique.
+	Name string
+	// Limit is the number of requests admitted per Window. Must be > 0.
+	Limit int64
+	// Window is the period of the limit; at least 1 ms, whole
+	// milliseconds. Limit × Window in ms must not exceed 2^50.
+	Window time.Duration
+	// Algorithm defaults to SlidingWindow.
+	Algorithm Algorithm
+	// Mode defaults to Strict.
+	Mode Mode
+}
+
+// Config configures a Limiter. The zero value of each field means its
+// default; New does not modify the Config.
+type Config struct {
+	// Redis is the shared store; required when any rule is Strict.
+	// A single node, failover or cluster client all work.
+	Redis redis.UniversalClient
+	// Rules are the limits. At least one.
+	Rules []Rule
+	// SyncInterval is the hybrid mode's flush period. Default 100 ms.
+	SyncInterval time.Duration
+	// Now is the clock for work not tied to a request (sync ticks,
+	// validating timestamps). Default time.Now. Decisions use the
+	// timestamp passed to Allow, never this clock.
+	Now func() time.Time
+	// KeyPrefix starts every Redis key. Default "rl". No braces.
+	KeyPrefix string
+	// MaxKeyBytes bounds the length of a user key. Default 512.
+	MaxKeyBytes int
+	// MaxSkew bounds how far a request's timestamp may lie from Now, in
+	// either direction, before Allow rejects it with ErrInvalidArgument.
+	// Default 5 minutes; negative disables the check.
+	MaxSkew time.Duration
+	// ServerTime makes strict scripts read the Redis server's clock (TIME)
+	// instead of the timestamp passed to Allow. Use it when gateway clocks
+	// are skewed: every instance then agrees on time, at the price of
+	// decisions that tests cannot replay and of ignoring the request's own
+	// time. The timestamp is still validated.
+	ServerTime bool
+	// Pipeline tunes how concurrent strict calls are coalesced.
+	Pipeline PipelineConfig
+}
+
+// PipelineConfig tunes the coalescing of concurrent strict calls into
+// Redis pipelines. The zero value means the defaults.
+type PipelineConfig struct {
+	// MaxBatch caps the calls in one pipeline. Default 256.
+	MaxBatch int
+	// MaxInFlight caps the pipelines under way at once. Default 8.
+	MaxInFlight int
+	// BatchDelay is how long a pipeline that is not full waits for more
+	// calls. Default 0: a lone call goes out at once, and calls that arrive
+	// while pipelines are in flight form the next one.
+	BatchDelay time.Duration
+}
+
+// Decision is the answer to Allow.
+type Decision struct {
+	// Allowed reports whether the request may proceed.
+	Allowed bool
+	// Limit is the rule's limit.
+	Limit int64
+	// Remaining is how many more requests would be admitted right now.
+	Remaining int64
+	// RetryAfter is, when not allowed, the wait after which a retry is
+	// admitted if no other traffic comes; 0 when allowed.
+	RetryAfter time.Duration
+	// ResetAfter is the wait until the user's usage fully resets.
+	ResetAfter time.Duration
+}
+
+// RetryAfterSeconds returns RetryAfter in whole seconds, rounded up: the
+// value of an HTTP Retry-After header.
+func (d Decision) RetryAfterSeconds() int {
+	return int((d.RetryAfter + time.Second - 1) / time.Second)
+}
+
+// Limiter decides whether requests may pass. It is safe for concurrent use.
+// Close it when done; it does not close the Redis client.
+type Limiter struct {
+	cfg   Config // defaults filled in
+	rules map[string]*rule
+	store *global.Store // nil when no rule needs Redis
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+}
+
+// rule is a validated Rule with its derived values.
+type rule struct {
+	Rule
+	window int64 // ms
+	algo   global.Algorithm
+	table  *local.Table[localState] // Local mode only
+}
+
+// New validates cfg and returns a Limiter. It loads the Lua scripts when
+// cfg.Redis is set, so an unreachable Redis fails here.
+func New(cfg Config) (*Limiter, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules))}
+	needRedis := false
+	for i, r := range cfg.Rules {
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("%w: rule %d (%q): %w", ErrInvalidArgument, i, r.Name, err)
+		}
+		if _, dup := l.rules[r.Name]; dup {
+			return nil, fmt.Errorf("%w: rule %d: duplicate name %q", ErrInvalidArgument, i, r.Name)
+		}
+		if r.Mode == 0 {
+			r.Mode = defaultMode
+		}
+		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm)}
+		switch r.Mode {
+		case Local:
+			rl.table = local.NewTable[localState](2 * rl.window)
+		case Strict:
+			needRedis = true
+		}
+		l.rules[r.Name] = rl
+	}
+	if needRedis {
+		if cfg.Redis == nil {
+			return nil, fmt.Errorf("%w: Config.Redis is nil but a rule needs Redis", ErrInvalidArgument)
+		}
+		l.store = global.NewStore(cfg.Redis, global.Options(cfg.Pipeline))
+		if err := l.store.Load(context.Background()); err != nil {
+			return nil, fmt.Errorf("ratelimit: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// fill validates the Limiter-wide fields and sets their defaults.
+func (c *Config) fill() error {
+	if len(c.Rules) == 0 {
+		return fmt.Errorf("%w: Config.Rules is empty", ErrInvalidArgument)
+	}
+	c.Rules = append([]Rule(nil), c.Rules...) // never alias the caller's slice
+	if c.SyncInterval == 0 {
+		c.SyncInterval = 100 * time.Millisecond
+	}
+	if c.SyncInterval < time.Millisecond {
+		return fmt.Errorf("%w: Config.SyncInterval %v is below 1ms", ErrInvalidArgument, c.SyncInterval)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = "rl"
+	}
+	if strings.ContainsAny(c.KeyPrefix, "{}") {
+		return fmt.Errorf("%w: Config.KeyPrefix %q contains a brace", ErrInvalidArgument, c.KeyPrefix)
+	}
+	if c.MaxKeyBytes == 0 {
+		c.MaxKeyBytes = 512
+	}
+	if c.MaxKeyBytes < 0 {
+		return fmt.Errorf("%w: Config.MaxKeyBytes %d is negative", ErrInvalidArgument, c.MaxKeyBytes)
+	}
+	if c.MaxSkew == 0 {
+		c.MaxSkew = 5 * time.Minute
+	}
+	if c.Pipeline.MaxBatch < 0 || c.Pipeline.MaxInFlight < 0 || c.Pipeline.BatchDelay < 0 {
+		return fmt.Errorf("%w: Config.Pipeline has a negative field", ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (r Rule) validate() error {
+	switch {
+	case r.Name == "":
+		return errors.New("Name is empty")
+	case r.Limit <= 0:
+		return fmt.Errorf("Limit %d is not positive", r.Limit)
+	case r.Window < time.Millisecond:
+		return fmt.Errorf("Window %v is below 1ms", r.Window)
+	case r.Window%time.Millisecond != 0:
+		return fmt.Errorf("Window %v is not a whole number of milliseconds", r.Window)
+	case r.Algorithm >= numAlgorithms:
+		return fmt.Errorf("Algorithm %d is unknown", r.Algorithm)
+	case r.Mode >= numModes:
+		return fmt.Errorf("Mode %d is unknown", r.Mode)
+	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
+		return fmt.Errorf("Limit %d × Window %v exceeds 2^50 ms", r.Limit, r.Window)
+	}
+	return nil
+}
+
+// Allow reports whether one request by user under the named rule, made at
+// now, may proceed. It is shorthand for AllowN(ctx, ruleName, user, now, 1).
+func (l *Limiter) Allow(ctx context.Context, ruleName, user string, now time.Time) (Decision, error) {
+	return l.AllowN(ctx, ruleName, user, now, 1)
+}
+
+// AllowN reports whether n requests by user under the named rule, made at
+// now, may proceed, and counts them if so: the check and the count are one
+// atomic step. Decisions use now, never the Limiter's clock. n must be
+// between 1 and the rule's Limit.
+func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Time, n int64) (Decision, error) {
+	if l.closed.Load() {
+		return Decision{}, ErrClosed
+	}
+	r, ok := l.rules[ruleName]
+	if !ok {
+		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
+	}
+	ms, err := l.check(r, user, now, n)
+	if err != nil {
+		return Decision{}, err
+	}
+	var res result
+	switch r.Mode {
+	case Local:
+		r.table.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
+	default:
+		g, err := l.store.Take(ctx, global.Request{
+			Algorithm:  r.algo,
+			Key:        global.Key(l.cfg.KeyPrefix, r.Name, user),
+			Now:        ms,
+			Window:     r.window,
+			Limit:      r.Limit,
+			N:          n,
+			ServerTime: l.cfg.ServerTime,
+		})
+		if err != nil {
+			if errors.Is(err, global.ErrClosed) {
+				return Decision{}, ErrClosed
+			}
+			return Decision{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+		}
+		res = result{allowed: g.Allowed, remaining: g.Remaining, retryAfter: g.RetryAfter, resetAfter: g.ResetAfter}
+	}
+	return res.decision(r.Limit), nil
+}
+
+// check validates a request's arguments and returns its time in ms.
+func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (int64, error) {
+	switch {
+	case user == "":
+		return 0, fmt.Errorf("%w: empty", ErrInvalidKey)
+	case len(user) > l.cfg.MaxKeyBytes:
+		return 0, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidKey, len(user), l.cfg.MaxKeyBytes)
+	case n <= 0:
+		return 0, fmt.Errorf("%w: n = %d, want ≥ 1", ErrInvalidArgument, n)
+	case n > r.Limit:
+		return 0, fmt.Errorf("%w: n = %d exceeds rule %q's limit %d and could never pass", ErrInvalidArgument, n, r.Name, r.Limit)
+	case now.IsZero():
+		return 0, fmt.Errorf("%w: zero timestamp", ErrInvalidArgument)
+	}
+	ms := now.UnixMilli()
+	if ms <= 0 {
+		return 0, fmt.Errorf("%w: timestamp %v is not after the epoch", ErrInvalidArgument, now)
+	}
+	if skew := l.cfg.MaxSkew; skew > 0 {
+		if d := now.Sub(l.cfg.Now()); d > skew || d < -skew {
+			return 0, fmt.Errorf("%w: timestamp %v is %v from the clock, more than MaxSkew %v", ErrInvalidArgument, now, d, skew)
+		}
+	}
+	return ms, nil
+}
+
+func (r result) decision(limit int64) Decision {
+	return Decision{
+		Allowed:    r.allowed,
+		Limit:      limit,
+		Remaining:  r.remaining,
+		RetryAfter: time.Duration(r.retryAfter) * time.Millisecond,
+		ResetAfter: time.Duration(r.resetAfter) * time.Millisecond,
+	}
+}
+
+// Sync runs one reconciliation with Redis now. Strict and local rules have
+// nothing to reconcile, so it returns nil for them.
+func (l *Limiter) Sync(ctx context.Context) error {
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close stops the Limiter: it waits for the Redis calls under way and makes
+// later calls return ErrClosed. It is idempotent and does not close
+// Config.Redis.
+func (l *Limiter) Close() error {
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		if l.store != nil {
+			l.store.Close()
+		}
+	})
+	return nil
+}
+
+// localState is one key's state under a Local rule; only the field of the
+// rule's algorithm is used.
+type localState struct {
+	sw  slidingWindow
+	fw  fixedWindow
+	tb  tokenBucket
+	log slidingLog
+}
+
+func (s *localState) take(a Algorithm, now, w, limit, n int64) result {
+	switch a {
+	case SlidingLog:
+		return s.log.take(now, w, limit, n)
+	case FixedWindow:
+		return s.fw.take(now, w, limit, n)
+	case TokenBucket:
+		return s.tb.take(now, w, limit, n)
+	}
+	return s.sw.take(now, w, limit, n)
+}

@@ -1,0 +1,419 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+)
+
+// base is the tests' fixed start instant.
+var base = time.UnixMilli(1_700_000_000_000)
+
+// TestScriptsMatchReference runs the same random histories through each Lua
+// script on Redis and through its Go form, and requires identical answers:
+// decision, remaining, retry-after and reset-after, to the millisecond.
+func TestScriptsMatchReference(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	store := global.NewStore(c, global.Options{})
+	defer store.Close()
+	ctx := context.Background()
+
+	for _, a := range allAlgorithms {
+		for _, cfg := range []struct{ w, limit int64 }{{1000, 1}, {1000, 10}, {60_000, 100}, {7, 3}, {100, 1000}, {1 << 20, 1 << 30}} {
+			t.Run(fmt.Sprintf("%v/w=%d/limit=%d", a, cfg.w, cfg.limit), func(t *testing.T) {
+				if a == SlidingLog && cfg.limit > 1000 {
+					t.Skip("sliding log keeps one member per request")
+				}
+				rng := rand.New(rand.NewPCG(uint64(cfg.w), uint64(cfg.limit)))
+				key := global.Key(prefix, t.Name(), "user")
+				ref := newTaker(a)
+				now := base.UnixMilli()
+				for i := range 400 {
+					switch rng.IntN(10) {
+					case 0: // an older timestamp
+						now -= rng.Int64N(cfg.w + 1)
+					case 1: // a long pause
+						now += rng.Int64N(3 * cfg.w)
+					default:
+						now += rng.Int64N(cfg.w/8 + 1)
+					}
+					n := 1 + rng.Int64N(min(cfg.limit, 5))
+					want := ref.take(now, cfg.w, cfg.limit, n)
+					got, err := store.Take(ctx, global.Request{
+						Algorithm: global.Algorithm(a), Key: key, Now: now, Window: cfg.w, Limit: cfg.limit, N: n,
+					})
+					require.NoError(t, err)
+					if got.Allowed != want.allowed || got.Remaining != want.remaining ||
+						got.RetryAfter != want.retryAfter || got.ResetAfter != want.resetAfter {
+						t.Fatalf("step %d (now=%d n=%d): script = %+v, reference = %+v", i, now, n, got, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// newStrict returns a strict Limiter on c with one rule, and closes it with
+// the test.
+func newStrict(t *testing.T, c redis.UniversalClient, prefix string, r Rule) *Limiter {
+	t.Helper()
+	r.Mode = Strict
+	l, err := New(Config{Redis: c, Rules: []Rule{r}, KeyPrefix: prefix, Now: fixedClock(base)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, l.Close()) })
+	return l
+}
+
+// TestRetryAfterOnRedis: after a denial at t, a retry at t+RetryAfter−1 ms
+// is denied and one at t+RetryAfter is admitted, for every algorithm.
+func TestRetryAfterOnRedis(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	for _, a := range allAlgorithms {
+		t.Run(a.String(), func(t *testing.T) {
+			r := Rule{Name: "r-" + a.String(), Limit: 5, Window: time.Second, Algorithm: a}
+			l := newStrict(t, c, prefix, r)
+			now := base.Add(250 * time.Millisecond)
+			denials := 0
+			for i := range 40 {
+				now = now.Add(37 * time.Millisecond)
+				d, err := l.Allow(ctx, r.Name, "u", now)
+				require.NoError(t, err)
+				require.Equal(t, int64(5), d.Limit)
+				if d.Allowed {
+					require.Zero(t, d.RetryAfter)
+					continue
+				}
+				denials++
+				require.Positive(t, d.RetryAfter, "step %d", i)
+				early, err := l.Allow(ctx, r.Name, "u", now.Add(d.RetryAfter-time.Millisecond))
+				require.NoError(t, err)
+				require.False(t, early.Allowed, "step %d: retry 1 ms early was admitted", i)
+				now = now.Add(d.RetryAfter)
+				onTime, err := l.Allow(ctx, r.Name, "u", now)
+				require.NoError(t, err)
+				require.True(t, onTime.Allowed, "step %d: retry after %v was denied", i, d.RetryAfter)
+			}
+			require.Greater(t, denials, 3, "the history must exercise denials")
+		})
+	}
+}
+
+// TestConcurrentInstances: 8 Limiters, each with its own client, 32
+// goroutines each, one user at one instant. The exact algorithms admit
+// exactly Limit; the sliding window admits exactly what approx.go computes
+// with 600 requests counted in the previous window.
+func TestConcurrentInstances(t *testing.T) {
+	const (
+		instances  = 8
+		goroutines = 32
+		attempts   = 8 // per goroutine: 2048 in all
+		limit      = 1000
+		prevCount  = 600
+	)
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	w := time.Second
+	// now is 400 ms into its window: prev weighs 0.6.
+	now := time.UnixMilli((base.UnixMilli()/1000+1)*1000 + 400)
+
+	for _, a := range allAlgorithms {
+		t.Run(a.String(), func(t *testing.T) {
+			rule := Rule{Name: "conc-" + a.String(), Limit: limit, Window: w, Algorithm: a, Mode: Strict}
+			want := int64(limit)
+			if a == SlidingWindow {
+				// Fill the previous window, then compute the reference.
+				l := newStrict(t, c, prefix, rule)
+				_, err := l.AllowN(ctx, rule.Name, "hot", now.Add(-w), prevCount)
+				require.NoError(t, err)
+				ref := slidingWindow{}
+				ref.take(now.Add(-w).UnixMilli(), 1000, limit, prevCount)
+				want = 0
+				for ref.take(now.UnixMilli(), 1000, limit, 1).allowed {
+					want++
+				}
+				require.Equal(t, int64(limit-prevCount*6/10), want)
+			}
+			var admitted atomic.Int64
+			var wg sync.WaitGroup
+			for range instances {
+				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
+				defer cl.Close()
+				l := newStrict(t, cl, prefix, rule)
+				for range goroutines {
+					wg.Go(func() {
+						for range attempts {
+							d, err := l.Allow(ctx, rule.Name, "hot", now)
+							if err != nil {
+								t.Error(err)
+								return
+							}
+							if d.Allowed {
+								admitted.Add(1)
+							}
+						}
+					})
+				}
+			}
+			wg.Wait()
+			require.Equal(t, want, admitted.Load())
+		})
+	}
+}
+
+// TestKeysExpire: every key written carries a TTL of at most two windows,
+// and is gone two windows after its last use.
+func TestKeysExpire(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	const w = 150 * time.Millisecond
+	var rules []Rule
+	for _, a := range allAlgorithms {
+		rules = append(rules, Rule{Name: "exp-" + a.String(), Limit: 3, Window: w, Algorithm: a, Mode: Strict})
+	}
+	l, err := New(Config{Redis: c, Rules: rules, KeyPrefix: prefix})
+	require.NoError(t, err)
+	defer l.Close()
+	for _, r := range rules {
+		for range 5 {
+			_, err := l.Allow(ctx, r.Name, "user", time.Now())
+			require.NoError(t, err)
+		}
+	}
+	keys, err := c.Keys(ctx, prefix+":*").Result()
+	require.NoError(t, err)
+	require.Len(t, keys, 5, "one key per algorithm, two for the sliding log: %v", keys)
+	for _, k := range keys {
+		ttl, err := c.PTTL(ctx, k).Result()
+		require.NoError(t, err)
+		require.True(t, ttl > 0 && ttl <= 2*w, "key %s has TTL %v, want in (0, %v]", k, ttl, 2*w)
+	}
+	time.Sleep(2*w + 50*time.Millisecond)
+	n, err := c.Exists(ctx, keys...).Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "keys still present two windows after their last use")
+}
+
+// TestNoScriptFallback: after SCRIPT FLUSH the scripts run again through
+// EVAL, alone and in pipelines.
+func TestNoScriptFallback(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	r := Rule{Name: "flush", Limit: 100, Window: time.Minute}
+	l := newStrict(t, c, prefix, r)
+	require.NoError(t, c.ScriptFlush(ctx).Err())
+	d, err := l.Allow(ctx, r.Name, "u", base)
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	require.NoError(t, c.ScriptFlush(ctx).Err())
+	var wg sync.WaitGroup
+	var admitted atomic.Int64
+	for range 50 {
+		wg.Go(func() {
+			d, err := l.Allow(ctx, r.Name, "u", base)
+			if err != nil {
+				t.Error(err)
+			} else if d.Allowed {
+				admitted.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int64(50), admitted.Load())
+}
+
+// TestServerTime: with ServerTime the script's clock is Redis's, not the
+// request's: a request stamped in the past still lands in the current
+// window of the server.
+func TestServerTime(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	r := Rule{Name: "srv", Limit: 1, Window: time.Hour, Algorithm: FixedWindow, Mode: Strict}
+	stale := time.Now().Add(-24 * time.Hour)
+	l, err := New(Config{Redis: c, Rules: []Rule{r}, KeyPrefix: prefix, ServerTime: true, MaxSkew: -1})
+	require.NoError(t, err)
+	defer l.Close()
+	_, err = l.Allow(ctx, r.Name, "u", stale)
+	require.NoError(t, err)
+	d, err := l.Allow(ctx, r.Name, "u", stale)
+	require.NoError(t, err)
+	require.False(t, d.Allowed)
+	srv, err := c.Time(ctx).Result()
+	require.NoError(t, err)
+	want := srv.Truncate(time.Hour).Add(time.Hour).Sub(srv)
+	require.InDelta(t, want.Seconds(), d.RetryAfter.Seconds(), 2, "retry should run to the end of the server's hour")
+}
+
+// TestKeyLayout: every key of a user carries the user as its hash tag, even
+// when the user or rule contains braces.
+func TestKeyLayout(t *testing.T) {
+	for _, tc := range []struct{ rule, user, want string }{
+		{"GET /v1/orders", "alice", "rl:{alice}:GET /v1/orders"},
+		{"GET /v1/orders/{id}", "}bob{", "rl:{%7Dbob%7B}:GET /v1/orders/%7Bid%7D"},
+		{"r", "100%", "rl:{100%25}:r"},
+	} {
+		if got := global.Key("rl", tc.rule, tc.user); got != tc.want {
+			t.Errorf("Key(rl, %q, %q) = %q, want %q", tc.rule, tc.user, got, tc.want)
+		}
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	ok := Rule{Name: "ok", Limit: 1, Window: time.Second}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // in the error text
+	}{
+		{"no rules", Config{}, "Rules is empty"},
+		{"zero limit", Config{Rules: []Rule{{Name: "a", Limit: 0, Window: time.Second, Mode: Local}}}, `rule 0 ("a"): Limit 0`},
+		{"negative limit", Config{Rules: []Rule{{Name: "a", Limit: -5, Window: time.Second, Mode: Local}}}, "Limit -5"},
+		{"zero window", Config{Rules: []Rule{{Name: "a", Limit: 1, Mode: Local}}}, "Window 0s is below 1ms"},
+		{"sub-ms window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Microsecond, Mode: Local}}}, "below 1ms"},
+		{"fractional ms window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: 1500 * time.Microsecond, Mode: Local}}}, "whole number"},
+		{"empty name", Config{Rules: []Rule{{Limit: 1, Window: time.Second, Mode: Local}}}, "Name is empty"},
+		{"duplicate", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: Local}, {Name: "a", Limit: 2, Window: time.Second, Mode: Local}}}, `duplicate name "a"`},
+		{"bad algorithm", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Algorithm: 9, Mode: Local}}}, "Algorithm 9"},
+		{"bad mode", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: 9}}}, "Mode 9"},
+		{"huge product", Config{Rules: []Rule{{Name: "a", Limit: 1 << 40, Window: time.Hour, Mode: Local}}}, "exceeds 2^50"},
+		{"strict without redis", Config{Rules: []Rule{ok}}, "Config.Redis is nil"},
+		{"brace prefix", Config{Rules: []Rule{ok}, KeyPrefix: "a{b"}, "KeyPrefix"},
+		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
+		{"tiny sync", Config{Rules: []Rule{ok}, SyncInterval: time.Microsecond}, "SyncInterval"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := New(tc.cfg)
+			require.Nil(t, l)
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			require.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+// TestNewDoesNotMutateConfig: New leaves the caller's Config and Rules as
+// they were.
+func TestNewDoesNotMutateConfig(t *testing.T) {
+	rules := []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: Local}, {Name: "b", Limit: 1, Window: time.Second, Mode: Local}}
+	cfg := Config{Rules: rules}
+	l, err := New(cfg)
+	require.NoError(t, err)
+	defer l.Close()
+	require.Zero(t, cfg.SyncInterval)
+	require.Equal(t, Mode(Local), rules[0].Mode)
+	require.Equal(t, "", cfg.KeyPrefix)
+}
+
+// suite runs the argument checks against one rule of every mode.
+func TestAllowRejectsBadInput(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	for _, mode := range []Mode{Strict, Local} {
+		t.Run(mode.String(), func(t *testing.T) {
+			l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), MaxKeyBytes: 16,
+				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
+			require.NoError(t, err)
+			defer l.Close()
+			for _, tc := range []struct {
+				name string
+				rule string
+				user string
+				now  time.Time
+				n    int64
+				want error
+			}{
+				{"unknown rule", "nope", "u", base, 1, ErrUnknownRule},
+				{"empty key", "r", "", base, 1, ErrInvalidKey},
+				{"huge key", "r", strings.Repeat("x", 17), base, 1, ErrInvalidKey},
+				{"zero n", "r", "u", base, 0, ErrInvalidArgument},
+				{"negative n", "r", "u", base, -3, ErrInvalidArgument},
+				{"n over limit", "r", "u", base, 11, ErrInvalidArgument},
+				{"zero time", "r", "u", time.Time{}, 1, ErrInvalidArgument},
+				{"before epoch", "r", "u", time.UnixMilli(-5), 1, ErrInvalidArgument},
+				{"far past", "r", "u", base.Add(-time.Hour), 1, ErrInvalidArgument},
+				{"far future", "r", "u", base.Add(time.Hour), 1, ErrInvalidArgument},
+			} {
+				d, err := l.AllowN(ctx, tc.rule, tc.user, tc.now, tc.n)
+				require.ErrorIs(t, err, tc.want, tc.name)
+				require.False(t, d.Allowed, tc.name)
+			}
+			// The boundary itself is fine: 16 bytes, skew of exactly 5 minutes.
+			_, err = l.Allow(ctx, "r", strings.Repeat("x", 16), base.Add(5*time.Minute))
+			require.NoError(t, err)
+			require.NoError(t, l.Close())
+			_, err = l.Allow(ctx, "r", "u", base)
+			require.ErrorIs(t, err, ErrClosed)
+			require.ErrorIs(t, l.Sync(ctx), ErrClosed)
+			require.NoError(t, l.Close(), "Close is idempotent")
+		})
+	}
+}
+
+// TestLocalModeMatchesStrict: the local mode is the same algorithm in
+// process: fed the same single-instance history it decides as Redis does.
+func TestLocalModeMatchesStrict(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	for _, a := range allAlgorithms {
+		t.Run(a.String(), func(t *testing.T) {
+			r := Rule{Name: "lm-" + a.String(), Limit: 20, Window: 500 * time.Millisecond, Algorithm: a}
+			strict := newStrict(t, c, prefix, r)
+			r.Mode = Local
+			loc, err := New(Config{Rules: []Rule{r}, Now: fixedClock(base)})
+			require.NoError(t, err)
+			defer loc.Close()
+			rng := rand.New(rand.NewPCG(1, 2))
+			now := base
+			for i := range 300 {
+				now = now.Add(time.Duration(rng.IntN(40)) * time.Millisecond)
+				n := 1 + rng.Int64N(3)
+				ds, err := strict.AllowN(ctx, r.Name, "u", now, n)
+				require.NoError(t, err)
+				dl, err := loc.AllowN(ctx, r.Name, "u", now, n)
+				require.NoError(t, err)
+				require.Equal(t, ds, dl, "step %d", i)
+			}
+		})
+	}
+}
+
+func TestRetryAfterSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want int
+	}{{0, 0}, {time.Millisecond, 1}, {time.Second, 1}, {time.Second + time.Millisecond, 2}, {59500 * time.Millisecond, 60}} {
+		if got := (Decision{RetryAfter: tc.d}).RetryAfterSeconds(); got != tc.want {
+			t.Errorf("Decision{RetryAfter: %v}.RetryAfterSeconds() = %d, want %d", tc.d, got, tc.want)
+		}
+	}
+}
+
+// TestErrorsAreDistinct guards the sentinels' identities.
+func TestErrorsAreDistinct(t *testing.T) {
+	errs := []error{ErrUnknownRule, ErrInvalidKey, ErrInvalidArgument, ErrClosed}
+	for i, a := range errs {
+		for j, b := range errs {
+			if (i == j) != errors.Is(a, b) {
+				t.Errorf("errors.Is(%v, %v) = %v", a, b, errors.Is(a, b))
+			}
+		}
+	}
+}
