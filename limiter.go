@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/drl-go/distributed-rate-limiter/global"
 	"github.com/drl-go/distributed-rate-limiter/local"
+	syncer "github.com/drl-go/distributed-rate-limiter/sync"
 )
 
 // Errors that callers branch on with errors.Is. Returned errors wrap them
@@ -60,24 +63,34 @@ func (a Algorithm) String() string { return global.Algorithm(a).String() }
 // Mode is where a rule's decisions are made.
 type Mode uint8
 
+// The zero Mode means the default: Hybrid for the algorithms it supports
+// (SlidingWindow, FixedWindow), Strict for the others.
 const (
+	// Hybrid decides in this process from token leases reserved in Redis
+	// ahead of demand, and reconciles every SyncInterval: decisions far
+	// from the limit take well under a microsecond and no I/O; near the
+	// limit leases shrink to nothing and decisions go to Redis one by one.
+	// Redis counts leased tokens when they are leased, so the instances
+	// together never admit more than the limit; the price is that tokens
+	// leased by one instance and not yet spent are unavailable to the
+	// others until its next sync. SlidingWindow and FixedWindow only.
+	Hybrid Mode = iota + 1
 	// Strict decides every request with one atomic Lua call on Redis:
 	// exact across instances, at one (coalesced) round trip per decision.
-	Strict Mode = iota + 1
+	Strict
 	// Local decides in this process only, with the same algorithms: no
 	// coordination across instances, no I/O.
 	Local
 	numModes
 )
 
-// defaultMode is what a Rule's zero Mode means.
-const defaultMode = Strict
-
 // String returns the mode's name.
 func (m Mode) String() string {
 	switch m {
 	case 0:
-		return "default(" + defaultMode.String() + ")"
+		return "default"
+	case Hybrid:
+		return "hybrid"
 	case Strict:
 		return "strict"
 	case Local:
@@ -85,6 +98,11 @@ func (m Mode) String() string {
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
+
+// supportsHybrid reports whether the algorithm can run in Hybrid mode: its
+// state must be counts per window, so that a token leased early in a window
+// costs no more than one spent later.
+func (a Algorithm) supportsHybrid() bool { return a == SlidingWindow || a == FixedWindow }
 
 // Rule is one limit: at most Limit requests per Window for each user.
 type Rule struct {
@@ -98,20 +116,35 @@ type Rule struct {
 	Window time.Duration
 	// Algorithm defaults to SlidingWindow.
 	Algorithm Algorithm
-	// Mode defaults to Strict.
+	// Mode defaults to Hybrid where the algorithm supports it, else Strict.
 	Mode Mode
 }
 
 // Config configures a Limiter. The zero value of each field means its
 // default; New does not modify the Config.
 type Config struct {
-	// Redis is the shared store; required when any rule is Strict.
+	// Redis is the shared store; required when any rule is Hybrid or Strict.
 	// A single node, failover or cluster client all work.
 	Redis redis.UniversalClient
 	// Rules are the limits. At least one.
 	Rules []Rule
-	// SyncInterval is the hybrid mode's flush period. Default 100 ms.
+	// SyncInterval is the hybrid mode's flush period: how often each
+	// instance reports demand, returns and renews leases, and learns the
+	// global counts. Shorter means fresher views and smaller leases, at more
+	// Redis traffic. Default 100 ms.
 	SyncInterval time.Duration
+	// ManualSync stops the Limiter from running its own sync loop: the
+	// caller runs every pass with Sync (deterministic tests, simulations).
+	ManualSync bool
+	// MaxLocalKeys bounds the users whose hybrid state this process keeps
+	// (a ristretto cache; less used users are evicted, which only costs them
+	// a Redis call on their next request). Default 1<<20.
+	MaxLocalKeys int64
+	// InstanceID names this instance in the Redis registry of live
+	// instances. Default: random.
+	InstanceID string
+	// Logger receives the sync loop's errors. Default: discarded.
+	Logger *slog.Logger
 	// Now is the clock for work not tied to a request (sync ticks,
 	// validating timestamps). Default time.Now. Decisions use the
 	// timestamp passed to Allow, never this clock.
@@ -171,9 +204,11 @@ func (d Decision) RetryAfterSeconds() int {
 // Limiter decides whether requests may pass. It is safe for concurrent use.
 // Close it when done; it does not close the Redis client.
 type Limiter struct {
-	cfg   Config // defaults filled in
-	rules map[string]*rule
-	store *global.Store // nil when no rule needs Redis
+	cfg    Config // defaults filled in
+	rules  map[string]*rule
+	store  *global.Store // nil when no rule needs Redis
+	hybrid *hybrid       // nil when no rule is Hybrid
+	syncer *syncer.Reconciler
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -185,6 +220,8 @@ type rule struct {
 	window int64 // ms
 	algo   global.Algorithm
 	table  *local.Table[localState] // Local mode only
+
+	hybridIndex int // Hybrid mode only: index in hybrid.rules
 }
 
 // New validates cfg and returns a Limiter. It loads the Lua scripts when
@@ -203,12 +240,26 @@ func New(cfg Config) (*Limiter, error) {
 			return nil, fmt.Errorf("%w: rule %d: duplicate name %q", ErrInvalidArgument, i, r.Name)
 		}
 		if r.Mode == 0 {
-			r.Mode = defaultMode
+			r.Mode = Strict
+			if r.Algorithm.supportsHybrid() {
+				r.Mode = Hybrid
+			}
+		}
+		if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
+			return nil, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
+				ErrInvalidArgument, i, r.Name, r.Algorithm)
 		}
 		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm)}
 		switch r.Mode {
 		case Local:
 			rl.table = local.NewTable[localState](2 * rl.window)
+		case Hybrid:
+			if l.hybrid == nil {
+				l.hybrid = &hybrid{l: l}
+			}
+			rl.hybridIndex = len(l.hybrid.rules)
+			l.hybrid.rules = append(l.hybrid.rules, rl)
+			needRedis = true
 		case Strict:
 			needRedis = true
 		}
@@ -221,6 +272,29 @@ func New(cfg Config) (*Limiter, error) {
 		l.store = global.NewStore(cfg.Redis, global.Options(cfg.Pipeline))
 		if err := l.store.Load(context.Background()); err != nil {
 			return nil, fmt.Errorf("ratelimit: %w", err)
+		}
+	}
+	if h := l.hybrid; h != nil {
+		cache, err := local.NewCache(cfg.MaxLocalKeys, len(h.rules))
+		if err != nil {
+			return nil, fmt.Errorf("ratelimit: %w", err)
+		}
+		h.cache = cache
+		l.syncer = syncer.New(syncer.Config{
+			Store:        l.store,
+			Registry:     &h.registry,
+			Cache:        cache,
+			Planner:      h,
+			Now:          cfg.Now,
+			Interval:     cfg.SyncInterval,
+			InstancesKey: cfg.KeyPrefix + ":instances",
+			ID:           cfg.InstanceID,
+		})
+		h.instances = l.syncer.Instances
+		if !cfg.ManualSync {
+			l.syncer.Start(func(err error) {
+				cfg.Logger.Warn("ratelimit: sync pass failed", "err", err)
+			})
 		}
 	}
 	return l, nil
@@ -255,6 +329,18 @@ func (c *Config) fill() error {
 	}
 	if c.MaxSkew == 0 {
 		c.MaxSkew = 5 * time.Minute
+	}
+	if c.MaxLocalKeys == 0 {
+		c.MaxLocalKeys = 1 << 20
+	}
+	if c.MaxLocalKeys < 0 {
+		return fmt.Errorf("%w: Config.MaxLocalKeys %d is negative", ErrInvalidArgument, c.MaxLocalKeys)
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = fmt.Sprintf("%016x", rand.Uint64())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Pipeline.MaxBatch < 0 || c.Pipeline.MaxInFlight < 0 || c.Pipeline.BatchDelay < 0 {
 		return fmt.Errorf("%w: Config.Pipeline has a negative field", ErrInvalidArgument)
@@ -306,6 +392,11 @@ func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Ti
 	}
 	var res result
 	switch r.Mode {
+	case Hybrid:
+		res, err = l.hybrid.decide(ctx, r, user, ms, n)
+		if err != nil {
+			return Decision{}, err
+		}
 	case Local:
 		r.table.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
 	default:
@@ -365,25 +456,49 @@ func (r result) decision(limit int64) Decision {
 	}
 }
 
-// Sync runs one reconciliation with Redis now. Strict and local rules have
-// nothing to reconcile, so it returns nil for them.
+// Sync runs one reconciliation pass now, on the calling goroutine: for
+// every hybrid key with activity it reports requests, returns unneeded
+// leases, renews leases and learns the global counts, in one pipeline per
+// Redis node. Strict and local rules have nothing to reconcile.
 func (l *Limiter) Sync(ctx context.Context) error {
 	if l.closed.Load() {
 		return ErrClosed
 	}
+	if l.syncer == nil {
+		return nil
+	}
+	if err := l.syncer.Pass(ctx); err != nil {
+		return fmt.Errorf("ratelimit: sync: %w", err)
+	}
 	return nil
 }
 
-// Close stops the Limiter: it waits for the Redis calls under way and makes
-// later calls return ErrClosed. It is idempotent and does not close
-// Config.Redis.
+// Close stops the Limiter: it stops the sync loop, runs a last pass that
+// gives every lease back and reports every request, waits for the Redis
+// calls under way, and makes later calls return ErrClosed. It returns the
+// last pass's error. It is idempotent and does not close Config.Redis.
 func (l *Limiter) Close() error {
+	var err error
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
+		if l.syncer != nil {
+			l.syncer.Stop()
+			l.hybrid.closing.Store(true)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = l.syncer.Pass(ctx)
+			if lerr := l.store.Leave(ctx, l.cfg.KeyPrefix+":instances", l.cfg.InstanceID); err == nil {
+				err = lerr
+			}
+			cancel()
+			l.hybrid.cache.Close()
+		}
 		if l.store != nil {
 			l.store.Close()
 		}
 	})
+	if err != nil {
+		return fmt.Errorf("ratelimit: close: %w", err)
+	}
 	return nil
 }
 

@@ -325,7 +325,7 @@ func TestAllowRejectsBadInput(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
-	for _, mode := range []Mode{Strict, Local} {
+	for _, mode := range []Mode{Hybrid, Strict, Local} {
 		t.Run(mode.String(), func(t *testing.T) {
 			l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), MaxKeyBytes: 16,
 				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})

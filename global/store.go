@@ -83,8 +83,9 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 // finds them. Take works without it (it falls back to EVAL on NOSCRIPT),
 // but the first calls then pay twice.
 func (s *Store) Load(ctx context.Context) error {
+	all := append(scripts[:], leaseScript, heartbeatScript)
 	load := func(ctx context.Context, c *redis.Client) error {
-		for _, sc := range scripts {
+		for _, sc := range all {
 			if err := sc.Load(ctx, c).Err(); err != nil {
 				return fmt.Errorf("global: loading scripts: %w", err)
 			}
@@ -94,7 +95,7 @@ func (s *Store) Load(ctx context.Context) error {
 	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, load)
 	}
-	for _, sc := range scripts {
+	for _, sc := range all {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("global: loading scripts: %w", err)
 		}
@@ -102,11 +103,17 @@ func (s *Store) Load(ctx context.Context) error {
 	return nil
 }
 
-// call is one queued Take.
+// op is one script invocation.
+type op interface {
+	script() *redis.Script
+	keysArgs() ([]string, []any)
+}
+
+// call is one queued script invocation.
 type call struct {
 	ctx  context.Context
-	req  Request
-	res  Result
+	op   op
+	res  []int64
 	err  error
 	done chan struct{} // buffered(1); receives once when res and err are set
 }
@@ -116,14 +123,26 @@ var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}
 // Take runs req's script. It returns ctx's error if ctx ends first; the
 // request may still be counted by Redis then.
 func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
+	v, err := s.do(ctx, req)
+	if err != nil {
+		return Result{}, err
+	}
+	if len(v) != 4 {
+		return Result{}, fmt.Errorf("global: script returned %d values, want 4", len(v))
+	}
+	return Result{Allowed: v[0] == 1, Remaining: v[1], RetryAfter: v[2], ResetAfter: v[3]}, nil
+}
+
+// do runs o through the coalescer and returns the script's integers.
+func (s *Store) do(ctx context.Context, o op) ([]int64, error) {
 	c := callPool.Get().(*call)
-	c.ctx, c.req = ctx, req
+	c.ctx, c.op = ctx, o
 
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		callPool.Put(c)
-		return Result{}, ErrClosed
+		return nil, ErrClosed
 	}
 	s.queue = append(s.queue, c)
 	lead := s.running < s.opts.MaxInFlight
@@ -150,11 +169,11 @@ func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
 	select {
 	case <-c.done:
 		res, err := c.res, c.err
-		c.ctx, c.err = nil, nil
+		*c = call{done: c.done}
 		callPool.Put(c)
 		return res, err
 	case <-ctx.Done():
-		return Result{}, ctx.Err() // c is abandoned to its pipeline, not reused
+		return nil, ctx.Err() // c is abandoned to its pipeline, not reused
 	}
 }
 
@@ -204,25 +223,38 @@ func (s *Store) send(batch []*call) {
 	ctx := context.WithoutCancel(batch[0].ctx)
 	if len(batch) == 1 {
 		c := batch[0]
-		c.res, c.err = parse(run(ctx, s.rdb, c.req))
+		c.res, c.err = ints(run(ctx, s.rdb, c.op))
 		c.done <- struct{}{}
 		return
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(batch))
+	ops := make([]op, len(batch))
 	for i, c := range batch {
-		keys, args := c.req.keysArgs()
-		cmds[i] = scripts[c.req.Algorithm].EvalSha(ctx, pipe, keys, args...)
+		ops[i] = c.op
 	}
-	_, _ = pipe.Exec(ctx) // each command carries its own error
-	for i, c := range batch {
-		cmd := cmds[i]
-		if isNoScript(cmd.Err()) {
-			cmd = run(ctx, s.rdb, c.req)
-		}
-		c.res, c.err = parse(cmd)
+	for i, cmd := range s.pipeline(ctx, ops) {
+		c := batch[i]
+		c.res, c.err = ints(cmd)
 		c.done <- struct{}{}
 	}
+}
+
+// pipeline sends ops in one pipeline (one per node on a cluster) and
+// returns their commands, in order. Ops whose script the server lost
+// (NOSCRIPT) are run again alone through EVAL.
+func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ops))
+	for i, o := range ops {
+		keys, args := o.keysArgs()
+		cmds[i] = o.script().EvalSha(ctx, pipe, keys, args...)
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for i, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			cmds[i] = run(ctx, s.rdb, ops[i])
+		}
+	}
+	return cmds
 }
 
 // Close stops accepting calls and waits for the pipelines under way.
@@ -233,6 +265,8 @@ func (s *Store) Close() {
 	s.mu.Unlock()
 	s.wg.Wait()
 }
+
+func (r Request) script() *redis.Script { return scripts[r.Algorithm] }
 
 func (r Request) keysArgs() ([]string, []any) {
 	keys := []string{r.Key}
@@ -248,20 +282,18 @@ func (r Request) keysArgs() ([]string, []any) {
 
 // run executes one request outside a pipeline: EVALSHA, then EVAL on
 // NOSCRIPT.
-func run(ctx context.Context, rdb redis.Scripter, r Request) *redis.Cmd {
-	keys, args := r.keysArgs()
-	return scripts[r.Algorithm].Run(ctx, rdb, keys, args...)
+func run(ctx context.Context, rdb redis.Scripter, o op) *redis.Cmd {
+	keys, args := o.keysArgs()
+	return o.script().Run(ctx, rdb, keys, args...)
 }
 
-func parse(cmd *redis.Cmd) (Result, error) {
+// ints returns a script's integer array.
+func ints(cmd *redis.Cmd) ([]int64, error) {
 	v, err := cmd.Int64Slice()
 	if err != nil {
-		return Result{}, fmt.Errorf("global: script: %w", err)
+		return nil, fmt.Errorf("global: script: %w", err)
 	}
-	if len(v) != 4 {
-		return Result{}, fmt.Errorf("global: script returned %d values, want 4", len(v))
-	}
-	return Result{Allowed: v[0] == 1, Remaining: v[1], RetryAfter: v[2], ResetAfter: v[3]}, nil
+	return v, nil
 }
 
 func isNoScript(err error) bool {

@@ -1,0 +1,170 @@
+package ratelimit_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	ratelimit "github.com/drl-go/distributed-rate-limiter"
+)
+
+// The examples replay fixed timestamps so that their output never changes.
+// A gateway passes time.Now() to Allow and leaves Config.Now unset.
+var t0 = time.UnixMilli(1_700_000_000_000) // 2023-11-14T22:13:20Z, a whole second
+
+// Three requests per second for each user, shared by every gateway
+// instance that uses the same Redis. An embedded miniredis stands in for
+// the real Redis here.
+func Example() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	lim, err := ratelimit.New(ratelimit.Config{
+		Redis: rdb,
+		Rules: []ratelimit.Rule{
+			{Name: "GET /v1/orders", Limit: 3, Window: time.Second}, // SlidingWindow, Strict
+		},
+		Now: func() time.Time { return t0 }, // the clock the timestamps are checked against
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+
+	ctx := context.Background()
+	var last ratelimit.Decision
+	for i := range 4 {
+		at := t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		d, err := lim.Allow(ctx, "GET /v1/orders", "user-42", at)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("+%v: allowed=%v limit=%d remaining=%d retry-after=%v reset-after=%v\n",
+			at.Sub(t0), d.Allowed, d.Limit, d.Remaining, d.RetryAfter, d.ResetAfter)
+		last = d
+	}
+	fmt.Println("Retry-After:", last.RetryAfterSeconds())
+
+	// Retrying after RetryAfter succeeds when nothing else came in between.
+	d, err := lim.Allow(ctx, "GET /v1/orders", "user-42", t0.Add(300*time.Millisecond+last.RetryAfter))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("retry allowed:", d.Allowed)
+	// Output:
+	// +0s: allowed=true limit=3 remaining=2 retry-after=0s reset-after=2s
+	// +100ms: allowed=true limit=3 remaining=1 retry-after=0s reset-after=1.9s
+	// +200ms: allowed=true limit=3 remaining=0 retry-after=0s reset-after=1.8s
+	// +300ms: allowed=false limit=3 remaining=0 retry-after=1.034s reset-after=1.7s
+	// Retry-After: 2
+	// retry allowed: true
+}
+
+// AllowN takes several units at once, e.g. a batch call that costs one per
+// item. The check and the count are one atomic step: a denied call takes
+// nothing.
+func ExampleLimiter_AllowN() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	lim, err := ratelimit.New(ratelimit.Config{
+		Redis: rdb,
+		Rules: []ratelimit.Rule{
+			{Name: "POST /v1/batch", Limit: 10, Window: time.Second, Algorithm: ratelimit.FixedWindow},
+		},
+		Now: func() time.Time { return t0 },
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+
+	ctx := context.Background()
+	for _, n := range []int64{4, 4, 4, 2} {
+		d, err := lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, n)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("n=%d: allowed=%v remaining=%d\n", n, d.Allowed, d.Remaining)
+	}
+
+	// More than the limit could never pass, so it is an error, not a denial.
+	_, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 11)
+	fmt.Println(errors.Is(err, ratelimit.ErrInvalidArgument))
+	_, err = lim.AllowN(ctx, "DELETE /v1/batch", "user-42", t0, 1)
+	fmt.Println(errors.Is(err, ratelimit.ErrUnknownRule))
+	// Output:
+	// n=4: allowed=true remaining=6
+	// n=4: allowed=true remaining=2
+	// n=4: allowed=false remaining=2
+	// n=2: allowed=true remaining=0
+	// true
+	// true
+}
+
+// RetryAfterSeconds rounds RetryAfter up to whole seconds, the unit of the
+// HTTP Retry-After header.
+func ExampleDecision_RetryAfterSeconds() {
+	for _, wait := range []time.Duration{0, time.Millisecond, 1034 * time.Millisecond, 2 * time.Second} {
+		d := ratelimit.Decision{RetryAfter: wait}
+		fmt.Printf("%v -> Retry-After: %d\n", wait, d.RetryAfterSeconds())
+	}
+	// Output:
+	// 0s -> Retry-After: 0
+	// 1ms -> Retry-After: 1
+	// 1.034s -> Retry-After: 2
+	// 2s -> Retry-After: 2
+}
+
+// A Local rule is decided in the process, with no Redis and no coordination:
+// each gateway instance enforces the limit on its own. A Limiter whose rules
+// are all Local needs no Config.Redis.
+func Example_local() {
+	rule := ratelimit.Rule{Name: "GET /v1/catalog", Limit: 2, Window: time.Second, Mode: ratelimit.Local}
+	newInstance := func() *ratelimit.Limiter {
+		lim, err := ratelimit.New(ratelimit.Config{Rules: []ratelimit.Rule{rule}, Now: func() time.Time { return t0 }})
+		if err != nil {
+			panic(err)
+		}
+		return lim
+	}
+	a, b := newInstance(), newInstance()
+	defer a.Close()
+	defer b.Close()
+
+	ctx := context.Background()
+	for i, lim := range []*ratelimit.Limiter{a, a, a, b, b, b} {
+		d, err := lim.Allow(ctx, rule.Name, "user-42", t0.Add(time.Duration(i)*time.Millisecond))
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("instance %c: allowed=%v\n", "aaabbb"[i], d.Allowed)
+	}
+
+	// A closed Limiter refuses work.
+	_ = a.Close()
+	_, err := a.Allow(ctx, rule.Name, "user-42", t0)
+	fmt.Println(errors.Is(err, ratelimit.ErrClosed))
+	// Output:
+	// instance a: allowed=true
+	// instance a: allowed=true
+	// instance a: allowed=false
+	// instance b: allowed=true
+	// instance b: allowed=true
+	// instance b: allowed=false
+	// true
+}

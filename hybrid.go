@@ -1,0 +1,255 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
+)
+
+// This file is the hybrid mode: decisions from leased budgets held in this
+// process, with Redis consulted only when a key's lease runs out (and for
+// every decision near its limit, where leases shrink to nothing), and a
+// reconciler that reports, renews and returns leases every SyncInterval.
+//
+// The invariant that makes it exact: Redis counts a leased token when it is
+// leased, not when it is spent. Every token spent locally was admitted by
+// the sliding-window check in Redis when it was leased, in the same window
+// and no later than it is spent (older timestamps are judged at the lease's
+// time), and the estimate only falls within a window; so the estimate of
+// what was really admitted never exceeds the limit, on any instance.
+
+// hybrid is the hybrid mode's state: shared by the decision path (Allow)
+// and the reconciler (Plan, Apply).
+type hybrid struct {
+	l         *Limiter
+	rules     []*rule // by hybridIndex
+	cache     *local.Cache
+	registry  local.Registry
+	instances func() int64
+	closing   atomic.Bool // the last pass gives every lease back
+}
+
+// prevWeight returns the previous window's count as the algorithm weighs
+// it: fully for the sliding window, not at all for the fixed window.
+func (r *rule) prevWeight(prev int64) int64 {
+	if r.Algorithm == FixedWindow {
+		return 0
+	}
+	return prev
+}
+
+// decide is the hybrid decision. The local part takes the key's lock for a
+// few arithmetic operations and allocates nothing; a key without lease
+// goes to Redis (acquire).
+func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
+	s := h.cache.Get(user, r.hybridIndex)
+	if s != nil {
+		if res, ok := h.decideLocal(s, r, ms, n); ok {
+			return res, nil
+		}
+	} else {
+		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
+			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+		})
+	}
+	return h.acquire(ctx, s, r, ms, n)
+}
+
+// decideLocal decides from the lease, or denies when the key's known counts
+// already deny. ok is false when Redis must decide.
+func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, ok bool) {
+	w := r.window
+	s.Lock()
+	now := max(ms, s.Last)
+	idx := now / w
+	s.Roll(idx)
+	elapsed := now - idx*w
+	// What counts against this request: every instance's admissions and
+	// leases as last known, less this instance's unspent lease.
+	prev, cur := r.prevWeight(s.Prev), s.Cur-s.Lease
+	switch {
+	case s.Lease >= n:
+		s.Lease -= n
+		s.Attempts += n
+		s.Last = now
+		cur += n
+		res = result{allowed: true}
+	case !h.admits(r, prev, cur, elapsed, n):
+		// Known counts are lower bounds within a window (but for leases
+		// that others may give back), so this denial is one Redis would
+		// make too.
+		s.Attempts += n
+		res = result{retryAfter: h.retryAfter(r, prev, cur, elapsed, n)}
+	default:
+		s.Unlock()
+		return result{}, false
+	}
+	res.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
+	res.resetAfter = slidingResetAfter(prev, s.Cur, elapsed, w)
+	s.Unlock()
+	h.registry.Add(s)
+	return res.shift(now - ms), true
+}
+
+func (h *hybrid) admits(r *rule, prev, cur, elapsed, n int64) bool {
+	return slidingAdmits(prev, cur, elapsed, r.window, r.Limit, n)
+}
+
+func (h *hybrid) retryAfter(r *rule, prev, cur, elapsed, n int64) int64 {
+	if r.Algorithm == FixedWindow {
+		return r.window - elapsed
+	}
+	return slidingRetryAfter(prev, cur, elapsed, r.window, r.Limit, n)
+}
+
+// acquire asks Redis to admit n and, unless another acquire for the key is
+// under way, to lease what the key's demand calls for.
+func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int64) (result, error) {
+	w := r.window
+	s.Lock()
+	now := max(ms, s.Last)
+	s.Roll(now / w)
+	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
+	lead := !s.Acquiring
+	if lead {
+		s.Acquiring = true
+		v := h.view(s, r, now)
+		v.demand = max(v.demand, s.Demand, s.Attempts+n)
+		if s.Demand == 0 && s.MineCur == 0 && s.MinePrev == 0 {
+			req.Want = initialLease(r.Limit, v.instances) // nothing known yet
+		} else {
+			req.Want = v.topUp()
+		}
+		h.takeReturns(s, &req)
+	}
+	s.Unlock()
+
+	res, err := h.l.store.Lease(ctx, req)
+
+	s.Lock()
+	if lead {
+		s.Acquiring = false
+	}
+	if err != nil {
+		s.Attempts += req.Attempts + n // report them next time
+		s.Unlock()
+		h.registry.Add(s)
+		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+	}
+	s.Attempts += n
+	h.apply(s, r, req, res)
+	idx := res.Now / w
+	elapsed := res.Now - idx*w
+	prev, cur := r.prevWeight(res.Prev), res.Cur-res.Granted
+	if idx == s.Window {
+		cur = s.Cur - s.Lease
+	}
+	out := result{allowed: res.Allowed}
+	if !res.Allowed {
+		out.retryAfter = h.retryAfter(r, prev, cur, elapsed, n)
+	}
+	out.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
+	out.resetAfter = slidingResetAfter(prev, res.Cur, elapsed, w)
+	s.Unlock()
+	h.registry.Add(s)
+	return out.shift(res.Now - ms), nil
+}
+
+// view returns what s knows for sizing a lease at now. It requires the lock.
+func (h *hybrid) view(s *local.State, r *rule, now int64) leaseView {
+	w := r.window
+	elapsed := now - s.Window*w
+	fit := (r.Limit*w - slidingScaled(r.prevWeight(s.Prev), s.Cur, elapsed, w)) / w
+	weigh := func(prev, cur int64) int64 { return mulDiv(prev, w-elapsed, w) + cur }
+	return leaseView{
+		fit:       max(fit, 0),
+		held:      s.Lease,
+		demand:    s.Attempts,
+		mine:      weigh(s.MinePrev, s.MineCur+s.Attempts),
+		total:     weigh(s.AllPrev, s.AllCur+s.Attempts),
+		instances: h.instances(),
+	}
+}
+
+// takeReturns moves what s owes back to Redis, and its unreported
+// attempts, into req. It requires the lock.
+func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
+	if s.Return > 0 {
+		req.Returns[0] = global.Return{Window: s.ReturnWindow, N: s.Return}
+		s.Return = 0
+	}
+	req.Attempts = s.Attempts
+	s.MineCur += s.Attempts
+	s.Attempts = 0
+}
+
+// apply folds Redis's answer to req into s. It requires the lock.
+func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res global.LeaseResult) {
+	idx := res.Now / r.window
+	if idx < s.Window {
+		// The key moved on while the request was out: the grant belongs to
+		// a window that is over, or about to be; give it back.
+		if res.Granted > 0 && idx == s.Window-1 {
+			if s.Return > 0 && s.ReturnWindow == idx {
+				s.Return += res.Granted
+			} else if s.Return == 0 {
+				s.ReturnWindow, s.Return = idx, res.Granted
+			}
+		}
+		return
+	}
+	s.Roll(idx)
+	s.Prev, s.Cur = res.Prev, res.Cur
+	s.AllPrev, s.AllCur = res.PrevAttempts, res.CurAttempts
+	s.Lease += res.Granted
+	s.Last = max(s.Last, res.Now)
+}
+
+// Plan implements syncer.Planner: report the key's attempts, return what
+// it owes and what exceeds its demand, and top its lease up.
+func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest, bool, bool) {
+	r := h.rules[s.Rule]
+	w := r.window
+	s.Lock()
+	defer s.Unlock()
+	now = max(now, s.Last)
+	s.Roll(now / w)
+	v := h.view(s, r, now)
+	v.instances = instances
+	s.Demand = s.Attempts
+	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
+	ex := v.excess()
+	if h.closing.Load() {
+		ex = s.Lease
+	}
+	if ex > 0 {
+		s.Lease -= ex
+		req.Returns[1] = global.Return{Window: s.Window, N: ex}
+		v.held -= ex
+	}
+	if !s.Acquiring && !h.closing.Load() {
+		req.Want = v.topUp()
+	}
+	h.takeReturns(s, &req)
+	send := req.Want > 0 || req.Attempts > 0 || req.Returns[0].N > 0 || req.Returns[1].N > 0
+	return req, send, send || s.Lease > 0
+}
+
+// Apply implements syncer.Planner.
+func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {
+	r := h.rules[s.Rule]
+	s.Lock()
+	defer s.Unlock()
+	if err != nil {
+		// Report the attempts again next time. Returned tokens are not
+		// restored: Redis may have taken them, and spending them twice
+		// would exceed the limit; left out, they only go unused.
+		s.Attempts += req.Attempts
+		return true
+	}
+	h.apply(s, r, req, res)
+	return s.Lease > 0 || s.Attempts > 0 || s.Return > 0 || s.Demand > 0
+}

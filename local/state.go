@@ -1,0 +1,116 @@
+package local
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// State is one key's hybrid-mode state on this instance: what it last
+// learned of the key's global counts, the lease it holds, and the demand it
+// has seen. The exported fields are guarded by the State's lock (Lock and
+// Unlock); the decision path holds it for a few arithmetic operations and
+// never across I/O.
+//
+// Counts are the key's sliding-window counts in Redis: admissions plus every
+// instance's unreturned lease, so a leased token is counted before it is
+// spent.
+type State struct {
+	mu sync.Mutex
+
+	Key  string // the key's base Redis key; read-only
+	Rule int    // index of the key's rule; read-only
+
+	Window    int64 // window index of Prev, Cur and Lease
+	Last      int64 // newest time (ms) decided or answered; older timestamps are judged at Last
+	Prev, Cur int64 // global counts of windows Window−1 and Window, as last known (lower bounds)
+	Lease     int64 // tokens reserved in Redis for Window, not yet spent here
+
+	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
+	ReturnWindow, Return int64
+
+	Attempts int64 // requests seen (n-weighted) since the last report to Redis
+	Demand   int64 // requests seen over the last sync interval
+
+	// Reported requests per window, this instance's and all instances':
+	// the ratio is this instance's share of the key's demand.
+	MinePrev, MineCur int64
+	AllPrev, AllCur   int64
+
+	Acquiring bool // a lease request of the decision path is under way
+
+	active atomic.Bool // held by a Registry
+}
+
+// NewState returns the state of a key that this instance knows nothing of:
+// no lease, so its first decision asks Redis.
+func NewState(key string, rule int) *State {
+	return &State{Key: key, Rule: rule, Window: -1}
+}
+
+// Lock locks the state.
+func (s *State) Lock() { s.mu.Lock() }
+
+// Unlock unlocks the state.
+func (s *State) Unlock() { s.mu.Unlock() }
+
+// Roll moves the state forward to window idx (> Window): the current
+// counts become the previous ones (or both clear, after a gap), and an
+// unspent lease becomes owed back to Redis for its window. A return owed
+// for an older window is dropped: that window no longer counts. Roll
+// requires the lock.
+func (s *State) Roll(idx int64) {
+	if idx <= s.Window {
+		return
+	}
+	s.ReturnWindow, s.Return = s.Window, s.Lease
+	s.Lease = 0
+	if idx == s.Window+1 {
+		s.Prev, s.Cur = s.Cur, 0
+		s.MinePrev, s.MineCur = s.MineCur, 0
+		s.AllPrev, s.AllCur = s.AllCur, 0
+	} else {
+		s.Prev, s.Cur = 0, 0
+		s.MinePrev, s.MineCur = 0, 0
+		s.AllPrev, s.AllCur = 0, 0
+	}
+	s.Window = idx
+}
+
+// Registry is the set of states the sync pass must visit: those with
+// requests to report or a lease to renew or return. It is safe for
+// concurrent use; the zero Registry is empty and ready.
+type Registry struct {
+	mu     sync.Mutex
+	states []*State
+}
+
+// Add puts s in the registry unless it is there already. The check is one
+// atomic load, so the decision path calls it freely.
+func (r *Registry) Add(s *State) {
+	if s.active.Load() || !s.active.CompareAndSwap(false, true) {
+		return
+	}
+	r.mu.Lock()
+	r.states = append(r.states, s)
+	r.mu.Unlock()
+}
+
+// Take empties the registry and returns what it held. The states may be
+// added again at once, by the decision path or by the caller.
+func (r *Registry) Take() []*State {
+	r.mu.Lock()
+	states := r.states
+	r.states = nil
+	r.mu.Unlock()
+	for _, s := range states {
+		s.active.Store(false)
+	}
+	return states
+}
+
+// Len returns the number of states held.
+func (r *Registry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.states)
+}

@@ -1,0 +1,171 @@
+// Package sync is the hybrid mode's reconciler: a loop that, every
+// interval, reports each active key's requests to Redis, gives back unspent
+// leases, reserves new ones and learns the keys' global counts, in one
+// pipeline per pass.
+//
+// The package is named sync after its job; importers alias it
+// (`syncer "github.com/drl-go/distributed-rate-limiter/sync"`) so that it
+// never shadows the standard library's sync.
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
+)
+
+// Planner decides, per key, what a pass sends and what it does with the
+// answer. The ratelimit package implements it with its lease sizing.
+type Planner interface {
+	// Plan returns the request for s at now (ms), and whether to send one.
+	// keep reports whether s stays registered when nothing is sent.
+	Plan(s *local.State, now, instances int64) (req global.LeaseRequest, send, keep bool)
+	// Apply takes the answer (or the error) to a request that Plan made,
+	// and reports whether s stays registered.
+	Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) (keep bool)
+}
+
+// Config configures a Reconciler. Every field is required.
+type Config struct {
+	Store    *global.Store
+	Registry *local.Registry
+	Cache    *local.Cache // Forget is called once per pass
+	Planner  Planner
+	Now      func() time.Time
+	Interval time.Duration
+	// InstancesKey is the Redis key of the instance registry, ID this
+	// instance's member in it.
+	InstancesKey, ID string
+	// MaxBatch caps the requests in one pipeline. Default 1000.
+	MaxBatch int
+}
+
+// Reconciler runs sync passes, on demand (Pass) or every Interval (Start).
+// It is safe for concurrent use; passes never overlap.
+type Reconciler struct {
+	cfg       Config
+	passMu    sync.Mutex // one pass at a time
+	instances atomic.Int64
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New returns a Reconciler; it does nothing until Pass or Start.
+func New(cfg Config) *Reconciler {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 1000
+	}
+	r := &Reconciler{cfg: cfg}
+	r.instances.Store(1)
+	return r
+}
+
+// Instances returns the number of live instances seen at the last pass
+// (1 before the first).
+func (r *Reconciler) Instances() int64 { return r.instances.Load() }
+
+// Pass runs one reconciliation now: a heartbeat, then one request per
+// registered key that needs one, in pipelines of MaxBatch. Keys whose
+// request fails stay registered, their requests to be reported again by the
+// next pass. It returns the errors met, joined.
+func (r *Reconciler) Pass(ctx context.Context) error {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
+	now := r.cfg.Now().UnixMilli()
+	var errs []error
+
+	ttl := 3 * r.cfg.Interval.Milliseconds()
+	if n, err := r.cfg.Store.Heartbeat(ctx, r.cfg.InstancesKey, r.cfg.ID, now, max(ttl, 1)); err != nil {
+		errs = append(errs, err)
+	} else {
+		r.instances.Store(max(n, 1))
+	}
+	r.cfg.Cache.Forget()
+
+	states := r.cfg.Registry.Take()
+	instances := r.instances.Load()
+	var (
+		batch  []*local.State
+		reqs   []global.LeaseRequest
+		failed int
+	)
+	flush := func() {
+		res, rerrs := r.cfg.Store.LeaseBatch(ctx, reqs)
+		for i, s := range batch {
+			if rerrs[i] != nil {
+				failed++
+				if failed == 1 {
+					errs = append(errs, rerrs[i])
+				}
+			}
+			if r.cfg.Planner.Apply(s, reqs[i], res[i], rerrs[i]) {
+				r.cfg.Registry.Add(s)
+			}
+		}
+		batch, reqs = batch[:0], reqs[:0]
+	}
+	for _, s := range states {
+		req, send, keep := r.cfg.Planner.Plan(s, now, instances)
+		if !send {
+			if keep {
+				r.cfg.Registry.Add(s)
+			}
+			continue
+		}
+		batch = append(batch, s)
+		reqs = append(reqs, req)
+		if len(reqs) == r.cfg.MaxBatch {
+			flush()
+		}
+	}
+	if len(reqs) > 0 {
+		flush()
+	}
+	if failed > 1 {
+		errs = append(errs, fmt.Errorf("sync: %d of %d key requests failed", failed, len(states)))
+	}
+	return errors.Join(errs...)
+}
+
+// Start runs Pass every Interval on a goroutine of its own until Stop.
+// Errors go to onError, which may be nil. Start must be called at most once.
+func (r *Reconciler) Start(onError func(error)) {
+	r.stop = make(chan struct{})
+	r.done = make(chan struct{})
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(r.cfg.Interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case <-t.C:
+				if err := r.Pass(context.Background()); err != nil && onError != nil {
+					onError(err)
+				}
+			}
+		}
+	}()
+}
+
+// Stop stops the loop started by Start and waits for it to end; it runs no
+// pass itself. It is a no-op if Start was not called, and idempotent.
+func (r *Reconciler) Stop() {
+	if r.stop == nil {
+		return
+	}
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+}
