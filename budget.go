@@ -62,13 +62,6 @@ func (v leaseView) excess() int64 {
 	return 0
 }
 
-// initialLease is what a key's first request asks for on an instance that
-// has no demand data for it: a small slice, 1/(8·instances) of the limit,
-// so that cold keys on every instance together reserve at most an eighth.
-func initialLease(limit, instances int64) int64 {
-	return limit / (8 * max(instances, 1))
-}
-
 // mulDiv returns ⌊a·b/c⌋ for a, b ≥ 0, c > 0 and b ≤ c, without overflow.
 func mulDiv(a, b, c int64) int64 {
 	hi, lo := bits.Mul64(uint64(a), uint64(b))

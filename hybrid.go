@@ -30,6 +30,9 @@ type hybrid struct {
 	registry  local.Registry
 	instances func() int64
 	closing   atomic.Bool // the last pass gives every lease back
+
+	// Decision counters, for Stats.
+	localAllowed, localDenied, remote atomic.Int64
 }
 
 // prevWeight returns the previous window's count as the algorithm weighs
@@ -91,6 +94,11 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	res.resetAfter = slidingResetAfter(prev, s.Cur, elapsed, w)
 	s.Unlock()
 	h.registry.Add(s)
+	if res.allowed {
+		h.localAllowed.Add(1)
+	} else {
+		h.localDenied.Add(1)
+	}
 	return res.shift(now - ms), true
 }
 
@@ -116,17 +124,17 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 	lead := !s.Acquiring
 	if lead {
 		s.Acquiring = true
+		// Size the lease on the demand seen so far, this request included:
+		// a new key's leases grow geometrically (2, 4, 8, ...) with its
+		// demand, so what a key leaves unspent stays below what it used.
 		v := h.view(s, r, now)
-		v.demand = max(v.demand, s.Demand, s.Attempts+n)
-		if s.Demand == 0 && s.MineCur == 0 && s.MinePrev == 0 {
-			req.Want = initialLease(r.Limit, v.instances) // nothing known yet
-		} else {
-			req.Want = v.topUp()
-		}
+		v.demand = max(s.Demand, s.Attempts+n)
+		req.Want = max(v.topUp()-n, 0) // n is part of the demand, served now
 		h.takeReturns(s, &req)
 	}
 	s.Unlock()
 
+	h.remote.Add(1)
 	res, err := h.l.store.Lease(ctx, req)
 
 	s.Lock()

@@ -456,6 +456,31 @@ func (r result) decision(limit int64) Decision {
 	}
 }
 
+// Stats counts a Limiter's hybrid decisions since New.
+type Stats struct {
+	// LocalAllowed and LocalDenied are decisions made in process, from a
+	// lease or from the known global counts.
+	LocalAllowed, LocalDenied int64
+	// Remote are decisions that asked Redis (a key without lease).
+	Remote int64
+	// Instances is the number of live instances seen at the last sync.
+	Instances int64
+}
+
+// Stats returns the hybrid decision counters.
+func (l *Limiter) Stats() Stats {
+	h := l.hybrid
+	if h == nil {
+		return Stats{}
+	}
+	return Stats{
+		LocalAllowed: h.localAllowed.Load(),
+		LocalDenied:  h.localDenied.Load(),
+		Remote:       h.remote.Load(),
+		Instances:    h.instances(),
+	}
+}
+
 // Sync runs one reconciliation pass now, on the calling goroutine: for
 // every hybrid key with activity it reports requests, returns unneeded
 // leases, renews leases and learns the global counts, in one pipeline per

@@ -149,7 +149,9 @@ func newRedisRate(tb testing.TB, rdb *redis.Client, prefix string, limit int, wi
 }
 
 // newEvalsha returns one raw EVALSHA of the library's sliding-window script
-// per call: no coalescing, no validation, keys built in advance.
+// per call: no coalescing, no validation, keys built in advance. Like the
+// library and redis_rate it falls back to EVAL on NOSCRIPT (Script.Run), so
+// a SCRIPT FLUSH by another client of a shared Redis does not fail it.
 func newEvalsha(tb testing.TB, rdb *redis.Client, prefix string, limit int64, window time.Duration) op {
 	tb.Helper()
 	src, err := os.ReadFile(scriptPath)
@@ -166,7 +168,7 @@ func newEvalsha(tb testing.TB, rdb *redis.Client, prefix string, limit int64, wi
 	}
 	w := window.Milliseconds()
 	return func(ctx context.Context, u int, now time.Time) (bool, error) {
-		v, err := sc.EvalSha(ctx, rdb, keys[u], now.UnixMilli(), w, limit, 1, "0").Int64Slice()
+		v, err := sc.Run(ctx, rdb, keys[u], now.UnixMilli(), w, limit, 1, "0").Int64Slice()
 		if err != nil {
 			return false, err
 		}

@@ -124,7 +124,6 @@ func BenchmarkLocalDecision(b *testing.B) {
 					for pb.Next() {
 						if !allow() {
 							denied.Add(1)
-							return
 						}
 					}
 				})
@@ -215,7 +214,11 @@ func runParallel(b *testing.B, do op, rt *rtCounter) {
 	b.RunParallel(func(pb *testing.PB) {
 		ctx := context.Background()
 		base := time.Now()
+		broken := false
 		for i := 0; pb.Next(); i++ {
+			if broken {
+				continue // RunParallel wants every body to run pb.Next to false
+			}
 			u := int((next.Add(1) - 1) % nUsers)
 			ok, err := do(ctx, u, base.Add(time.Duration(i)*time.Microsecond))
 			if err == nil && !ok {
@@ -223,7 +226,7 @@ func runParallel(b *testing.B, do op, rt *rtCounter) {
 			}
 			if err != nil {
 				fail(err)
-				return
+				broken = true
 			}
 		}
 	})

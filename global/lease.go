@@ -22,15 +22,15 @@ var (
 // leases, admit N now, reserve up to Want more, and report Attempts. Any
 // part may be zero.
 type LeaseRequest struct {
-	Key          string // base key, from Key; same layout as SlidingWindow's
-	Now          int64  // ms
-	Window       int64  // ms
-	Limit        int64
-	N            int64
-	Want         int64
-	Returns      [2]Return // unspent leases given back
-	Attempts     int64
-	Fixed        bool // fixed window: the previous window carries no weight
+	Key      string // base key, from Key; same layout as SlidingWindow's
+	Now      int64  // ms
+	Window   int64  // ms
+	Limit    int64
+	N        int64
+	Want     int64
+	Returns  [2]Return // unspent leases given back
+	Attempts int64
+	Fixed    bool // fixed window: the previous window carries no weight
 }
 
 // Return gives back N tokens leased in window index Window and not spent.

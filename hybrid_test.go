@@ -1,0 +1,233 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+)
+
+// redisCount returns the key's current-window count in Redis (admissions
+// plus unreturned leases) at now.
+func redisCount(t *testing.T, c *redis.Client, key string, now time.Time, w time.Duration) int64 {
+	t.Helper()
+	v, err := c.HMGet(context.Background(), key, "w", "c").Result()
+	require.NoError(t, err)
+	if v[0] == nil {
+		return 0
+	}
+	var idx, cur int64
+	fmt.Sscan(v[0].(string), &idx)
+	fmt.Sscan(v[1].(string), &cur)
+	if idx != now.UnixMilli()/w.Milliseconds() {
+		return 0
+	}
+	return cur
+}
+
+// TestHybridConcurrentInstances: 8 hybrid Limiters, each with its own
+// client and a background sync loop, 32 goroutines each, one user, one
+// instant. Together they admit at most the limit; once they close (giving
+// every lease back), Redis counts exactly what they admitted.
+func TestHybridConcurrentInstances(t *testing.T) {
+	const (
+		instances  = 8
+		goroutines = 32
+		attempts   = 8
+		limit      = 1000
+	)
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
+		t.Run(a.String(), func(t *testing.T) {
+			rule := Rule{Name: "hconc-" + a.String(), Limit: limit, Window: time.Minute, Algorithm: a, Mode: Hybrid}
+			now := base.Add(10 * time.Second)
+			var admitted atomic.Int64
+			var wg sync.WaitGroup
+			var lims []*Limiter
+			for range instances {
+				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
+				defer cl.Close()
+				l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
+					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024})
+				require.NoError(t, err)
+				lims = append(lims, l)
+				for range goroutines {
+					wg.Go(func() {
+						for range attempts {
+							d, err := l.Allow(ctx, rule.Name, "hot", now)
+							if err != nil {
+								t.Error(err)
+								return
+							}
+							if d.Allowed {
+								admitted.Add(1)
+							}
+						}
+					})
+				}
+			}
+			wg.Wait()
+			require.LessOrEqual(t, admitted.Load(), int64(limit))
+			for _, l := range lims {
+				require.NoError(t, l.Close())
+			}
+			key := global.Key(prefix, rule.Name, "hot")
+			require.Equal(t, admitted.Load(), redisCount(t, c, key, now, rule.Window),
+				"after every lease is returned Redis must count exactly the admissions")
+			t.Logf("%d of %d admitted", admitted.Load(), instances*goroutines*attempts)
+		})
+	}
+}
+
+// TestHybridMostlyLocal: far from the limit, a hot key's decisions stay in
+// process: after the first lease, Redis sees about one call per sync
+// interval, not one per request.
+func TestHybridMostlyLocal(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "local", Limit: 1_000_000, Window: time.Minute}
+	now := base
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now },
+		ManualSync: true, MaxLocalKeys: 1024})
+	require.NoError(t, err)
+	defer l.Close()
+	// 20 sync intervals of 100 ms, 1 000 requests in each.
+	for range 20 {
+		for i := range 1000 {
+			d, err := l.Allow(ctx, rule.Name, "u", now.Add(time.Duration(i)*100*time.Microsecond))
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+		}
+		now = now.Add(100 * time.Millisecond)
+		require.NoError(t, l.Sync(ctx))
+	}
+	st := l.Stats()
+	t.Logf("%+v", st)
+	require.Equal(t, int64(20_000), st.LocalAllowed+st.Remote)
+	require.LessOrEqual(t, st.Remote, int64(15), "decisions that went to Redis: %+v", st)
+	require.Equal(t, int64(1), st.Instances)
+}
+
+// TestHybridDeniesLocallyOverLimit: once a key is over its limit, denials
+// come from the known counts, with the exact Retry-After of the sliding
+// window, and no Redis call each.
+func TestHybridDeniesLocallyOverLimit(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "deny", Limit: 10, Window: time.Second}
+	now := time.UnixMilli(base.UnixMilli()/1000*1000 + 200)
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now), ManualSync: true, MaxLocalKeys: 64})
+	require.NoError(t, err)
+	defer l.Close()
+	admitted := 0
+	for range 10 {
+		d, err := l.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		if d.Allowed {
+			admitted++
+		}
+	}
+	require.Equal(t, 10, admitted)
+	before := l.Stats()
+	for range 100 {
+		d, err := l.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		require.False(t, d.Allowed)
+		// Next window: prev 10 weighs 1 − e/1000; admits one when
+		// 10·(1000 − e) ≤ 9·1000, e ≥ 100: 800 + 100 ms from now.
+		require.Equal(t, 900*time.Millisecond, d.RetryAfter)
+	}
+	after := l.Stats()
+	require.Equal(t, before.Remote, after.Remote, "denials over the limit must not call Redis")
+	require.Equal(t, before.LocalDenied+100, after.LocalDenied)
+	// The retry is admitted, and a millisecond earlier it is not.
+	d, err := l.Allow(ctx, rule.Name, "u", now.Add(899*time.Millisecond))
+	require.NoError(t, err)
+	require.False(t, d.Allowed)
+	d, err = l.Allow(ctx, rule.Name, "u", now.Add(900*time.Millisecond))
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+}
+
+// TestHybridEvictionLosesNothing: with room for 8 users in memory, 200
+// users each take their limit; evicted users come back without a fresh
+// budget, and after Close Redis counts exactly what was admitted.
+func TestHybridEvictionLosesNothing(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "evict", Limit: 20, Window: time.Minute}
+	now := base
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now },
+		ManualSync: true, MaxLocalKeys: 8})
+	require.NoError(t, err)
+	const users = 200
+	admitted := make([]int64, users)
+	for round := range 6 {
+		for u := range users {
+			for range 5 {
+				d, err := l.Allow(ctx, rule.Name, fmt.Sprint("user-", u), now)
+				require.NoError(t, err)
+				if d.Allowed {
+					admitted[u]++
+				}
+			}
+		}
+		now = now.Add(100 * time.Millisecond)
+		require.NoError(t, l.Sync(ctx), "round %d", round)
+	}
+	t.Logf("%+v", l.Stats())
+	require.NoError(t, l.Close())
+	for u, a := range admitted {
+		require.Equal(t, int64(20), a, "user %d", u)
+		key := global.Key(prefix, rule.Name, fmt.Sprint("user-", u))
+		require.Equal(t, a, redisCount(t, c, key, now, rule.Window), "user %d", u)
+	}
+}
+
+// TestHybridSyncLoopReturnsLeases: the background loop gives an idle key's
+// lease back within a few intervals, without Sync being called.
+func TestHybridSyncLoopReturnsLeases(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "loop", Limit: 10_000, Window: time.Minute}
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, SyncInterval: 10 * time.Millisecond, MaxLocalKeys: 64})
+	require.NoError(t, err)
+	defer l.Close()
+	now := time.Now()
+	for range 50 {
+		d, err := l.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	key := global.Key(prefix, rule.Name, "u")
+	deadline := time.Now().Add(5 * time.Second)
+	for redisCount(t, c, key, now, rule.Window) != 50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Redis still counts %d after 5 s, want 50 once the idle lease is returned", redisCount(t, c, key, now, rule.Window))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHybridRejectsUnsupportedAlgorithms: the hybrid mode needs counts per
+// window.
+func TestHybridRejectsUnsupportedAlgorithms(t *testing.T) {
+	for _, a := range []Algorithm{SlidingLog, TokenBucket} {
+		_, err := New(Config{Rules: []Rule{{Name: "x", Limit: 1, Window: time.Second, Algorithm: a, Mode: Hybrid}}})
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		require.Contains(t, err.Error(), "hybrid supports")
+	}
+}

@@ -1,0 +1,85 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func redisAddr() string {
+	if a := os.Getenv("REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
+
+// clients returns a client factory for the test Redis, skipping (or, under
+// CI, failing) when none answers.
+func clients(t *testing.T) func() redis.UniversalClient {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	defer c.Close()
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no Redis at %s (%v): CI needs one", redisAddr(), err)
+		}
+		t.Skipf("skipped: no Redis at %s (%v)", redisAddr(), err)
+	}
+	return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: redisAddr()}) }
+}
+
+func prefix() string { return fmt.Sprintf("simtest%x", rand.Uint64()) }
+
+// TestSweep runs the hybrid mode over instances × sync intervals × traffic
+// × limits and requires, in every window, no admission beyond the limit
+// (the bound of docs/design.md: zero overshoot) and at most Limit
+// admissions in any aligned window.
+func TestSweep(t *testing.T) {
+	newClient := clients(t)
+	instances := []int{1, 2, 3, 8, 16}
+	syncs := []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, time.Second}
+	traffics := []Traffic{Uniform, RoundRobin, Skewed, Bursty}
+	limits := []int64{10, 100, 1000, 10000}
+	if raceEnabled {
+		t.Log("race detector on: reduced grid (the full one runs without -race)")
+		instances, syncs, limits = []int{3, 16}, []time.Duration{100 * time.Millisecond}, []int64{10, 1000}
+	}
+	for _, k := range instances {
+		for _, s := range syncs {
+			for _, tr := range traffics {
+				for _, lim := range limits {
+					name := fmt.Sprintf("k=%d/sync=%v/%v/limit=%d", k, s, tr, lim)
+					t.Run(name, func(t *testing.T) {
+						t.Parallel()
+						load := 3.0
+						if lim >= 10000 {
+							load = 1.5
+						}
+						rep, err := Run(context.Background(), Config{
+							NewClient: newClient, KeyPrefix: prefix(),
+							Instances: k, SyncInterval: s, Limit: lim, Window: time.Second,
+							Traffic: tr, Load: load, Windows: 2, Seed: 1,
+						})
+						if err != nil {
+							t.Fatal(err)
+						}
+						for _, w := range rep.Windows {
+							if w.Overshoot > 0 || w.Admitted > lim {
+								t.Errorf("window %d: admitted %d (reference %d), %d beyond the limit %d", w.Index, w.Admitted, w.Reference, w.Overshoot, lim)
+							}
+						}
+						t.Logf("%+v stats=%+v passes=%d", rep.Windows, rep.Stats, rep.SyncPasses)
+					})
+				}
+			}
+		}
+	}
+}
