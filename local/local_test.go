@@ -1,0 +1,114 @@
+package local
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestTableExpires(t *testing.T) {
+	tb := NewTable[int](100)
+	for i := range 1000 {
+		tb.Do(fmt.Sprint(i), 1000, func(v *int) { *v++ })
+	}
+	if got := tb.Len(); got != 1000 {
+		t.Fatalf("Len() = %d, want 1000", got)
+	}
+	// Within the TTL the value survives; after it, a use starts from zero.
+	tb.Do("1", 1100, func(v *int) {
+		if *v != 1 {
+			t.Errorf("value at ttl = %d, want 1", *v)
+		}
+	})
+	tb.Do("2", 1101, func(v *int) {
+		if *v != 0 {
+			t.Errorf("value after ttl = %d, want 0", *v)
+		}
+	})
+	tb.Sweep(1102)
+	if got := tb.Len(); got != 2 {
+		t.Fatalf("Len() after Sweep = %d, want 2 (keys 1 and 2)", got)
+	}
+}
+
+// TestTableBoundedByTTL: a stream of distinct keys keeps the table at about
+// the keys of one TTL, without explicit sweeps.
+func TestTableBoundedByTTL(t *testing.T) {
+	tb := NewTable[int](10)
+	for i := range 100_000 {
+		tb.Do(fmt.Sprint(i), int64(i), func(*int) {})
+	}
+	if got := tb.Len(); got > 64*(64+2*11) {
+		t.Fatalf("Len() = %d after 100000 one-off keys with a TTL of 10 keys", got)
+	}
+}
+
+func TestRegistryAddsOnce(t *testing.T) {
+	var r Registry
+	s := NewState("k", 0)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() { r.Add(s) })
+	}
+	wg.Wait()
+	if got := r.Take(); len(got) != 1 || got[0] != s {
+		t.Fatalf("Take() = %v, want [s]", got)
+	}
+	if r.Len() != 0 {
+		t.Fatal("registry not empty after Take")
+	}
+	r.Add(s)
+	if r.Len() != 1 {
+		t.Fatal("a taken state could not be added again")
+	}
+}
+
+func TestRollMovesCountsAndLease(t *testing.T) {
+	s := NewState("k", 0)
+	s.Roll(10)
+	s.Prev, s.Cur, s.Lease = 3, 7, 2
+	s.Roll(11)
+	if s.Prev != 7 || s.Cur != 0 || s.Lease != 0 || s.ReturnWindow != 10 || s.Return != 2 {
+		t.Fatalf("after Roll(11): %+v", s)
+	}
+	s.Cur, s.Lease = 4, 1
+	s.Roll(13) // a gap: nothing carries over, the old return is superseded
+	if s.Prev != 0 || s.Cur != 0 || s.ReturnWindow != 11 || s.Return != 1 {
+		t.Fatalf("after Roll(13): %+v", s)
+	}
+	s.Roll(12) // backwards: no-op
+	if s.Window != 13 {
+		t.Fatalf("Roll backwards moved the window to %d", s.Window)
+	}
+}
+
+// TestCacheFindsNewUsers: a user just created is found before ristretto has
+// admitted it, and the same state is returned every time.
+func TestCacheFindsNewUsers(t *testing.T) {
+	c, err := NewCache(100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	calls := 0
+	key := func() string { calls++; return "key" }
+	a := c.GetOrCreate("u", 1, key)
+	b := c.GetOrCreate("u", 1, key)
+	if a != b || calls != 1 {
+		t.Fatalf("GetOrCreate twice: same=%v, key() called %d times", a == b, calls)
+	}
+	if other := c.GetOrCreate("u", 0, key); other == a {
+		t.Fatal("rules share a state")
+	}
+	c.c.Wait()
+	if got := c.Get("u", 1); got != a {
+		t.Fatalf("Get after Wait = %p, want %p", got, a)
+	}
+	if _, err := NewCache(0, 1); err == nil {
+		t.Fatal("NewCache(0, 1) succeeded")
+	}
+}

@@ -1,0 +1,161 @@
+package sync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
+	syncer "github.com/drl-go/distributed-rate-limiter/sync"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func testStore(t *testing.T) (*global.Store, string) {
+	t.Helper()
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no Redis at %s: %v", addr, err)
+		}
+		t.Skipf("skipped: no Redis at %s (%v)", addr, err)
+	}
+	s := global.NewStore(c, global.Options{})
+	t.Cleanup(s.Close)
+	p := fmt.Sprintf("synctest%x", rand.Uint64())
+	t.Cleanup(func() {
+		keys, _ := c.Keys(context.Background(), p+":*").Result()
+		if len(keys) > 0 {
+			c.Del(context.Background(), keys...)
+		}
+	})
+	return s, p
+}
+
+// planner sends a 1-token lease request for every state and records what
+// came back.
+type planner struct {
+	mu      sync.Mutex
+	granted map[string]int64
+	errs    int
+	plans   atomic.Int64
+}
+
+func (p *planner) Plan(s *local.State, now, instances int64) (global.LeaseRequest, bool, bool) {
+	p.plans.Add(1)
+	return global.LeaseRequest{Key: s.Key, Now: now, Window: 60_000, Limit: 10, Want: 1}, true, false
+}
+
+func (p *planner) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		p.errs++
+		return true
+	}
+	p.granted[s.Key] += res.Granted
+	return false
+}
+
+func newReconciler(t *testing.T, store *global.Store, prefix string, pl *planner, reg *local.Registry, maxBatch int) *syncer.Reconciler {
+	cache, err := local.NewCache(16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	return syncer.New(syncer.Config{
+		Store: store, Registry: reg, Cache: cache, Planner: pl,
+		Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }, Interval: time.Millisecond,
+		InstancesKey: prefix + ":instances", ID: "a", MaxBatch: maxBatch,
+	})
+}
+
+// TestPassSendsEveryRegisteredKey: one pass visits every registered state,
+// in batches, applies each answer, and counts the instance.
+func TestPassSendsEveryRegisteredKey(t *testing.T) {
+	store, prefix := testStore(t)
+	pl := &planner{granted: map[string]int64{}}
+	var reg local.Registry
+	for i := range 25 {
+		reg.Add(local.NewState(global.Key(prefix, "r", fmt.Sprint(i)), 0))
+	}
+	r := newReconciler(t, store, prefix, pl, &reg, 10)
+	if err := r.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(pl.granted) != 25 || pl.errs != 0 {
+		t.Fatalf("applied %d keys with %d errors, want 25 and 0", len(pl.granted), pl.errs)
+	}
+	for k, g := range pl.granted {
+		if g != 1 {
+			t.Errorf("key %s granted %d, want 1", k, g)
+		}
+	}
+	if reg.Len() != 0 {
+		t.Fatalf("registry holds %d states after Apply released them all", reg.Len())
+	}
+	if got := r.Instances(); got != 1 {
+		t.Fatalf("Instances() = %d, want 1", got)
+	}
+}
+
+// TestLoopStartsAndStops: Start runs passes on its own goroutine; Stop
+// waits for it (goleak checks) and is idempotent; Stop without Start is a
+// no-op.
+func TestLoopStartsAndStops(t *testing.T) {
+	store, prefix := testStore(t)
+	pl := &planner{granted: map[string]int64{}}
+	var reg local.Registry
+	r := newReconciler(t, store, prefix, pl, &reg, 0)
+	r.Stop() // not started: no-op
+	var passErr atomic.Value
+	r.Start(func(err error) { passErr.Store(err) })
+	deadline := time.Now().Add(5 * time.Second)
+	for pl.plans.Load() < 3 && time.Now().Before(deadline) {
+		reg.Add(local.NewState(global.Key(prefix, "r", "u"), 0))
+		time.Sleep(time.Millisecond)
+	}
+	r.Stop()
+	r.Stop()
+	if pl.plans.Load() < 3 {
+		t.Fatalf("the loop planned %d requests in 5 s", pl.plans.Load())
+	}
+	if err, _ := passErr.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPassReportsFailures: with the store closed, every key fails, stays
+// registered, and the pass returns an error.
+func TestPassReportsFailures(t *testing.T) {
+	store, prefix := testStore(t)
+	pl := &planner{granted: map[string]int64{}}
+	var reg local.Registry
+	r := newReconciler(t, store, prefix, pl, &reg, 0)
+	reg.Add(local.NewState(global.Key(prefix, "r", "x"), 0))
+	reg.Add(local.NewState(global.Key(prefix, "r", "y"), 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := r.Pass(ctx)
+	if err == nil || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Pass with a cancelled context = %v, want context.Canceled", err)
+	}
+	if pl.errs != 2 || reg.Len() != 2 {
+		t.Fatalf("errors applied %d, registered %d; want 2 and 2", pl.errs, reg.Len())
+	}
+}
