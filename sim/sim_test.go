@@ -83,3 +83,40 @@ func TestSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadline is the headline scenario on the real Redis and the wall
+// clock: 3 instances, each with its own client and sync loop (100 ms), one
+// hot user offering 10× the limit round robin, limits 1 000/s and 100/s.
+// No whole window may admit more than the limit, and a saturating sender
+// must get at least 0.98× the limit in every whole window.
+func TestHeadline(t *testing.T) {
+	newClient := clients(t)
+	windows := 3
+	if os.Getenv("HEADLINE_WINDOWS") != "" {
+		fmt.Sscan(os.Getenv("HEADLINE_WINDOWS"), &windows)
+	}
+	for _, lim := range []int64{1000, 100} {
+		t.Run(fmt.Sprintf("limit=%d", lim), func(t *testing.T) {
+			rep, err := RunRealtime(context.Background(), RealtimeConfig{
+				NewClient: newClient, KeyPrefix: prefix(), Instances: 3, SyncInterval: 100 * time.Millisecond,
+				Limit: lim, Window: time.Second, Load: 10, Windows: windows,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			worst, mean, least := rep.Ratios()
+			t.Logf("limit %d/s: worst window %.3f×, mean %.3f×, least %.3f×; windows %+v; stats %+v", lim, worst, mean, least, rep.Windows, rep.Stats)
+			for _, w := range rep.Windows {
+				if w.Admitted > lim {
+					t.Errorf("window %d admitted %d > limit %d", w.Index, w.Admitted, lim)
+				}
+				if w.Offered < lim*5 {
+					t.Errorf("window %d offered only %d: the sender fell behind", w.Index, w.Offered)
+				}
+			}
+			if least < 0.98 {
+				t.Errorf("a saturating sender got %.3f× the limit in its worst window, want ≥ 0.98×", least)
+			}
+		})
+	}
+}
