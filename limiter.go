@@ -353,19 +353,19 @@ func (c *Config) fill() error {
 func (r Rule) validate() error {
 	switch {
 	case r.Name == "":
-		return errors.New("Name is empty")
+		return errors.New("field Name is empty")
 	case r.Limit <= 0:
-		return fmt.Errorf("Limit %d is not positive", r.Limit)
+		return fmt.Errorf("field Limit %d is not positive", r.Limit)
 	case r.Window < time.Millisecond:
-		return fmt.Errorf("Window %v is below 1ms", r.Window)
+		return fmt.Errorf("field Window %v is below 1ms", r.Window)
 	case r.Window%time.Millisecond != 0:
-		return fmt.Errorf("Window %v is not a whole number of milliseconds", r.Window)
+		return fmt.Errorf("field Window %v is not a whole number of milliseconds", r.Window)
 	case r.Algorithm >= numAlgorithms:
-		return fmt.Errorf("Algorithm %d is unknown", r.Algorithm)
+		return fmt.Errorf("field Algorithm %d is unknown", r.Algorithm)
 	case r.Mode >= numModes:
-		return fmt.Errorf("Mode %d is unknown", r.Mode)
+		return fmt.Errorf("field Mode %d is unknown", r.Mode)
 	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
-		return fmt.Errorf("Limit %d × Window %v exceeds 2^50 ms", r.Limit, r.Window)
+		return fmt.Errorf("fields Limit %d × Window %v exceed 2^50 ms", r.Limit, r.Window)
 	}
 	return nil
 }

@@ -283,7 +283,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		want string // in the error text
 	}{
 		{"no rules", Config{}, "Rules is empty"},
-		{"zero limit", Config{Rules: []Rule{{Name: "a", Limit: 0, Window: time.Second, Mode: Local}}}, `rule 0 ("a"): Limit 0`},
+		{"zero limit", Config{Rules: []Rule{{Name: "a", Limit: 0, Window: time.Second, Mode: Local}}}, `rule 0 ("a"): field Limit 0`},
 		{"negative limit", Config{Rules: []Rule{{Name: "a", Limit: -5, Window: time.Second, Mode: Local}}}, "Limit -5"},
 		{"zero window", Config{Rules: []Rule{{Name: "a", Limit: 1, Mode: Local}}}, "Window 0s is below 1ms"},
 		{"sub-ms window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Microsecond, Mode: Local}}}, "below 1ms"},
@@ -292,7 +292,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"duplicate", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: Local}, {Name: "a", Limit: 2, Window: time.Second, Mode: Local}}}, `duplicate name "a"`},
 		{"bad algorithm", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Algorithm: 9, Mode: Local}}}, "Algorithm 9"},
 		{"bad mode", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: 9}}}, "Mode 9"},
-		{"huge product", Config{Rules: []Rule{{Name: "a", Limit: 1 << 40, Window: time.Hour, Mode: Local}}}, "exceeds 2^50"},
+		{"huge product", Config{Rules: []Rule{{Name: "a", Limit: 1 << 40, Window: time.Hour, Mode: Local}}}, "exceed 2^50"},
 		{"strict without redis", Config{Rules: []Rule{ok}}, "Config.Redis is nil"},
 		{"brace prefix", Config{Rules: []Rule{ok}, KeyPrefix: "a{b"}, "KeyPrefix"},
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
