@@ -127,26 +127,23 @@ func residentLimiter(b *testing.B) *ratelimit.Limiter {
 		}
 		ctx := context.Background()
 		now := time.UnixMilli(residentClock.Load())
-		// Rounds of demand between sync passes grow each key's lease
-		// (2× the demand of the last interval).
-		for _, per := range []int{1, 4, 16} {
-			var wg sync.WaitGroup
-			for g := range 64 {
-				wg.Go(func() {
-					for i := g; i < residentKeys; i += 64 {
-						for range per {
-							if _, err := residentLim.Allow(ctx, "r", residentUsers[i], now); err != nil {
-								residentErr = err
-								return
-							}
-						}
+		// One AllowN of 16 per user leases 16 more (a lease covers twice
+		// the demand seen); the sync pass then tops each lease up to twice
+		// the interval's demand.
+		var wg sync.WaitGroup
+		for g := range 256 {
+			wg.Go(func() {
+				for i := g; i < residentKeys; i += 256 {
+					if _, err := residentLim.AllowN(ctx, "r", residentUsers[i], now, 16); err != nil {
+						residentErr = err
+						return
 					}
-				})
-			}
-			wg.Wait()
-			if residentErr = residentLim.Sync(ctx); residentErr != nil {
-				return
-			}
+				}
+			})
+		}
+		wg.Wait()
+		if residentErr == nil {
+			residentErr = residentLim.Sync(ctx)
 		}
 	})
 	if residentErr != nil {

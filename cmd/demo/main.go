@@ -1,14 +1,18 @@
 // Command demo shows the rate limiter at work: several gateway instances,
 // each with its own Limiter and its own Redis client, share one Redis and
 // receive round-robin traffic from a few users, one of whom sends five
-// times its limits.
+// times its limits. The flagship rule runs in hybrid mode (decisions made
+// locally from token leases reserved in Redis), next to a strict and a
+// local rule.
 //
 // Time is virtual: every request carries an explicit timestamp and the
-// Limiters' clock (Config.Now) follows it, so the demo never sleeps, takes
-// a fraction of a second, and prints the same table for the same flags.
+// Limiters' clock (Config.Now) follows it; the hybrid sync passes run at
+// virtual ticks (Config.ManualSync, Limiter.Sync on every instance every
+// -sync of virtual time). So the demo never sleeps, takes a fraction of a
+// second, and prints the same table for the same flags.
 //
 //	go run ./cmd/demo                     # embedded Redis (miniredis), no setup
-//	go run ./cmd/demo -redis 127.0.0.1:6379 -seconds 10 -instances 5 -rps 80
+//	go run ./cmd/demo -redis 127.0.0.1:6379 -seconds 10 -instances 5 -rps 80 -sync 50ms
 package main
 
 import (
@@ -37,15 +41,18 @@ type options struct {
 	Seconds   int    // virtual seconds simulated
 	Instances int    // gateway instances, one Limiter and one client each
 	RPS       int    // the hot user's requests per second on GET /v1/orders
+	// Sync is the hybrid mode's sync interval, in virtual time: every Sync
+	// each instance runs one sync pass (Limiter.Sync).
+	Sync time.Duration
 }
 
 func defaultOptions() options {
-	return options{Seconds: 5, Instances: 3, RPS: 50}
+	return options{Seconds: 5, Instances: 3, RPS: 50, Sync: 100 * time.Millisecond}
 }
 
 // rules are the gateway's limits, one per endpoint.
 var rules = []ratelimit.Rule{
-	{Name: "GET /v1/orders", Limit: 10, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Strict},
+	{Name: "GET /v1/orders", Limit: 10, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Hybrid},
 	{Name: "POST /v1/orders", Limit: 5, Window: time.Second, Algorithm: ratelimit.TokenBucket, Mode: ratelimit.Strict},
 	{Name: "GET /v1/catalog", Limit: 20, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Local},
 }
@@ -77,6 +84,8 @@ type event struct {
 	rule     int   // index in rules
 	instance int
 	decision ratelimit.Decision
+	remote   bool // a hybrid decision that asked Redis (its instance's Stats().Remote grew)
+	exact    bool // what one exact limiter, fed every request of the rule, decided (hybrid rules only)
 }
 
 // simulation is what simulate did, in the order the requests were served.
@@ -85,6 +94,8 @@ type simulation struct {
 	store  string // where the shared state lived
 	load   []float64
 	events []event
+	stats  ratelimit.Stats // the instances' hybrid counters, summed (Instances: as the last instance saw it)
+	passes int             // sync passes run, over all instances
 }
 
 func main() {
@@ -93,6 +104,7 @@ func main() {
 	flag.IntVar(&opts.Seconds, "seconds", opts.Seconds, "virtual seconds to simulate")
 	flag.IntVar(&opts.Instances, "instances", opts.Instances, "gateway instances sharing the store")
 	flag.IntVar(&opts.RPS, "rps", opts.RPS, "hot user's requests per second on GET /v1/orders (limit 10/s); its other endpoints get the same multiple of their limit")
+	flag.DurationVar(&opts.Sync, "sync", opts.Sync, "hybrid sync interval, in virtual time: every instance runs a sync pass this often")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -120,6 +132,8 @@ func (o options) validate() error {
 		return fmt.Errorf("-instances %d: want 1 to 100", o.Instances)
 	case o.RPS < 1 || o.RPS > 10_000:
 		return fmt.Errorf("-rps %d: want 1 to 10000", o.RPS)
+	case o.Sync < time.Millisecond || o.Sync > time.Minute || o.Sync%time.Millisecond != 0:
+		return fmt.Errorf("-sync %v: want whole milliseconds from 1ms to 1m", o.Sync)
 	}
 	return nil
 }
@@ -155,16 +169,41 @@ func simulate(ctx context.Context, opts options) (*simulation, error) {
 	clock.Store(start.UnixMilli())
 	now := func() time.Time { return time.UnixMilli(clock.Load()) }
 
+	// ManualSync: no background sync loop (it would tick in real time); the
+	// passes run below, at virtual ticks.
 	limiters := make([]*ratelimit.Limiter, opts.Instances)
 	for i := range limiters {
 		rdb := redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true})
 		defer rdb.Close()
-		lim, err := ratelimit.New(ratelimit.Config{Redis: rdb, Rules: rules, Now: now, KeyPrefix: prefix})
+		lim, err := ratelimit.New(ratelimit.Config{
+			Redis: rdb, Rules: rules, Now: now, KeyPrefix: prefix,
+			SyncInterval: opts.Sync, ManualSync: true, InstanceID: fmt.Sprintf("gateway-%d", i),
+			MaxLocalKeys: 1024, // three users; the default (1<<20) sizes ristretto for a real gateway
+		})
 		if err != nil {
 			return nil, fmt.Errorf("instance %d: %w", i, err)
 		}
 		defer lim.Close()
 		limiters[i] = lim
+	}
+
+	// The exact reference for the hybrid rules: one Local-mode Limiter, i.e.
+	// the same algorithm computed exactly in one process, fed every request
+	// of those rules. It shows what the leases held unspent cost.
+	var refRules []ratelimit.Rule
+	for _, r := range rules {
+		if r.Mode == ratelimit.Hybrid {
+			r.Mode = ratelimit.Local
+			refRules = append(refRules, r)
+		}
+	}
+	var ref *ratelimit.Limiter
+	if len(refRules) > 0 {
+		var err error
+		if ref, err = ratelimit.New(ratelimit.Config{Rules: refRules, Now: now}); err != nil {
+			return nil, fmt.Errorf("reference: %w", err)
+		}
+		defer ref.Close()
 	}
 
 	sim.load = make([]float64, len(users))
@@ -176,16 +215,47 @@ func simulate(ctx context.Context, opts options) (*simulation, error) {
 	}
 	reqs := traffic(opts.Seconds, sim.load)
 	sim.events = make([]event, 0, len(reqs))
+	tick := opts.Sync.Milliseconds()
+	nextSync := tick // virtual ms since start
 	for i, r := range reqs {
+		// Every sync tick due at or before this request: one pass on every
+		// instance, at the tick's time.
+		for ; nextSync <= r.at; nextSync += tick {
+			clock.Store(start.UnixMilli() + nextSync)
+			for j, lim := range limiters {
+				if err := lim.Sync(ctx); err != nil {
+					return nil, fmt.Errorf("sync at %d ms, instance %d: %w", nextSync, j, err)
+				}
+				sim.passes++
+			}
+		}
+
 		inst := i % opts.Instances // round robin, as a load balancer would
+		rl := rules[r.rule]
 		t := start.Add(time.Duration(r.at) * time.Millisecond)
 		clock.Store(t.UnixMilli())
-		d, err := limiters[inst].Allow(ctx, rules[r.rule].Name, users[r.user].id, t)
+		before := limiters[inst].Stats().Remote
+		d, err := limiters[inst].Allow(ctx, rl.Name, users[r.user].id, t)
 		if err != nil {
 			return nil, fmt.Errorf("request %d: %w", i, err)
 		}
 		r.instance, r.decision = inst, d
+		if rl.Mode == ratelimit.Hybrid {
+			r.remote = limiters[inst].Stats().Remote > before
+			rd, err := ref.Allow(ctx, rl.Name, users[r.user].id, t)
+			if err != nil {
+				return nil, fmt.Errorf("request %d, reference: %w", i, err)
+			}
+			r.exact = rd.Allowed
+		}
 		sim.events = append(sim.events, r)
+	}
+	for _, lim := range limiters {
+		st := lim.Stats()
+		sim.stats.LocalAllowed += st.LocalAllowed
+		sim.stats.LocalDenied += st.LocalDenied
+		sim.stats.Remote += st.Remote
+		sim.stats.Instances = st.Instances
 	}
 	return sim, nil
 }
@@ -214,11 +284,20 @@ func traffic(seconds int, load []float64) []event {
 // cell is the tally of one user on one rule in one virtual second.
 type cell struct {
 	offered, admitted  int
+	remote             int // hybrid decisions that asked Redis
+	exact              int // admitted by the exact reference (hybrid rules)
 	minRetry, maxRetry int // Retry-After seconds of the denials
 }
 
-func (c *cell) add(d ratelimit.Decision) {
+func (c *cell) add(e event) {
+	d := e.decision
 	c.offered++
+	if e.remote {
+		c.remote++
+	}
+	if e.exact {
+		c.exact++
+	}
 	if d.Allowed {
 		c.admitted++
 		return
@@ -250,21 +329,26 @@ func (sim *simulation) tally() [][][]cell {
 		}
 	}
 	for _, e := range sim.events {
-		t[e.at/1000][e.user][e.rule].add(e.decision)
+		t[e.at/1000][e.user][e.rule].add(e)
 	}
 	return t
 }
 
-// report writes the per-second table and a summary line.
+// report writes the per-second table and the summary lines.
 func (sim *simulation) report(w io.Writer) error {
 	var b strings.Builder
 	o := sim.opts
 	fmt.Fprintf(&b, "%d gateway instances, one Limiter and one Redis client each, sharing %s; %d virtual seconds from %s\n",
 		o.Instances, sim.store, o.Seconds, start.Format(time.RFC3339))
+	var hybrid []string // names of the hybrid rules
 	for _, r := range rules {
 		scope := "shared by all instances"
-		if r.Mode == ratelimit.Local {
+		switch r.Mode {
+		case ratelimit.Local:
 			scope = "per instance"
+		case ratelimit.Hybrid:
+			scope = fmt.Sprintf("shared; local decisions from leases, synced every %v", o.Sync)
+			hybrid = append(hybrid, r.Name)
 		}
 		fmt.Fprintf(&b, "rule %-16s %3d per %v  %-14v %-6v (%s)\n", r.Name, r.Limit, r.Window, r.Algorithm, r.Mode, scope)
 	}
@@ -282,25 +366,38 @@ func (sim *simulation) report(w io.Writer) error {
 	b.WriteString("\n")
 
 	// Per second and user, one column group per rule: offered, admitted,
-	// denied, and the range of Retry-After seconds given to the denied.
-	const group = "%5s %4s %4s %6s"
-	b.WriteString("offer/adm/deny: requests offered, admitted, denied; retry: the Retry-After (seconds) the denied got\n\n")
+	// denied, the range of Retry-After seconds given to the denied, and for
+	// a hybrid rule the decisions that asked Redis.
+	b.WriteString("offer/adm/deny: requests offered, admitted, denied; retry: the Retry-After (seconds) the denied got\n" +
+		"redis: hybrid decisions that asked Redis (the others were made locally, from a lease or the known counts)\n\n")
+	width := func(r ratelimit.Rule) int {
+		if r.Mode == ratelimit.Hybrid {
+			return 28
+		}
+		return 22
+	}
 	head := "           "
 	for _, r := range rules {
-		head += fmt.Sprintf("  %-22s", r.Name)
+		head += fmt.Sprintf("  %-*s", width(r), r.Name)
 	}
 	b.WriteString(strings.TrimRight(head, " "))
 	b.WriteString("\nsec  user  ")
-	for range rules {
-		fmt.Fprintf(&b, "  "+group, "offer", "adm", "deny", "retry")
+	for _, r := range rules {
+		fmt.Fprintf(&b, "  %5s %4s %4s %6s", "offer", "adm", "deny", "retry")
+		if r.Mode == ratelimit.Hybrid {
+			fmt.Fprintf(&b, " %5s", "redis")
+		}
 	}
 	b.WriteByte('\n')
 	tal := sim.tally()
 	for s := range tal {
 		for u := range tal[s] {
 			fmt.Fprintf(&b, "%3d  %-6s", s, users[u].id)
-			for _, c := range tal[s][u] {
+			for r, c := range tal[s][u] {
 				fmt.Fprintf(&b, "  %5d %4d %4d %6s", c.offered, c.admitted, c.offered-c.admitted, c.retry())
+				if rules[r].Mode == ratelimit.Hybrid {
+					fmt.Fprintf(&b, " %5d", c.remote)
+				}
 			}
 			b.WriteByte('\n')
 		}
@@ -314,7 +411,7 @@ func (sim *simulation) report(w io.Writer) error {
 			admitted++
 		}
 		if users[e.user].load < 0 {
-			hot[e.rule].add(e.decision)
+			hot[e.rule].add(e)
 		}
 	}
 	fmt.Fprintf(&b, "\nsummary: %d requests, %d admitted, %d denied; the hot user got", total, admitted, total-admitted)
@@ -326,6 +423,22 @@ func (sim *simulation) report(w io.Writer) error {
 		fmt.Fprintf(&b, "%s %d of %d on %s", sep, c.admitted, c.offered, rules[r].Name)
 	}
 	b.WriteString("\n")
+	if len(hybrid) > 0 {
+		st := sim.stats
+		fmt.Fprintf(&b, "hybrid (%s), Stats summed over the instances: %d decisions, %d allowed and %d denied locally, %d asked Redis; "+
+			"%d sync passes (%d ticks × %d instances)\n",
+			strings.Join(hybrid, ", "), st.LocalAllowed+st.LocalDenied+st.Remote, st.LocalAllowed, st.LocalDenied, st.Remote,
+			sim.passes, sim.passes/o.Instances, o.Instances)
+		b.WriteString("one exact limiter (same algorithm, in one process) fed the same requests would have given the hot user")
+		sep := ""
+		for r, c := range hot {
+			if rules[r].Mode == ratelimit.Hybrid {
+				fmt.Fprintf(&b, "%s %d of %d on %s", sep, c.exact, c.offered, rules[r].Name)
+				sep = ","
+			}
+		}
+		b.WriteString("\n")
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
