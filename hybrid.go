@@ -32,7 +32,29 @@ type hybrid struct {
 	closing   atomic.Bool // the last pass gives every lease back
 
 	// Decision counters, for Stats.
-	localAllowed, localDenied, remote atomic.Int64
+	localAllowed, localDenied counter
+	remote                    atomic.Int64 // on the Redis path only
+}
+
+// counter is an int64 counter striped over cache lines by key, so that
+// decisions on different keys running on different cores do not contend
+// on one line: one shared atomic cost ~60 ns a decision in
+// BenchmarkResidentKeys (1M keys, 2 cores).
+type counter struct {
+	stripes [16]struct {
+		n atomic.Int64
+		_ [56]byte // pad to a 64-byte line
+	}
+}
+
+func (c *counter) add(hash uint64) { c.stripes[hash%16].n.Add(1) }
+
+func (c *counter) load() int64 {
+	var n int64
+	for i := range c.stripes {
+		n += c.stripes[i].n.Load()
+	}
+	return n
 }
 
 // prevWeight returns the previous window's count as the algorithm weighs
@@ -95,9 +117,9 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	s.Unlock()
 	h.registry.Add(s)
 	if res.allowed {
-		h.localAllowed.Add(1)
+		h.localAllowed.add(s.Hash())
 	} else {
-		h.localDenied.Add(1)
+		h.localDenied.add(s.Hash())
 	}
 	return res.shift(now - ms), true
 }

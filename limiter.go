@@ -489,8 +489,8 @@ func (l *Limiter) Stats() Stats {
 		return Stats{}
 	}
 	return Stats{
-		LocalAllowed: h.localAllowed.Load(),
-		LocalDenied:  h.localDenied.Load(),
+		LocalAllowed: h.localAllowed.load(),
+		LocalDenied:  h.localDenied.load(),
 		Remote:       h.remote.Load(),
 		Instances:    h.instances(),
 	}

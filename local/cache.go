@@ -2,43 +2,47 @@ package local
 
 import (
 	"fmt"
+	"hash/maphash"
+	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
 )
 
-// Cache maps a user to the hybrid states of that user's keys, one per
-// hybrid rule, in a ristretto cache bounded by a number of users.
+// Cache holds the hybrid states of (user, rule) keys in a ristretto cache
+// bounded by a number of keys.
+//
+// A key is two independent 64-bit hashes of the user and the rule: the
+// first is ristretto's key, the second is kept in the State and checked on
+// every lookup (ristretto itself identifies string keys by two hashes in the
+// same way). So a lookup builds no string, allocates nothing and touches
+// one State.
 //
 // Ristretto's Set is buffered and may be dropped by its admission policy, so
-// a user just created is also kept in a small side map until the next
-// Forget, and is found there until ristretto shows it. Losing an entry loses
-// nothing that matters: a state with a lease or unreported requests is held
-// by the sync Registry until its lease is returned, and a user who comes
+// a key just created is also kept in a small side map until the next
+// Forget, and is found there until ristretto shows it. Losing a State
+// loses nothing that matters: a state with a lease or unreported requests is
+// held by the sync Registry until its lease is returned (sooner when the
+// cache evicts or rejects it: it is marked orphaned), and a key that comes
 // back gets a new State with no lease, which asks Redis before it admits
 // anything locally.
 type Cache struct {
-	c     *ristretto.Cache[string, *Entry]
-	rules int
+	c            *ristretto.Cache[uint64, *State]
+	seed1, seed2 maphash.Seed
+	ruleMix      []uint64 // per rule, mixed into the user's hashes
 
 	mu     sync.Mutex
-	recent map[string]*Entry // created since the last Forget
+	recent map[uint64]*State // created since the last Forget
 }
 
-// Entry holds one user's states, indexed by rule.
-type Entry struct {
-	states []atomic.Pointer[State]
-}
-
-// NewCache returns a cache for up to maxUsers users of rules hybrid rules.
-func NewCache(maxUsers int64, rules int) (*Cache, error) {
-	if maxUsers < 1 || rules < 1 {
-		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive", maxUsers, rules)
+// NewCache returns a cache for up to maxKeys keys of rules rules.
+func NewCache(maxKeys int64, rules int) (*Cache, error) {
+	if maxKeys < 1 || rules < 1 {
+		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive", maxKeys, rules)
 	}
-	c, err := ristretto.NewCache(&ristretto.Config[string, *Entry]{
-		NumCounters:        10 * maxUsers, // ristretto's advice: 10× the items held
-		MaxCost:            maxUsers,      // every entry costs 1
+	c, err := ristretto.NewCache(&ristretto.Config[uint64, *State]{
+		NumCounters:        10 * maxKeys, // ristretto's advice: 10× the items held
+		MaxCost:            maxKeys,      // every entry costs 1
 		BufferItems:        64,
 		IgnoreInternalCost: true,
 		OnEvict:            orphan,
@@ -47,55 +51,51 @@ func NewCache(maxUsers int64, rules int) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: %w", err)
 	}
-	return &Cache{c: c, rules: rules, recent: make(map[string]*Entry)}, nil
+	mix := make([]uint64, rules)
+	for i := range mix {
+		mix[i] = rand.Uint64()
+	}
+	return &Cache{c: c, seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(), ruleMix: mix, recent: make(map[uint64]*State)}, nil
 }
 
-// orphan marks the states of an entry that ristretto evicted or rejected.
-// (A rejected entry still serves from the side map until the next Forget,
-// which the same sync pass runs before it plans.)
-func orphan(item *ristretto.Item[*Entry]) {
-	for i := range item.Value.states {
-		if s := item.Value.states[i].Load(); s != nil {
-			s.orphan.Store(true)
-		}
-	}
+// orphan marks a state that ristretto evicted or rejected. (A rejected
+// state still serves from the side map until the next Forget, which the
+// same sync pass runs before it plans.)
+func orphan(item *ristretto.Item[*State]) { item.Value.orphan.Store(true) }
+
+func (c *Cache) hash(user string, rule int) (key, check uint64) {
+	return maphash.String(c.seed1, user) ^ c.ruleMix[rule], maphash.String(c.seed2, user) + c.ruleMix[rule]
 }
 
 // Get returns the state of user under rule, or nil. It allocates nothing.
 func (c *Cache) Get(user string, rule int) *State {
-	if e, ok := c.c.Get(user); ok {
-		if s := e.states[rule].Load(); s != nil {
-			return s
-		}
+	key, check := c.hash(user, rule)
+	if s, ok := c.c.Get(key); ok && s.check == check && !s.Orphaned() {
+		return s
 	}
 	return nil
 }
 
 // GetOrCreate returns the state of user under rule, creating it (with
-// NewState(key(), rule)) if needed.
-func (c *Cache) GetOrCreate(user string, rule int, key func() string) *State {
-	e, ok := c.c.Get(user)
-	if !ok {
-		c.mu.Lock()
-		e, ok = c.recent[user]
-		if !ok {
-			e = &Entry{states: make([]atomic.Pointer[State], c.rules)}
-			c.recent[user] = e
-			c.c.Set(user, e, 1) // may be dropped; recent holds it until Forget
-		}
-		c.mu.Unlock()
-	}
-	if s := e.states[rule].Load(); s != nil {
+// NewState(redisKey(), rule)) if needed.
+func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *State {
+	key, check := c.hash(user, rule)
+	if s, ok := c.c.Get(key); ok && s.check == check && !s.Orphaned() {
 		return s
 	}
-	s := NewState(key(), rule)
-	if !e.states[rule].CompareAndSwap(nil, s) {
-		return e.states[rule].Load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.recent[key]; ok && s.check == check {
+		return s // even if rejected: it serves until Forget, and its pass returns its lease
 	}
+	s := NewState(redisKey(), rule)
+	s.check = check
+	c.recent[key] = s
+	c.c.Set(key, s, 1) // may be dropped; recent holds it until Forget
 	return s
 }
 
-// Forget empties the side map of recently created users; the sync pass
+// Forget empties the side map of recently created keys; the sync pass
 // calls it once per interval, by when ristretto has admitted or dropped
 // them.
 func (c *Cache) Forget() {

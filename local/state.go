@@ -15,21 +15,25 @@ import (
 // instance's unreturned lease, so a leased token is counted before it is
 // spent.
 type State struct {
-	mu sync.Mutex
+	// The fields the decision path reads come first, so that with the
+	// lock they share the State's first cache line.
+	mu        sync.Mutex
+	Window    int64       // window index of Prev, Cur and Lease
+	Last      int64       // newest time (ms) decided or answered; older timestamps are judged at Last
+	Prev, Cur int64       // global counts of windows Window−1 and Window, as last known (lower bounds)
+	Lease     int64       // tokens reserved in Redis for Window, not yet spent here
+	Attempts  int64       // requests seen (n-weighted) since the last report to Redis
+	active    atomic.Bool // held by a Registry
+	orphan    atomic.Bool // no longer reachable from the Cache
 
-	Key  string // the key's base Redis key; read-only
-	Rule int    // index of the key's rule; read-only
-
-	Window    int64 // window index of Prev, Cur and Lease
-	Last      int64 // newest time (ms) decided or answered; older timestamps are judged at Last
-	Prev, Cur int64 // global counts of windows Window−1 and Window, as last known (lower bounds)
-	Lease     int64 // tokens reserved in Redis for Window, not yet spent here
+	Key   string // the key's base Redis key; read-only
+	Rule  int    // index of the key's rule; read-only
+	check uint64 // second hash of (user, rule), to tell Cache collisions apart
 
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
 	ReturnWindow, Return int64
 
-	Attempts int64 // requests seen (n-weighted) since the last report to Redis
-	Demand   int64 // requests seen over the last sync interval
+	Demand int64 // requests seen over the last sync interval
 
 	// Reported requests per window, this instance's and all instances':
 	// the ratio is this instance's share of the key's demand.
@@ -37,10 +41,11 @@ type State struct {
 	AllPrev, AllCur   int64
 
 	Acquiring bool // a lease request of the decision path is under way
-
-	active atomic.Bool // held by a Registry
-	orphan atomic.Bool // no longer reachable from the Cache
 }
+
+// Hash returns a random-looking 64-bit hash of the state's key, stable
+// for the state's life (0 for a state made by NewState).
+func (s *State) Hash() uint64 { return s.check }
 
 // Orphaned reports whether the Cache has let go of the state (evicted or
 // rejected its user): its lease can serve no one and should go back.
