@@ -89,6 +89,7 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	w := r.window
 	s.Lock()
 	now := max(ms, s.Last)
+	s.Last = now // keeps Last ≥ the start of Window: see local.State
 	idx := now / w
 	s.Roll(idx)
 	elapsed := now - idx*w
@@ -99,7 +100,6 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	case s.Lease >= n:
 		s.Lease -= n
 		s.Attempts += n
-		s.Last = now
 		cur += n
 		res = result{allowed: true}
 	case !h.admits(r, prev, cur, elapsed, n):
@@ -113,7 +113,7 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 		return result{}, false
 	}
 	res.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
-	res.resetAfter = slidingResetAfter(prev, s.Cur, elapsed, w)
+	res.resetAfter = h.resetAfter(r, prev, s.Cur, elapsed)
 	s.Unlock()
 	h.registry.Add(s)
 	if res.allowed {
@@ -135,12 +135,23 @@ func (h *hybrid) retryAfter(r *rule, prev, cur, elapsed, n int64) int64 {
 	return slidingRetryAfter(prev, cur, elapsed, r.window, r.Limit, n)
 }
 
+func (h *hybrid) resetAfter(r *rule, prev, cur, elapsed int64) int64 {
+	if r.Algorithm == FixedWindow {
+		if cur > 0 {
+			return r.window - elapsed
+		}
+		return 0
+	}
+	return slidingResetAfter(prev, cur, elapsed, r.window)
+}
+
 // acquire asks Redis to admit n and, unless another acquire for the key is
 // under way, to lease what the key's demand calls for.
 func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int64) (result, error) {
 	w := r.window
 	s.Lock()
 	now := max(ms, s.Last)
+	s.Last = now
 	s.Roll(now / w)
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
 	lead := !s.Acquiring
@@ -182,7 +193,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		out.retryAfter = h.retryAfter(r, prev, cur, elapsed, n)
 	}
 	out.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
-	out.resetAfter = slidingResetAfter(prev, res.Cur, elapsed, w)
+	out.resetAfter = h.resetAfter(r, prev, res.Cur, elapsed)
 	s.Unlock()
 	h.registry.Add(s)
 	return out.shift(res.Now - ms), nil
@@ -246,6 +257,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	s.Lock()
 	defer s.Unlock()
 	now = max(now, s.Last)
+	s.Last = now // requests stamped before this pass are judged at it, as Redis will
 	s.Roll(now / w)
 	v := h.view(s, r, now)
 	v.instances = instances

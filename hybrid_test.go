@@ -239,3 +239,38 @@ func TestHybridRejectsUnsupportedAlgorithms(t *testing.T) {
 		require.Contains(t, err.Error(), "hybrid supports")
 	}
 }
+
+// TestHybridLeaseNeverSpentBeforeItsWindow: a sync pass at clock T rolls a
+// key into T's window and leases for it; a request stamped just before T
+// (in the previous, full window) must be judged at T, not spend the new
+// window's lease as if it were in the old one.
+func TestHybridLeaseNeverSpentBeforeItsWindow(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "edge", Limit: 5, Window: time.Second, Algorithm: FixedWindow}
+	t0 := time.UnixMilli(base.UnixMilli()/1000*1000 + 1000) // a window start
+	now := t0.Add(-time.Millisecond)
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now }, ManualSync: true, MaxLocalKeys: 64})
+	require.NoError(t, err)
+	defer l.Close()
+	for range 5 {
+		d, err := l.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	now = t0
+	require.NoError(t, l.Sync(ctx)) // rolls into t0's window and leases for it
+	s := l.hybrid.cache.Get("u", 0)
+	require.NotNil(t, s)
+	s.Lock()
+	lease, last, window := s.Lease, s.Last, s.Window
+	s.Unlock()
+	require.Positive(t, lease, "the pass should lease for the new window")
+	d, err := l.Allow(ctx, rule.Name, "u", t0.Add(-time.Millisecond))
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "judged at the pass's time, in the new window")
+	require.GreaterOrEqual(t, last, window*1000, "Last must not lie before its window")
+	// Judged at t0: the window ends 1000 ms after t0, 1001 after the stamp.
+	require.Equal(t, 1001*time.Millisecond, d.ResetAfter)
+}

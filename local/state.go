@@ -19,7 +19,7 @@ type State struct {
 	// lock they share the State's first cache line.
 	mu        sync.Mutex
 	Window    int64       // window index of Prev, Cur and Lease
-	Last      int64       // newest time (ms) decided or answered; older timestamps are judged at Last
+	Last      int64       // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
 	Prev, Cur int64       // global counts of windows Window−1 and Window, as last known (lower bounds)
 	Lease     int64       // tokens reserved in Redis for Window, not yet spent here
 	Attempts  int64       // requests seen (n-weighted) since the last report to Redis
