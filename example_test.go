@@ -31,7 +31,7 @@ func Example() {
 	lim, err := ratelimit.New(ratelimit.Config{
 		Redis: rdb,
 		Rules: []ratelimit.Rule{
-			{Name: "GET /v1/orders", Limit: 3, Window: time.Second}, // SlidingWindow, Strict
+			{Name: "GET /v1/orders", Limit: 3, Window: time.Second}, // SlidingWindow, Hybrid: the defaults
 		},
 		Now: func() time.Time { return t0 }, // the clock the timestamps are checked against
 	})
@@ -167,4 +167,65 @@ func Example_local() {
 	// instance b: allowed=true
 	// instance b: allowed=false
 	// true
+}
+
+// Two gateway instances share a limit of 1000 per minute in the hybrid
+// mode: each decides locally from leases it reserves in Redis, and a sync
+// pass (here run by hand, at virtual ticks) reports demand and renews the
+// leases. Together they never admit more than the limit.
+func Example_hybrid() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+
+	now := t0
+	rule := ratelimit.Rule{Name: "search", Limit: 1000, Window: time.Minute} // Mode: Hybrid
+	var gateways []*ratelimit.Limiter
+	for range 2 {
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		defer rdb.Close()
+		lim, err := ratelimit.New(ratelimit.Config{
+			Redis: rdb, Rules: []ratelimit.Rule{rule},
+			SyncInterval: 100 * time.Millisecond,
+			ManualSync:   true, // deterministic: Sync runs the passes
+			Now:          func() time.Time { return now },
+		})
+		if err != nil {
+			panic(err)
+		}
+		defer lim.Close()
+		gateways = append(gateways, lim)
+	}
+
+	ctx := context.Background()
+	admitted := 0
+	// 30 ticks of 100 ms; 50 requests per tick, alternating gateways.
+	for range 30 {
+		for i := range 50 {
+			d, err := gateways[i%2].Allow(ctx, rule.Name, "user-42", now.Add(time.Duration(i)*time.Millisecond))
+			if err != nil {
+				panic(err)
+			}
+			if d.Allowed {
+				admitted++
+			}
+		}
+		now = now.Add(100 * time.Millisecond)
+		for _, g := range gateways {
+			if err := g.Sync(ctx); err != nil {
+				panic(err)
+			}
+		}
+	}
+	var local, remote int64
+	for _, g := range gateways {
+		st := g.Stats()
+		local += st.LocalAllowed + st.LocalDenied
+		remote += st.Remote
+	}
+	fmt.Printf("admitted %d of 1500; decided locally %d, in Redis %d\n", admitted, local, remote)
+	// Output:
+	// admitted 1000 of 1500; decided locally 1486, in Redis 14
 }

@@ -136,9 +136,10 @@ type Config struct {
 	// ManualSync stops the Limiter from running its own sync loop: the
 	// caller runs every pass with Sync (deterministic tests, simulations).
 	ManualSync bool
-	// MaxLocalKeys bounds the users whose hybrid state this process keeps
+	// MaxLocalKeys bounds the (user, rule) keys whose hybrid state this process keeps
 	// (a ristretto cache; less used users are evicted, which only costs them
-	// a Redis call on their next request). Default 1<<20.
+	// a Redis call on their next request). Default 1<<17; the cache takes
+	// about 20 bytes of admission counters per key on top of the states.
 	MaxLocalKeys int64
 	// InstanceID names this instance in the Redis registry of live
 	// instances. Default: random.
@@ -333,7 +334,7 @@ func (c *Config) fill() error {
 		c.MaxSkew = 5 * time.Minute
 	}
 	if c.MaxLocalKeys == 0 {
-		c.MaxLocalKeys = 1 << 20
+		c.MaxLocalKeys = 1 << 17
 	}
 	if c.MaxLocalKeys < 0 {
 		return fmt.Errorf("%w: Config.MaxLocalKeys %d is negative", ErrInvalidArgument, c.MaxLocalKeys)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -95,6 +96,10 @@ func runLocal(b *testing.B, conc string, allow func() bool) {
 // residentKeys is how many users BenchmarkResidentKeys keeps in memory.
 const residentKeys = 1 << 20
 
+// residentPrefix is this process's key prefix for the resident keys; the
+// package's TestMain deletes its keys when the benchmarks end.
+var residentPrefix = fmt.Sprintf("rlbenchresident%x", rand.Uint64())
+
 var (
 	residentOnce  sync.Once
 	residentUsers []string
@@ -118,7 +123,7 @@ func residentLimiter(b *testing.B) *ratelimit.Limiter {
 		client := redis.NewClient(&redis.Options{Addr: redisAddr()})
 		residentClock.Store(time.Now().UnixMilli())
 		residentLim, residentErr = ratelimit.New(ratelimit.Config{
-			Redis: client, KeyPrefix: "rlbenchresident", MaxLocalKeys: 2 * residentKeys, ManualSync: true,
+			Redis: client, KeyPrefix: residentPrefix, MaxLocalKeys: 2 * residentKeys, ManualSync: true,
 			Now:   func() time.Time { return time.UnixMilli(residentClock.Load()) },
 			Rules: []ratelimit.Rule{{Name: "r", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
 		})

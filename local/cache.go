@@ -91,17 +91,26 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 	s := NewState(redisKey(), rule)
 	s.check = check
 	c.recent[key] = s
-	c.c.Set(key, s, 1) // may be dropped; recent holds it until Forget
+	if !c.c.Set(key, s, 1) {
+		s.orphan.Store(true) // dropped at once: it serves from recent until Forget
+	}
 	return s
 }
 
-// Forget empties the side map of recently created keys; the sync pass
-// calls it once per interval, by when ristretto has admitted or dropped
-// them.
+// Forget drops from the side map the states that ristretto now holds, and
+// those it evicted, rejected or dropped; the sync pass calls it once per
+// interval. A state ristretto has not processed yet stays, so that it is
+// never replaced by a second state for the same key while it is pending.
 func (c *Cache) Forget() {
 	c.mu.Lock()
-	clear(c.recent)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	for key, s := range c.recent {
+		if s.Orphaned() {
+			delete(c.recent, key)
+		} else if v, ok := c.c.Get(key); ok && v == s {
+			delete(c.recent, key)
+		}
+	}
 }
 
 // Close stops the cache's goroutines.

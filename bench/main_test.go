@@ -1,0 +1,36 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// TestMain runs the package, then deletes the keys of the limiter that
+// BenchmarkResidentKeys builds once per process (1M keys, which would
+// otherwise live two windows), and closes it.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if residentLim != nil {
+		_ = residentLim.Close()
+		c := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		iter := c.Scan(ctx, 0, residentPrefix+":*", 5000).Iterator()
+		var batch []string
+		for iter.Next(ctx) {
+			if batch = append(batch, iter.Val()); len(batch) == 5000 {
+				c.Unlink(ctx, batch...)
+				batch = batch[:0]
+			}
+		}
+		if len(batch) > 0 {
+			c.Unlink(ctx, batch...)
+		}
+		cancel()
+		_ = c.Close()
+	}
+	os.Exit(code)
+}
