@@ -227,5 +227,5 @@ func Example_hybrid() {
 	}
 	fmt.Printf("admitted %d of 1500; decided locally %d, in Redis %d\n", admitted, local, remote)
 	// Output:
-	// admitted 1000 of 1500; decided locally 1486, in Redis 14
+	// admitted 1000 of 1500; decided locally 1494, in Redis 6
 }

@@ -2,7 +2,9 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
@@ -30,6 +32,11 @@ type hybrid struct {
 	registry  local.Registry
 	instances func() int64
 	closing   atomic.Bool // the last pass gives every lease back
+
+	// gate: decisions that call Redis hold it shared; Close takes it
+	// exclusively and sets closed, so no grant lands after the last pass.
+	gate   sync.RWMutex
+	closed bool
 
 	// Decision counters, for Stats.
 	localAllowed, localDenied counter
@@ -100,6 +107,7 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	case s.Lease >= n:
 		s.Lease -= n
 		s.Attempts += n
+		s.Seen += n
 		cur += n
 		res = result{allowed: true}
 	case !h.admits(r, prev, cur, elapsed, n):
@@ -107,6 +115,7 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 		// that others may give back), so this denial is one Redis would
 		// make too.
 		s.Attempts += n
+		s.Seen += n
 		res = result{retryAfter: h.retryAfter(r, prev, cur, elapsed, n)}
 	default:
 		s.Unlock()
@@ -146,14 +155,29 @@ func (h *hybrid) resetAfter(r *rule, prev, cur, elapsed int64) int64 {
 }
 
 // acquire asks Redis to admit n and, unless another acquire for the key is
-// under way, to lease what the key's demand calls for.
+// under way, to lease what the key's demand calls for. A lease too small
+// for n goes back in the same call: Redis counts it, so keeping it would
+// count those tokens twice against n.
 func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int64) (result, error) {
+	// The gate keeps Close's last pass from running while this call is out:
+	// a grant that arrived after it would never be returned.
+	h.gate.RLock()
+	defer h.gate.RUnlock()
+	if h.closed {
+		return result{}, ErrClosed
+	}
 	w := r.window
 	s.Lock()
 	now := max(ms, s.Last)
 	s.Last = now
 	s.Roll(now / w)
+	s.Seen += n
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
+	if s.Lease > 0 {
+		req.Returns[1] = global.Return{Window: s.Window, N: s.Lease}
+		s.Cur -= s.Lease
+		s.Lease = 0
+	}
 	lead := !s.Acquiring
 	if lead {
 		s.Acquiring = true
@@ -161,7 +185,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		// a new key's leases grow geometrically (2, 4, 8, ...) with its
 		// demand, so what a key leaves unspent stays below what it used.
 		v := h.view(s, r, now)
-		v.demand = max(s.Demand, s.Attempts+n)
+		v.demand = max(s.Demand, s.Seen)
 		req.Want = max(v.topUp()-n, 0) // n is part of the demand, served now
 		h.takeReturns(s, &req)
 	}
@@ -175,9 +199,13 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		s.Acquiring = false
 	}
 	if err != nil {
-		s.Attempts += req.Attempts + n // report them next time
+		h.unreport(s, req)
+		s.Attempts += n // report it next time
 		s.Unlock()
 		h.registry.Add(s)
+		if errors.Is(err, global.ErrClosed) {
+			return result{}, ErrClosed
+		}
 		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
 	}
 	s.Attempts += n
@@ -208,7 +236,7 @@ func (h *hybrid) view(s *local.State, r *rule, now int64) leaseView {
 	return leaseView{
 		fit:       max(fit, 0),
 		held:      s.Lease,
-		demand:    s.Attempts,
+		demand:    s.Seen,
 		mine:      weigh(s.MinePrev, s.MineCur+s.Attempts),
 		total:     weigh(s.AllPrev, s.AllCur+s.Attempts),
 		instances: h.instances(),
@@ -216,15 +244,28 @@ func (h *hybrid) view(s *local.State, r *rule, now int64) leaseView {
 }
 
 // takeReturns moves what s owes back to Redis, and its unreported
-// attempts, into req. It requires the lock.
+// attempts, into req, and names req if it gives tokens back (a re-sent
+// return must not apply twice). It requires the lock.
 func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
 	if s.Return > 0 {
 		req.Returns[0] = global.Return{Window: s.ReturnWindow, N: s.Return}
 		s.Return = 0
 	}
+	if req.Returns[0].N > 0 || req.Returns[1].N > 0 {
+		req.Op = global.NewOp()
+	}
 	req.Attempts = s.Attempts
 	s.MineCur += s.Attempts
 	s.Attempts = 0
+}
+
+// unreport undoes takeReturns's accounting of attempts for a request that
+// failed, so that they are reported with the next one. Returned tokens are
+// not restored: Redis may have taken them, and spending them twice would
+// exceed the limit; left out, they only go unused. It requires the lock.
+func (h *hybrid) unreport(s *local.State, req global.LeaseRequest) {
+	s.MineCur -= req.Attempts
+	s.Attempts += req.Attempts
 }
 
 // apply folds Redis's answer to req into s. It requires the lock.
@@ -236,15 +277,20 @@ func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res glo
 		if res.Granted > 0 && idx == s.Window-1 {
 			if s.Return > 0 && s.ReturnWindow == idx {
 				s.Return += res.Granted
-			} else if s.Return == 0 {
-				s.ReturnWindow, s.Return = idx, res.Granted
+			} else if s.Return == 0 || s.ReturnWindow < idx {
+				s.ReturnWindow, s.Return = idx, res.Granted // an older window no longer counts
 			}
 		}
 		return
 	}
 	s.Roll(idx)
-	s.Prev, s.Cur = res.Prev, res.Cur
-	s.AllPrev, s.AllCur = res.PrevAttempts, res.CurAttempts
+	// Answers can arrive out of order (a sync pass and a decision's call
+	// for the same key): counts come from the newest; grants all count.
+	if res.Version > s.Version {
+		s.Version = res.Version
+		s.Prev, s.Cur = res.Prev, res.Cur
+		s.AllPrev, s.AllCur = res.PrevAttempts, res.CurAttempts
+	}
 	s.Lease += res.Granted
 	s.Last = max(s.Last, res.Now)
 }
@@ -261,7 +307,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	s.Roll(now / w)
 	v := h.view(s, r, now)
 	v.instances = instances
-	s.Demand = s.Attempts
+	s.Demand, s.Seen = s.Seen, 0
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
 	ex := v.excess()
 	done := h.closing.Load() || s.Orphaned()
@@ -270,6 +316,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	}
 	if ex > 0 {
 		s.Lease -= ex
+		s.Cur -= ex // no longer counted once Redis has it back
 		req.Returns[1] = global.Return{Window: s.Window, N: ex}
 		v.held -= ex
 	}
@@ -287,10 +334,7 @@ func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.Lease
 	s.Lock()
 	defer s.Unlock()
 	if err != nil {
-		// Report the attempts again next time. Returned tokens are not
-		// restored: Redis may have taken them, and spending them twice
-		// would exceed the limit; left out, they only go unused.
-		s.Attempts += req.Attempts
+		h.unreport(s, req)
 		return true
 	}
 	h.apply(s, r, req, res)

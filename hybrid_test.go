@@ -274,3 +274,58 @@ func TestHybridLeaseNeverSpentBeforeItsWindow(t *testing.T) {
 	// Judged at t0: the window ends 1000 ms after t0, 1001 after the stamp.
 	require.Equal(t, 1001*time.Millisecond, d.ResetAfter)
 }
+
+// TestLeaseReturnIsIdempotent: go-redis re-sends a call whose answer timed
+// out; a named call that gives tokens back must apply once, or Redis would
+// count fewer tokens than were admitted.
+func TestLeaseReturnIsIdempotent(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	store := global.NewStore(c, global.Options{})
+	defer store.Close()
+	key := global.Key(prefix, "idem", "u")
+	now := base.UnixMilli()
+	first, err := store.Lease(ctx, global.LeaseRequest{Key: key, Now: now, Window: 60_000, Limit: 100, N: 30, Want: 22})
+	require.NoError(t, err)
+	require.Equal(t, int64(52), first.Cur)
+	ret := global.LeaseRequest{Key: key, Now: now, Window: 60_000, Limit: 100,
+		Returns: [2]global.Return{{}, {Window: now / 60_000, N: 22}}, Op: global.NewOp()}
+	a, err := store.Lease(ctx, ret)
+	require.NoError(t, err)
+	b, err := store.Lease(ctx, ret) // the re-sent copy
+	require.NoError(t, err)
+	require.Equal(t, a, b, "a repeated call answers what the first one did")
+	require.Equal(t, int64(30), redisCount(t, c, key, base, time.Minute), "the return applied once")
+	ret.Op = global.NewOp() // a new call with the same content does apply
+	_, err = store.Lease(ctx, ret)
+	require.NoError(t, err)
+	require.Equal(t, int64(8), redisCount(t, c, key, base, time.Minute))
+}
+
+// TestHybridAllowNAbovePartialLease: a lease smaller than n goes back with
+// the call for n, so it is not counted twice against n.
+func TestHybridAllowNAbovePartialLease(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
+		t.Run(a.String(), func(t *testing.T) {
+			rule := Rule{Name: "partial-" + a.String(), Limit: 4, Window: time.Minute, Algorithm: a}
+			l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64})
+			require.NoError(t, err)
+			defer l.Close()
+			d, err := l.Allow(ctx, rule.Name, "u", base)
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+			d, err = l.AllowN(ctx, rule.Name, "u", base, 3)
+			require.NoError(t, err)
+			require.True(t, d.Allowed, "1 + 3 fit in 4: %+v", d)
+			require.Zero(t, d.Remaining)
+			d, err = l.Allow(ctx, rule.Name, "u", base)
+			require.NoError(t, err)
+			require.False(t, d.Allowed)
+			require.Positive(t, d.RetryAfter)
+		})
+	}
+}

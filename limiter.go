@@ -508,6 +508,12 @@ func (l *Limiter) Sync(ctx context.Context) error {
 	if l.syncer == nil {
 		return nil
 	}
+	h := l.hybrid
+	h.gate.RLock()
+	defer h.gate.RUnlock()
+	if h.closed {
+		return ErrClosed
+	}
 	if err := l.syncer.Pass(ctx); err != nil {
 		return fmt.Errorf("ratelimit: sync: %w", err)
 	}
@@ -524,7 +530,11 @@ func (l *Limiter) Close() error {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.syncer.Stop()
-			l.hybrid.closing.Store(true)
+			h := l.hybrid
+			h.gate.Lock() // waits for the Redis calls of decisions and Syncs under way
+			h.closed = true
+			h.gate.Unlock()
+			h.closing.Store(true)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err = l.syncer.Pass(ctx)
 			if lerr := l.store.Leave(ctx, l.cfg.KeyPrefix+":instances", l.cfg.InstanceID); err == nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -31,7 +33,15 @@ type LeaseRequest struct {
 	Returns  [2]Return // unspent leases given back
 	Attempts int64
 	Fixed    bool // fixed window: the previous window carries no weight
+	// Op, when not empty, names this call so that a re-sent copy (go-redis
+	// retries a call whose answer timed out) changes nothing: required
+	// whenever Returns gives tokens back, since applying a return twice
+	// would count fewer tokens than are admitted. Use NewOp.
+	Op string
 }
+
+// NewOp returns a fresh operation name for a LeaseRequest.
+func NewOp() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // Return gives back N tokens leased in window index Window and not spent.
 // Tokens of a window that no longer counts are ignored.
@@ -46,6 +56,7 @@ type LeaseResult struct {
 	PrevAttempts int64 // requests reported by all instances, previous window
 	CurAttempts  int64 // and current window
 	Now          int64 // the time the counts are as of: Now, or the newest time the key has seen
+	Version      int64 // the key's version after this call: later calls answer higher versions (within a window)
 }
 
 func (r LeaseRequest) script() *redis.Script { return leaseScript }
@@ -55,7 +66,11 @@ func (r LeaseRequest) keysArgs() ([]string, []any) {
 	if r.Fixed {
 		fixed = "1"
 	}
-	return []string{r.Key}, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
+	keys := []string{r.Key}
+	if r.Op != "" {
+		keys = append(keys, r.Key+":op:"+r.Op)
+	}
+	return keys, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
 		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed}
 }
 
@@ -63,10 +78,10 @@ func leaseResult(v []int64, err error) (LeaseResult, error) {
 	if err != nil {
 		return LeaseResult{}, err
 	}
-	if len(v) != 7 {
-		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values, want 7", len(v))
+	if len(v) != 8 {
+		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values, want 8", len(v))
 	}
-	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5], Now: v[6]}, nil
+	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5], Now: v[6], Version: v[7]}, nil
 }
 
 // Lease runs one LeaseRequest through the coalescer, like Take.

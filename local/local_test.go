@@ -72,7 +72,8 @@ func TestRollMovesCountsAndLease(t *testing.T) {
 	s.Roll(10)
 	s.Prev, s.Cur, s.Lease = 3, 7, 2
 	s.Roll(11)
-	if s.Prev != 7 || s.Cur != 0 || s.Lease != 0 || s.ReturnWindow != 10 || s.Return != 2 {
+	// Prev leaves out our own unspent lease: it is owed back.
+	if s.Prev != 5 || s.Cur != 0 || s.Lease != 0 || s.ReturnWindow != 10 || s.Return != 2 {
 		t.Fatalf("after Roll(11): %+v", s)
 	}
 	s.Cur, s.Lease = 4, 1

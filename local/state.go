@@ -33,7 +33,9 @@ type State struct {
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
 	ReturnWindow, Return int64
 
-	Demand int64 // requests seen over the last sync interval
+	Seen    int64 // requests seen since the last sync pass (demand, whether reported or not)
+	Demand  int64 // requests seen over the last sync interval
+	Version int64 // the key's version in Redis as of Prev and Cur; answers with lower versions are stale
 
 	// Reported requests per window, this instance's and all instances':
 	// the ratio is this instance's share of the key's demand.
@@ -73,9 +75,9 @@ func (s *State) Roll(idx int64) {
 		return
 	}
 	s.ReturnWindow, s.Return = s.Window, s.Lease
-	s.Lease = 0
+	s.Version = 0 // the first answer for the new window is the newest
 	if idx == s.Window+1 {
-		s.Prev, s.Cur = s.Cur, 0
+		s.Prev, s.Cur = s.Cur-s.Lease, 0 // our unspent lease is on its way back
 		s.MinePrev, s.MineCur = s.MineCur, 0
 		s.AllPrev, s.AllCur = s.AllCur, 0
 	} else {
@@ -83,6 +85,7 @@ func (s *State) Roll(idx int64) {
 		s.MinePrev, s.MineCur = 0, 0
 		s.AllPrev, s.AllCur = 0, 0
 	}
+	s.Lease = 0
 	s.Window = idx
 }
 

@@ -1,7 +1,12 @@
 -- Hybrid mode: admit now, return unspent lease, reserve a new lease, report
 -- demand, and answer the key's global counts; one atomic step per key.
 -- The key has the layout of sliding_window.lua, plus attempts per window:
--- KEYS[1]  hash {w, c, p, t, ac = attempts in window w, ap = in window w-1}
+-- KEYS[1]  hash {w, c, p, t, ac = attempts in window w, ap = in window w-1,
+--          v = version, incremented by every call}
+-- KEYS[2]  optional: the call's operation key. A call that gives tokens
+--          back is not idempotent, and clients re-send a call whose answer
+--          timed out; with KEYS[2] a repeated call answers what the first
+--          one did and changes nothing.
 -- ARGV     now_ms, window_ms, limit, n (to admit now; 0 = sync only),
 --          want (lease to reserve), return_window_1, return_n_1,
 --          return_window_2, return_n_2 (unspent leases given back),
@@ -9,13 +14,22 @@
 --          previous-window weight)
 -- Counts include every lease reserved and not returned, so leased tokens are
 -- spent locally without ever exceeding the limit.
--- Returns  {allowed (0|1), granted, prev, cur, prev_attempts, cur_attempts, now_used}
+-- Returns  {allowed (0|1), granted, prev, cur, prev_attempts, cur_attempts, now_used, version}
 local function fdiv(x, y)
   local q = math.floor(x / y)
   if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
   return q
 end
 local function int(x) return string.format('%.0f', x) end
+
+if KEYS[2] then
+  local done = redis.call('GET', KEYS[2])
+  if done then
+    local r = {}
+    for v in string.gmatch(done, '[^,]+') do r[#r + 1] = tonumber(v) end
+    return r
+  end
+end
 
 local now = tonumber(ARGV[1])
 local w = tonumber(ARGV[2])
@@ -25,7 +39,8 @@ local want = tonumber(ARGV[5])
 local attempts = tonumber(ARGV[10])
 local fixed = ARGV[11] == '1'
 
-local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't', 'ac', 'ap')
+local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+local version = (tonumber(st[7]) or 0) + 1
 local last = tonumber(st[4]) or 0
 if now < last then now = last end
 local idx = fdiv(now, w)
@@ -66,6 +81,12 @@ if allowed == 1 and want > 0 then
   cur = cur + granted
 end
 
-redis.call('HSET', KEYS[1], 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap))
+redis.call('HSET', KEYS[1], 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
 redis.call('PEXPIRE', KEYS[1], 2 * w)
-return {allowed, granted, prev, cur, ap, ac, now}
+local r = {allowed, granted, prev, cur, ap, ac, now, version}
+if KEYS[2] then
+  local parts = {}
+  for i, v in ipairs(r) do parts[i] = int(v) end
+  redis.call('SET', KEYS[2], table.concat(parts, ','), 'PX', 2 * w)
+end
+return r
