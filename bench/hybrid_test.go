@@ -101,11 +101,12 @@ const residentKeys = 1 << 20
 var residentPrefix = fmt.Sprintf("rlbenchresident%x", rand.Uint64())
 
 var (
-	residentOnce  sync.Once
-	residentUsers []string
-	residentLim   *ratelimit.Limiter
-	residentErr   error
-	residentClock atomic.Int64 // ms; the limiter's clock
+	residentOnce   sync.Once
+	residentUsers  []string
+	residentClient *redis.Client
+	residentLim    *ratelimit.Limiter
+	residentErr    error
+	residentClock  atomic.Int64 // ms; the limiter's clock
 )
 
 // residentLimiter returns a hybrid Limiter holding residentKeys users, each
@@ -120,10 +121,10 @@ func residentLimiter(b *testing.B) *ratelimit.Limiter {
 		}
 		// A client of its own: the limiter outlives the benchmark that
 		// builds it, and lives as long as the process.
-		client := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		residentClient = redis.NewClient(&redis.Options{Addr: redisAddr()})
 		residentClock.Store(time.Now().UnixMilli())
 		residentLim, residentErr = ratelimit.New(ratelimit.Config{
-			Redis: client, KeyPrefix: residentPrefix, MaxLocalKeys: 2 * residentKeys, ManualSync: true,
+			Redis: residentClient, KeyPrefix: residentPrefix, MaxLocalKeys: 2 * residentKeys, ManualSync: true,
 			Now:   func() time.Time { return time.UnixMilli(residentClock.Load()) },
 			Rules: []ratelimit.Rule{{Name: "r", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
 		})

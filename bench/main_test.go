@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 )
 
 // TestMain runs the package, then deletes the keys of the limiter that
@@ -31,6 +33,13 @@ func TestMain(m *testing.M) {
 		}
 		cancel()
 		_ = c.Close()
+		_ = residentClient.Close()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
