@@ -16,6 +16,9 @@ import (
 // otherwise live two windows), and closes it.
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if floorC != nil {
+		floorC.Close() // stops ristretto's goroutines, which goleak would report
+	}
 	if residentLim != nil {
 		_ = residentLim.Close()
 		c := redis.NewClient(&redis.Options{Addr: redisAddr()})

@@ -30,7 +30,9 @@ import (
 //
 // Custom metrics: ops/rt is decisions per Redis round trip (the strict
 // coalescer's mean batch size); the serial runs also report p50-ns/op and
-// p99-ns/op, the per-call latency percentiles.
+// p99-ns/op, the per-call latency percentiles. On a VM, serial latencies
+// also depend on whether idle vCPUs halt between round trips; RESULTS.md
+// explains how the published numbers deal with it.
 func BenchmarkAllow(b *testing.B) {
 	impls := []struct {
 		name string
