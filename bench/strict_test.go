@@ -110,28 +110,7 @@ func BenchmarkLocalDecision(b *testing.B) {
 	for _, conc := range []string{"serial", "gomaxprocs"} {
 		for _, im := range impls {
 			b.Run("conc="+conc+"/impl="+im.name, func(b *testing.B) {
-				allow := im.make(b)
-				b.ReportAllocs()
-				b.ResetTimer()
-				if conc == "serial" {
-					for b.Loop() {
-						if !allow() {
-							b.Fatal(errDenied)
-						}
-					}
-					return
-				}
-				var denied atomic.Int64
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						if !allow() {
-							denied.Add(1)
-						}
-					}
-				})
-				if denied.Load() > 0 {
-					b.Fatal(errDenied)
-				}
+				runLocal(b, conc, im.make(b))
 			})
 		}
 	}

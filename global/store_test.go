@@ -4,40 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func testClient(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no Redis at %s: %v", addr, err)
-		}
-		t.Skipf("skipped: no Redis at %s (%v)", addr, err)
-	}
-	p := fmt.Sprintf("globaltest%x", rand.Uint64())
-	t.Cleanup(func() {
-		keys, _ := c.Keys(context.Background(), p+":*").Result()
-		if len(keys) > 0 {
-			c.Del(context.Background(), keys...)
-		}
-	})
-	return c, p
+	c := redistest.Client(t)
+	return c, redistest.Prefix(t, c)
 }
 
 // TestCoalescerUnderContention: with one pipeline slot and many callers,

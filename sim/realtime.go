@@ -126,11 +126,6 @@ func RunRealtime(ctx context.Context, cfg RealtimeConfig) (RealtimeReport, error
 	for i := range rep.Windows {
 		rep.Windows[i] = Window{Index: i, Offered: offered[i].Load(), Admitted: admitted[i].Load()}
 	}
-	for _, l := range insts {
-		st := l.Stats()
-		rep.Stats.LocalAllowed += st.LocalAllowed
-		rep.Stats.LocalDenied += st.LocalDenied
-		rep.Stats.Remote += st.Remote
-	}
+	rep.Stats = sumStats(insts)
 	return rep, nil
 }

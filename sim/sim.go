@@ -206,13 +206,20 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			win.Reference++
 		}
 	}
+	rep.Stats = sumStats(insts)
+	return rep, nil
+}
+
+// sumStats adds up the instances' decision counters.
+func sumStats(insts []*ratelimit.Limiter) ratelimit.Stats {
+	var sum ratelimit.Stats
 	for _, l := range insts {
 		st := l.Stats()
-		rep.Stats.LocalAllowed += st.LocalAllowed
-		rep.Stats.LocalDenied += st.LocalDenied
-		rep.Stats.Remote += st.Remote
+		sum.LocalAllowed += st.LocalAllowed
+		sum.LocalDenied += st.LocalDenied
+		sum.Remote += st.Remote
 	}
-	return rep, nil
+	return sum
 }
 
 // generate returns the simulation's requests in time order.

@@ -10,30 +10,18 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func redisAddr() string {
-	if a := os.Getenv("REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
 
 // clients returns a client factory for the test Redis, skipping (or, under
 // CI, failing) when none answers.
 func clients(t *testing.T) func() redis.UniversalClient {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: redisAddr()})
-	defer c.Close()
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no Redis at %s (%v): CI needs one", redisAddr(), err)
-		}
-		t.Skipf("skipped: no Redis at %s (%v)", redisAddr(), err)
-	}
-	return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: redisAddr()}) }
+	redistest.Client(t)
+	return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: redistest.Addr()}) }
 }
 
 func prefix() string { return fmt.Sprintf("simtest%x", rand.Uint64()) }

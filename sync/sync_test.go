@@ -4,17 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 	"github.com/drl-go/distributed-rate-limiter/local"
 	syncer "github.com/drl-go/distributed-rate-limiter/sync"
 )
@@ -23,27 +21,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func testStore(t *testing.T) (*global.Store, string) {
 	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { c.Close() })
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no Redis at %s: %v", addr, err)
-		}
-		t.Skipf("skipped: no Redis at %s (%v)", addr, err)
-	}
+	c := redistest.Client(t)
+	p := redistest.Prefix(t, c)
 	s := global.NewStore(c, global.Options{})
 	t.Cleanup(s.Close)
-	p := fmt.Sprintf("synctest%x", rand.Uint64())
-	t.Cleanup(func() {
-		keys, _ := c.Keys(context.Background(), p+":*").Result()
-		if len(keys) > 0 {
-			c.Del(context.Background(), keys...)
-		}
-	})
 	return s, p
 }
 
