@@ -60,6 +60,13 @@ func TestHybridConcurrentInstances(t *testing.T) {
 					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024})
 				require.NoError(t, err)
 				lims = append(lims, l)
+				wg.Go(func() { // Stats while decisions and passes run (-race)
+					for range 20 {
+						if st := l.Stats(); st.LocalAllowed < 0 || st.LocalDenied < 0 {
+							t.Errorf("Stats() = %+v", st)
+						}
+					}
+				})
 				for range goroutines {
 					wg.Go(func() {
 						for range attempts {

@@ -483,15 +483,18 @@ type Stats struct {
 	Instances int64
 }
 
-// Stats returns the hybrid decision counters.
+// Stats returns the hybrid decision counters. It visits every key with
+// activity since the last sync pass, so call it for metrics, not per
+// request.
 func (l *Limiter) Stats() Stats {
 	h := l.hybrid
 	if h == nil {
 		return Stats{}
 	}
+	allowed, denied := h.stats()
 	return Stats{
-		LocalAllowed: h.localAllowed.load(),
-		LocalDenied:  h.localDenied.load(),
+		LocalAllowed: allowed,
+		LocalDenied:  denied,
 		Remote:       h.remote.Load(),
 		Instances:    h.instances(),
 	}

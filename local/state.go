@@ -43,6 +43,9 @@ type State struct {
 	AllPrev, AllCur   int64
 
 	Acquiring bool // a lease request of the decision path is under way
+
+	// Local decisions not yet folded into the Limiter's totals.
+	LocalAllowed, LocalDenied int64
 }
 
 // Hash returns a random-looking 64-bit hash of the state's key, stable
@@ -119,6 +122,16 @@ func (r *Registry) Take() []*State {
 		s.active.Store(false)
 	}
 	return states
+}
+
+// Each calls f for every state held, under the registry's lock: f must
+// not call Add or Take.
+func (r *Registry) Each(f func(*State)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.states {
+		f(s)
+	}
 }
 
 // Len returns the number of states held.
