@@ -28,6 +28,7 @@ type State struct {
 
 	Key   string // the key's base Redis key; read-only
 	Rule  int    // index of the key's rule; read-only
+	key   uint64 // Cache's hash of (user, rule)
 	check uint64 // second hash of (user, rule), to tell Cache collisions apart
 
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
