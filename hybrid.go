@@ -85,7 +85,7 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	elapsed := now - idx*w
 	// What counts against this request: every instance's admissions and
 	// leases as last known, less this instance's unspent lease.
-	prev, cur := r.prevWeight(s.Prev), s.Cur-s.Lease
+	prev, cur := r.prevWeight(s.Prev), max(s.Cur-s.Lease, 0)
 	switch {
 	case s.Lease >= n:
 		s.Lease -= n
@@ -155,7 +155,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
 	if s.Lease > 0 {
 		req.Returns[1] = global.Return{Window: s.Window, N: s.Lease}
-		s.Cur -= s.Lease
+		s.Cur = max(s.Cur-s.Lease, 0)
 		s.Lease = 0
 	}
 	lead := !s.Acquiring
@@ -194,7 +194,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 	elapsed := res.Now - idx*w
 	prev, cur := r.prevWeight(res.Prev), res.Cur-res.Granted
 	if idx == s.Window {
-		cur = s.Cur - s.Lease
+		cur = max(s.Cur-s.Lease, 0)
 	}
 	out := result{allowed: res.Allowed}
 	if !res.Allowed {
@@ -297,7 +297,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	}
 	if ex > 0 {
 		s.Lease -= ex
-		s.Cur -= ex // no longer counted once Redis has it back
+		s.Cur = max(s.Cur-ex, 0) // no longer counted once Redis has it back
 		req.Returns[1] = global.Return{Window: s.Window, N: ex}
 		v.held -= ex
 	}

@@ -81,7 +81,7 @@ func (s *State) Roll(idx int64) {
 	s.ReturnWindow, s.Return = s.Window, s.Lease
 	s.Version = 0 // the first answer for the new window is the newest
 	if idx == s.Window+1 {
-		s.Prev, s.Cur = s.Cur-s.Lease, 0 // our unspent lease is on its way back
+		s.Prev, s.Cur = max(s.Cur-s.Lease, 0), 0 // our unspent lease is on its way back
 		s.MinePrev, s.MineCur = s.MineCur, 0
 		s.AllPrev, s.AllCur = s.AllCur, 0
 	} else {

@@ -188,6 +188,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			return rep, err
 		}
 		rep.Decisions++
+		if err := checkDecision(d, cfg.Limit, cfg.Window); err != nil {
+			return rep, fmt.Errorf("sim: request %d at +%d ms on instance %d: %w", rep.Decisions, ev.at-start, ev.instance, err)
+		}
 		if d.Allowed {
 			win.Admitted++
 			rd, err := replay.Allow(ctx, rule.Name, user, now)
@@ -208,6 +211,21 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	rep.Stats = sumStats(insts)
 	return rep, nil
+}
+
+// checkDecision checks what every decision must satisfy: Remaining within
+// [0, limit], no wait when allowed, and when denied a wait of more than 0
+// and at most two windows.
+func checkDecision(d ratelimit.Decision, limit int64, w time.Duration) error {
+	switch {
+	case d.Remaining < 0 || d.Remaining > limit:
+		return fmt.Errorf("Remaining %d outside [0, %d]", d.Remaining, limit)
+	case d.Allowed && d.RetryAfter != 0:
+		return fmt.Errorf("allowed with RetryAfter %v", d.RetryAfter)
+	case !d.Allowed && (d.RetryAfter <= 0 || d.RetryAfter > 2*w):
+		return fmt.Errorf("denied with RetryAfter %v", d.RetryAfter)
+	}
+	return nil
 }
 
 // sumStats adds up the instances' decision counters.
