@@ -219,7 +219,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 func checkDecision(d ratelimit.Decision, limit int64, w time.Duration) error {
 	switch {
 	case d.Remaining < 0 || d.Remaining > limit:
-		return fmt.Errorf("Remaining %d outside [0, %d]", d.Remaining, limit)
+		return fmt.Errorf("remaining %d outside [0, %d]", d.Remaining, limit)
 	case d.Allowed && d.RetryAfter != 0:
 		return fmt.Errorf("allowed with RetryAfter %v", d.RetryAfter)
 	case !d.Allowed && (d.RetryAfter <= 0 || d.RetryAfter > 2*w):
