@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,14 +44,12 @@ func TestHybridConcurrentInstances(t *testing.T) {
 	)
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
-	ctx := context.Background()
 	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
 		t.Run(a.String(), func(t *testing.T) {
 			rule := Rule{Name: "hconc-" + a.String(), Limit: limit, Window: time.Minute, Algorithm: a, Mode: Hybrid}
 			now := base.Add(10 * time.Second)
-			var admitted atomic.Int64
-			var wg sync.WaitGroup
 			var lims []*Limiter
+			var wg sync.WaitGroup
 			for range instances {
 				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
 				defer cl.Close()
@@ -67,30 +64,17 @@ func TestHybridConcurrentInstances(t *testing.T) {
 						}
 					}
 				})
-				for range goroutines {
-					wg.Go(func() {
-						for range attempts {
-							d, err := l.Allow(ctx, rule.Name, "hot", now)
-							if err != nil {
-								t.Error(err)
-								return
-							}
-							if d.Allowed {
-								admitted.Add(1)
-							}
-						}
-					})
-				}
 			}
+			admitted := hammer(t, lims, rule.Name, now, goroutines, attempts)
 			wg.Wait()
-			require.LessOrEqual(t, admitted.Load(), int64(limit))
+			require.LessOrEqual(t, admitted, int64(limit))
 			for _, l := range lims {
 				require.NoError(t, l.Close())
 			}
 			key := global.Key(prefix, rule.Name, "hot")
-			require.Equal(t, admitted.Load(), redisCount(t, c, key, now, rule.Window),
+			require.Equal(t, admitted, redisCount(t, c, key, now, rule.Window),
 				"after every lease is returned Redis must count exactly the admissions")
-			t.Logf("%d of %d admitted", admitted.Load(), instances*goroutines*attempts)
+			t.Logf("%d of %d admitted", admitted, instances*goroutines*attempts)
 		})
 	}
 }

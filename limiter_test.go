@@ -148,31 +148,41 @@ func TestConcurrentInstances(t *testing.T) {
 				}
 				require.Equal(t, int64(limit-prevCount*6/10), want)
 			}
-			var admitted atomic.Int64
-			var wg sync.WaitGroup
+			var lims []*Limiter
 			for range instances {
 				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
 				defer cl.Close()
-				l := newStrict(t, cl, prefix, rule)
-				for range goroutines {
-					wg.Go(func() {
-						for range attempts {
-							d, err := l.Allow(ctx, rule.Name, "hot", now)
-							if err != nil {
-								t.Error(err)
-								return
-							}
-							if d.Allowed {
-								admitted.Add(1)
-							}
-						}
-					})
-				}
+				lims = append(lims, newStrict(t, cl, prefix, rule))
 			}
-			wg.Wait()
-			require.Equal(t, want, admitted.Load())
+			require.Equal(t, want, hammer(t, lims, rule.Name, now, goroutines, attempts))
 		})
 	}
+}
+
+// hammer runs goroutines goroutines on each Limiter, each making attempts
+// Allow calls for user "hot" at now, and returns how many were admitted.
+func hammer(t *testing.T, lims []*Limiter, rule string, now time.Time, goroutines, attempts int) int64 {
+	t.Helper()
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range lims {
+		for range goroutines {
+			wg.Go(func() {
+				for range attempts {
+					d, err := l.Allow(context.Background(), rule, "hot", now)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if d.Allowed {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return admitted.Load()
 }
 
 // TestKeysExpire: every key written carries a TTL of at most two windows,

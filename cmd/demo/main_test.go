@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -359,18 +358,8 @@ func TestStrictIgnoresInstanceCount(t *testing.T) {
 // ones included (which also runs the lease and heartbeat scripts on both),
 // and the same hybrid counters.
 func TestRealRedisAgrees(t *testing.T) {
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	err := c.Ping(ctx).Err()
-	_ = c.Close()
-	if err != nil {
-		t.Skipf("no Redis at %s: %v", addr, err)
-	}
+	redistest.Client(t) // skips without Redis, fails under CI
+	addr := redistest.Addr()
 
 	embedded, err := simulate(context.Background(), defaultOptions())
 	if err != nil {
