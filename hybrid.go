@@ -44,7 +44,7 @@ type hybrid struct {
 	// keys on 2 cores (bench/RESULTS.md), its cache line moving between
 	// cores.
 	localAllowed, localDenied atomic.Int64
-	remote                    atomic.Int64 // on the Redis path only
+	remote, remoteDenied      atomic.Int64 // on the Redis path only
 }
 
 // prevWeight returns the previous window's count as the algorithm weighs
@@ -198,6 +198,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 	}
 	out := result{allowed: res.Allowed}
 	if !res.Allowed {
+		h.remoteDenied.Add(1)
 		out.retryAfter = h.retryAfter(r, prev, cur, elapsed, n)
 	}
 	out.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)

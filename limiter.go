@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
@@ -146,6 +147,13 @@ type Config struct {
 	InstanceID string
 	// Logger receives the sync loop's errors. Default: discarded.
 	Logger *slog.Logger
+	// Registerer, when set, gets the Limiter's Prometheus metrics
+	// (ratelimit_decisions_total, ratelimit_redis_errors_total,
+	// ratelimit_sync_passes_total, ratelimit_instances,
+	// ratelimit_active_keys), read from Stats when scraped; Close
+	// unregisters them. Wrap it (prometheus.WrapRegistererWith) to label
+	// several Limiters apart.
+	Registerer prometheus.Registerer
 	// Now is the clock for work not tied to a request (sync ticks,
 	// validating timestamps). Default time.Now. Decisions use the
 	// timestamp passed to Allow, never this clock.
@@ -215,6 +223,9 @@ type Limiter struct {
 
 	closeOnce sync.Once
 	closed    atomic.Bool
+
+	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
+	collector                                *collector   // registered with Config.Registerer, or nil
 }
 
 // rule is a validated Rule with its derived values.
@@ -299,6 +310,14 @@ func New(cfg Config) (*Limiter, error) {
 				cfg.Logger.Warn("ratelimit: sync pass failed", "err", err)
 			})
 		}
+	}
+	if cfg.Registerer != nil {
+		c := newCollector(l)
+		if err := cfg.Registerer.Register(c); err != nil {
+			_ = l.Close()
+			return nil, fmt.Errorf("ratelimit: registering metrics: %w", err)
+		}
+		l.collector = c
 	}
 	return l, nil
 }
@@ -398,6 +417,9 @@ func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Ti
 	case Hybrid:
 		res, err = l.hybrid.decide(ctx, r, user, ms, n)
 		if err != nil {
+			if !errors.Is(err, ErrClosed) {
+				l.redisErrors.Add(1)
+			}
 			return Decision{}, err
 		}
 	case Local:
@@ -416,7 +438,13 @@ func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Ti
 			if errors.Is(err, global.ErrClosed) {
 				return Decision{}, ErrClosed
 			}
+			l.redisErrors.Add(1)
 			return Decision{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+		}
+		if g.Allowed {
+			l.strictAllowed.Add(1)
+		} else {
+			l.strictDenied.Add(1)
 		}
 		res = result{allowed: g.Allowed, remaining: g.Remaining, retryAfter: g.RetryAfter, resetAfter: g.ResetAfter}
 	}
@@ -472,32 +500,45 @@ func (r result) decision(limit int64) Decision {
 	}
 }
 
-// Stats counts a Limiter's hybrid decisions since New.
+// Stats counts a Limiter's decisions since New.
 type Stats struct {
-	// LocalAllowed and LocalDenied are decisions made in process, from a
-	// lease or from the known global counts.
+	// LocalAllowed and LocalDenied are hybrid decisions made in process,
+	// from a lease or from the known global counts.
 	LocalAllowed, LocalDenied int64
-	// Remote are decisions that asked Redis (a key without lease).
-	Remote int64
+	// Remote are hybrid decisions that asked Redis (a key without lease);
+	// RemoteDenied of them were denied.
+	Remote, RemoteDenied int64
+	// StrictAllowed and StrictDenied are strict decisions.
+	StrictAllowed, StrictDenied int64
+	// RedisErrors are decisions that failed because Redis did.
+	RedisErrors int64
+	// SyncPasses counts the hybrid sync passes run, SyncFailures those
+	// that returned an error.
+	SyncPasses, SyncFailures int64
 	// Instances is the number of live instances seen at the last sync.
 	Instances int64
+	// ActiveKeys is the number of hybrid keys with activity since the last
+	// sync pass.
+	ActiveKeys int64
 }
 
 // Stats returns the hybrid decision counters. It visits every key with
 // activity since the last sync pass, so call it for metrics, not per
 // request.
 func (l *Limiter) Stats() Stats {
-	h := l.hybrid
-	if h == nil {
-		return Stats{}
+	st := Stats{
+		StrictAllowed: l.strictAllowed.Load(),
+		StrictDenied:  l.strictDenied.Load(),
+		RedisErrors:   l.redisErrors.Load(),
 	}
-	allowed, denied := h.stats()
-	return Stats{
-		LocalAllowed: allowed,
-		LocalDenied:  denied,
-		Remote:       h.remote.Load(),
-		Instances:    h.instances(),
+	if h := l.hybrid; h != nil {
+		st.LocalAllowed, st.LocalDenied = h.stats()
+		st.Remote, st.RemoteDenied = h.remote.Load(), h.remoteDenied.Load()
+		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
+		st.Instances = h.instances()
+		st.ActiveKeys = int64(h.registry.Len())
 	}
+	return st
 }
 
 // Sync runs one reconciliation pass now, on the calling goroutine: for
@@ -548,6 +589,9 @@ func (l *Limiter) Close() error {
 		}
 		if l.store != nil {
 			l.store.Close()
+		}
+		if l.collector != nil {
+			l.cfg.Registerer.Unregister(l.collector)
 		}
 	})
 	if err != nil {

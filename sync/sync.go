@@ -53,6 +53,8 @@ type Reconciler struct {
 	passMu    sync.Mutex // one pass at a time
 	instances atomic.Int64
 	lastNow   atomic.Int64 // ms: the clock at the start of the last pass
+	passes    atomic.Int64
+	failures  atomic.Int64 // passes that returned an error
 
 	stop chan struct{}
 	done chan struct{}
@@ -68,6 +70,10 @@ func New(cfg Config) *Reconciler {
 	r.lastNow.Store(cfg.Now().UnixMilli())
 	return r
 }
+
+// Passes returns how many passes ran, and how many of them returned an
+// error.
+func (r *Reconciler) Passes() (total, failed int64) { return r.passes.Load(), r.failures.Load() }
 
 // LastNow returns the clock's reading (ms) at the start of the last pass, or
 // at New before the first: a clock no more than one Interval stale while
@@ -85,6 +91,15 @@ func (r *Reconciler) Instances() int64 { return r.instances.Load() }
 func (r *Reconciler) Pass(ctx context.Context) error {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
+	err := r.pass(ctx)
+	r.passes.Add(1)
+	if err != nil {
+		r.failures.Add(1)
+	}
+	return err
+}
+
+func (r *Reconciler) pass(ctx context.Context) error {
 	now := r.cfg.Now().UnixMilli()
 	r.lastNow.Store(now)
 	var errs []error
