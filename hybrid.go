@@ -43,8 +43,9 @@ type hybrid struct {
 	// counter written by every decision cost ~50 ns a decision over 1 Mi
 	// keys on 2 cores (bench/RESULTS.md), its cache line moving between
 	// cores.
-	localAllowed, localDenied atomic.Int64
-	remote, remoteDenied      atomic.Int64 // on the Redis path only
+	localAllowed, localDenied   atomic.Int64
+	remote                      atomic.Int64 // decisions that asked Redis, failed ones included
+	remoteAllowed, remoteDenied atomic.Int64 // their answers
 }
 
 // prevWeight returns the previous window's count as the algorithm weighs
@@ -166,9 +167,12 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		// demand, so what a key leaves unspent stays below what it used.
 		v := h.view(s, r, now)
 		v.demand = max(s.Demand, s.Seen)
-		req.Want = max(v.topUp()-n, 0) // n is part of the demand, served now
+		if !s.Orphaned() { // an orphan's lease would only wait to be returned
+			req.Want = max(v.topUp()-n, 0) // n is part of the demand, served now
+		}
 		h.takeReturns(s, &req)
 	}
+	nameReturns(&req)
 	s.Unlock()
 
 	h.remote.Add(1)
@@ -197,7 +201,9 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		cur = max(s.Cur-s.Lease, 0)
 	}
 	out := result{allowed: res.Allowed}
-	if !res.Allowed {
+	if res.Allowed {
+		h.remoteAllowed.Add(1)
+	} else {
 		h.remoteDenied.Add(1)
 		out.retryAfter = h.retryAfter(r, prev, cur, elapsed, n)
 	}
@@ -225,19 +231,25 @@ func (h *hybrid) view(s *local.State, r *rule, now int64) leaseView {
 }
 
 // takeReturns moves what s owes back to Redis, and its unreported
-// attempts, into req, and names req if it gives tokens back (a re-sent
-// return must not apply twice). It requires the lock.
+// attempts, into req. It requires the lock.
 func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
 	if s.Return > 0 {
 		req.Returns[0] = global.Return{Window: s.ReturnWindow, N: s.Return}
 		s.Return = 0
 	}
-	if req.Returns[0].N > 0 || req.Returns[1].N > 0 {
-		req.Op = global.NewOp()
-	}
 	req.Attempts = s.Attempts
 	s.MineCur += s.Attempts
 	s.Attempts = 0
+}
+
+// nameReturns names req if it gives tokens back: go-redis re-sends a call
+// whose answer timed out, and a return applied twice would count fewer
+// tokens than were admitted. Every request that may carry returns passes
+// here last.
+func nameReturns(req *global.LeaseRequest) {
+	if req.Returns[0].N > 0 || req.Returns[1].N > 0 {
+		req.Op = global.NewOp()
+	}
 }
 
 // unreport undoes takeReturns's accounting of attempts for a request that
@@ -289,7 +301,6 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	v := h.view(s, r, now)
 	v.instances = instances
 	s.Demand, s.Seen = s.Seen, 0
-	h.fold(s)
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
 	ex := v.excess()
 	done := h.closing.Load() || s.Orphaned()
@@ -306,29 +317,37 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 		req.Want = v.topUp()
 	}
 	h.takeReturns(s, &req)
+	nameReturns(&req)
 	send := req.Want > 0 || req.Attempts > 0 || req.Returns[0].N > 0 || req.Returns[1].N > 0
 	return req, send, send || s.Lease > 0
 }
 
-// fold moves s's local decision counts into the totals. It requires the
-// lock.
+// fold moves s's local decision counts into the totals. The Registry
+// calls it as the sync pass takes s, under the Registry's lock, which
+// stats holds too: a count is in a registered state or in the totals,
+// never in both or neither, so the totals Stats reports never go down.
 func (h *hybrid) fold(s *local.State) {
+	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
 	s.LocalAllowed, s.LocalDenied = 0, 0
+	s.Unlock()
 }
 
-// stats returns the decision counts: the folded totals, plus what the
-// registered states have not folded yet. (States that a pass under way has
-// taken and not planned yet are missed: a pass's worth at most.)
+// stats returns the local decision counts: the folded totals plus what the
+// registered states have not folded yet. It locks every registered state,
+// so it costs a pass over the active keys.
 func (h *hybrid) stats() (allowed, denied int64) {
 	h.registry.Each(func(s *local.State) {
 		s.Lock()
 		allowed += s.LocalAllowed
 		denied += s.LocalDenied
 		s.Unlock()
+	}, func() {
+		allowed += h.localAllowed.Load()
+		denied += h.localDenied.Load()
 	})
-	return allowed + h.localAllowed.Load(), denied + h.localDenied.Load()
+	return allowed, denied
 }
 
 // Apply implements syncer.Planner.

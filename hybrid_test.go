@@ -320,3 +320,61 @@ func TestHybridAllowNAbovePartialLease(t *testing.T) {
 		})
 	}
 }
+
+// TestHybridStatsNeverGoDown: with decisions, sync passes and Stats calls
+// running at once, every counter Stats reports only grows (Prometheus reads
+// a drop as a reset).
+func TestHybridStatsNeverGoDown(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "mono", Limit: 1_000_000, Window: time.Minute}
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 1024})
+	require.NoError(t, err)
+	defer l.Close()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := l.Allow(ctx, rule.Name, fmt.Sprint("u", g, "-", i%50), base); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := l.Sync(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	var last Stats
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && (last.SyncPasses < 20 || last.LocalAllowed < 200) {
+		st := l.Stats()
+		if st.LocalAllowed < last.LocalAllowed || st.LocalDenied < last.LocalDenied || st.Remote < last.Remote ||
+			st.RemoteAllowed < last.RemoteAllowed || st.SyncPasses < last.SyncPasses {
+			t.Errorf("Stats went down: %+v after %+v", st, last)
+			break
+		}
+		last = st
+	}
+	close(stop)
+	wg.Wait()
+	require.Positive(t, last.LocalAllowed)
+	require.Positive(t, last.SyncPasses)
+}

@@ -303,6 +303,7 @@ func New(cfg Config) (*Limiter, error) {
 			Interval:     cfg.SyncInterval,
 			InstancesKey: cfg.KeyPrefix + ":instances",
 			ID:           cfg.InstanceID,
+			OnTake:       h.fold,
 		})
 		h.instances = l.syncer.Instances
 		if !cfg.ManualSync {
@@ -505,9 +506,9 @@ type Stats struct {
 	// LocalAllowed and LocalDenied are hybrid decisions made in process,
 	// from a lease or from the known global counts.
 	LocalAllowed, LocalDenied int64
-	// Remote are hybrid decisions that asked Redis (a key without lease);
-	// RemoteDenied of them were denied.
-	Remote, RemoteDenied int64
+	// Remote are hybrid decisions that asked Redis (a key without lease),
+	// failed ones included; RemoteAllowed and RemoteDenied are the answers.
+	Remote, RemoteAllowed, RemoteDenied int64
 	// StrictAllowed and StrictDenied are strict decisions.
 	StrictAllowed, StrictDenied int64
 	// RedisErrors are decisions that failed because Redis did.
@@ -533,7 +534,7 @@ func (l *Limiter) Stats() Stats {
 	}
 	if h := l.hybrid; h != nil {
 		st.LocalAllowed, st.LocalDenied = h.stats()
-		st.Remote, st.RemoteDenied = h.remote.Load(), h.remoteDenied.Load()
+		st.Remote, st.RemoteAllowed, st.RemoteDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
 		st.Instances = h.instances()
 		st.ActiveKeys = int64(h.registry.Len())

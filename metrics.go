@@ -44,7 +44,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.decisions, st.LocalAllowed, "hybrid", "local", "allowed")
 	counter(c.decisions, st.LocalDenied, "hybrid", "local", "denied")
-	counter(c.decisions, st.Remote-st.RemoteDenied, "hybrid", "redis", "allowed")
+	counter(c.decisions, st.RemoteAllowed, "hybrid", "redis", "allowed")
 	counter(c.decisions, st.RemoteDenied, "hybrid", "redis", "denied")
 	counter(c.decisions, st.StrictAllowed, "strict", "redis", "allowed")
 	counter(c.decisions, st.StrictDenied, "strict", "redis", "denied")

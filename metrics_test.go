@@ -35,7 +35,8 @@ func TestMetrics(t *testing.T) {
 	}
 	require.NoError(t, l.Sync(ctx))
 	st := l.Stats()
-	require.Equal(t, int64(3), st.LocalAllowed+st.Remote-st.RemoteDenied, "hybrid admissions: %+v", st)
+	require.Equal(t, int64(3), st.LocalAllowed+st.RemoteAllowed, "hybrid admissions: %+v", st)
+	require.Equal(t, st.Remote, st.RemoteAllowed+st.RemoteDenied, "no errors: %+v", st)
 	require.Equal(t, int64(2), st.LocalDenied+st.RemoteDenied, "hybrid denials: %+v", st)
 	require.Equal(t, int64(1), st.StrictAllowed)
 	require.Equal(t, int64(1), st.StrictDenied)
@@ -46,7 +47,7 @@ func TestMetrics(t *testing.T) {
 # TYPE ratelimit_decisions_total counter
 ratelimit_decisions_total{mode="hybrid",path="local",result="allowed"} ` + itoa(st.LocalAllowed) + `
 ratelimit_decisions_total{mode="hybrid",path="local",result="denied"} ` + itoa(st.LocalDenied) + `
-ratelimit_decisions_total{mode="hybrid",path="redis",result="allowed"} ` + itoa(st.Remote-st.RemoteDenied) + `
+ratelimit_decisions_total{mode="hybrid",path="redis",result="allowed"} ` + itoa(st.RemoteAllowed) + `
 ratelimit_decisions_total{mode="hybrid",path="redis",result="denied"} ` + itoa(st.RemoteDenied) + `
 ratelimit_decisions_total{mode="strict",path="redis",result="allowed"} 1
 ratelimit_decisions_total{mode="strict",path="redis",result="denied"} 1

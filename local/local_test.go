@@ -55,7 +55,7 @@ func TestRegistryAddsOnce(t *testing.T) {
 		wg.Go(func() { r.Add(s) })
 	}
 	wg.Wait()
-	if got := r.Take(); len(got) != 1 || got[0] != s {
+	if got := r.Take(nil); len(got) != 1 || got[0] != s {
 		t.Fatalf("Take() = %v, want [s]", got)
 	}
 	if r.Len() != 0 {

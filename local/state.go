@@ -112,12 +112,18 @@ func (r *Registry) Add(s *State) {
 	r.mu.Unlock()
 }
 
-// Take empties the registry and returns what it held. The states may be
+// Take empties the registry and returns what it held, calling visit (if
+// not nil) on each state under the registry's lock first. The states may be
 // added again at once, by the decision path or by the caller.
-func (r *Registry) Take() []*State {
+func (r *Registry) Take(visit func(*State)) []*State {
 	r.mu.Lock()
 	states := r.states
 	r.states = nil
+	if visit != nil {
+		for _, s := range states {
+			visit(s)
+		}
+	}
 	r.mu.Unlock()
 	for _, s := range states {
 		s.active.Store(false)
@@ -125,13 +131,16 @@ func (r *Registry) Take() []*State {
 	return states
 }
 
-// Each calls f for every state held, under the registry's lock: f must
-// not call Add or Take.
-func (r *Registry) Each(f func(*State)) {
+// Each calls f for every state held, then done (if not nil), all under
+// the registry's lock: neither may call Add or Take.
+func (r *Registry) Each(f func(*State), done func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.states {
 		f(s)
+	}
+	if done != nil {
+		done()
 	}
 }
 

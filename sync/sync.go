@@ -44,6 +44,9 @@ type Config struct {
 	InstancesKey, ID string
 	// MaxBatch caps the requests in one pipeline. Default 1000.
 	MaxBatch int
+	// OnTake, if not nil, is called on each state as a pass takes it from
+	// the Registry, under the Registry's lock.
+	OnTake func(*local.State)
 }
 
 // Reconciler runs sync passes, on demand (Pass) or every Interval (Start).
@@ -53,7 +56,7 @@ type Reconciler struct {
 	passMu    sync.Mutex // one pass at a time
 	instances atomic.Int64
 	lastNow   atomic.Int64 // ms: the clock at the start of the last pass
-	passes    atomic.Int64
+	passesOK  atomic.Int64
 	failures  atomic.Int64 // passes that returned an error
 
 	stop chan struct{}
@@ -73,7 +76,10 @@ func New(cfg Config) *Reconciler {
 
 // Passes returns how many passes ran, and how many of them returned an
 // error.
-func (r *Reconciler) Passes() (total, failed int64) { return r.passes.Load(), r.failures.Load() }
+func (r *Reconciler) Passes() (total, failed int64) {
+	failed = r.failures.Load()
+	return r.passesOK.Load() + failed, failed
+}
 
 // LastNow returns the clock's reading (ms) at the start of the last pass, or
 // at New before the first: a clock no more than one Interval stale while
@@ -92,9 +98,10 @@ func (r *Reconciler) Pass(ctx context.Context) error {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	err := r.pass(ctx)
-	r.passes.Add(1)
 	if err != nil {
 		r.failures.Add(1)
+	} else {
+		r.passesOK.Add(1)
 	}
 	return err
 }
@@ -112,7 +119,7 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	}
 	r.cfg.Cache.Forget()
 
-	states := r.cfg.Registry.Take()
+	states := r.cfg.Registry.Take(r.cfg.OnTake)
 	instances := r.instances.Load()
 	var (
 		batch  []*local.State
