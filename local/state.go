@@ -49,10 +49,6 @@ type State struct {
 	LocalAllowed, LocalDenied int64
 }
 
-// Hash returns a random-looking 64-bit hash of the state's key, stable
-// for the state's life (0 for a state made by NewState).
-func (s *State) Hash() uint64 { return s.check }
-
 // Orphaned reports whether the Cache has let go of the state (evicted or
 // rejected its user): its lease can serve no one and should go back.
 func (s *State) Orphaned() bool { return s.orphan.Load() }
