@@ -236,6 +236,14 @@ func sumStats(insts []*ratelimit.Limiter) ratelimit.Stats {
 		sum.LocalAllowed += st.LocalAllowed
 		sum.LocalDenied += st.LocalDenied
 		sum.Remote += st.Remote
+		sum.RemoteAllowed += st.RemoteAllowed
+		sum.RemoteDenied += st.RemoteDenied
+		sum.StrictAllowed += st.StrictAllowed
+		sum.StrictDenied += st.StrictDenied
+		sum.RedisErrors += st.RedisErrors
+		sum.SyncPasses += st.SyncPasses
+		sum.SyncFailures += st.SyncFailures
+		sum.ActiveKeys += st.ActiveKeys
 	}
 	return sum
 }
