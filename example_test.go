@@ -130,6 +130,39 @@ func ExampleDecision_RetryAfterSeconds() {
 	// 2s -> Retry-After: 2
 }
 
+// A gateway resolves its rules once, at startup, and decides through the
+// RuleLimiter: the same decisions as Limiter.Allow, without looking the
+// rule's name up on every request.
+func ExampleLimiter_Rule() {
+	lim, err := ratelimit.New(ratelimit.Config{
+		Rules: []ratelimit.Rule{{Name: "POST /v1/login", Limit: 2, Window: time.Minute, Mode: ratelimit.Local}},
+		Now:   func() time.Time { return t0 },
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+	login, err := lim.Rule("POST /v1/login")
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	for i := range 3 {
+		d, err := login.Allow(ctx, "203.0.113.7", t0.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(login.Name(), d.Allowed, d.RetryAfterSeconds())
+	}
+	_, err = lim.Rule("POST /v1/logout")
+	fmt.Println(errors.Is(err, ratelimit.ErrUnknownRule))
+	// Output:
+	// POST /v1/login true 0
+	// POST /v1/login true 0
+	// POST /v1/login false 68
+	// true
+}
+
 // A Local rule is decided in the process, with no Redis and no coordination:
 // each gateway instance enforces the limit on its own. A Limiter whose rules
 // are all Local needs no Config.Redis.

@@ -61,9 +61,21 @@ func (r *rule) prevWeight(prev int64) int64 {
 // few arithmetic operations and allocates nothing; a key without lease
 // goes to Redis (acquire).
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
-	s := h.cache.Get(user, r.hybridIndex)
+	s, front := h.cache.Get(user, r.hybridIndex)
 	if s != nil {
-		if res, ok := h.decideLocal(s, r, ms, n); ok {
+		if res, uses, ok := h.decideLocal(s, r, ms, n); ok {
+			// Keys decided often enough live in the front table.
+			// Ristretto hears of a front-served key's first use in each
+			// sync interval and of one use in touchEvery after, so that
+			// its admission policy still ranks the keys in use above
+			// new ones.
+			if front {
+				if uses == 1 || uses%touchEvery == 0 {
+					h.cache.Touch(s)
+				}
+			} else if uses%promoteEvery == 0 {
+				h.cache.Promote(s)
+			}
 			return res, nil
 		}
 	} else {
@@ -74,16 +86,25 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 	return h.acquire(ctx, s, r, ms, n)
 }
 
+const (
+	touchEvery   = 64 // front uses per use ristretto sees
+	promoteEvery = 4  // ristretto hits per promotion to the front table
+)
+
 // decideLocal decides from the lease, or denies when the key's known counts
-// already deny. ok is false when Redis must decide.
-func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, ok bool) {
+// already deny. ok is false when Redis must decide; uses counts the key's
+// local decisions since the last sync pass, this one included.
+func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, uses int64, ok bool) {
 	w := r.window
 	s.Lock()
 	now := max(ms, s.Last)
 	s.Last = now // keeps Last ≥ the start of Window: see local.State
-	idx := now / w
-	s.Roll(idx)
-	elapsed := now - idx*w
+	elapsed := now - s.Window*w
+	if elapsed >= w {
+		idx := now / w
+		s.Roll(idx)
+		elapsed = now - idx*w
+	}
 	// What counts against this request: every instance's admissions and
 	// leases as last known, less this instance's unspent lease.
 	prev, cur := r.prevWeight(s.Prev), max(s.Cur-s.Lease, 0)
@@ -105,13 +126,14 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 		res = result{retryAfter: h.retryAfter(r, prev, cur, elapsed, n)}
 	default:
 		s.Unlock()
-		return result{}, false
+		return result{}, 0, false
 	}
 	res.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
 	res.resetAfter = h.resetAfter(r, prev, s.Cur, elapsed)
+	uses = s.LocalAllowed + s.LocalDenied
 	s.Unlock()
 	h.registry.Add(s)
-	return res.shift(now - ms), true
+	return res.shift(now - ms), uses, true
 }
 
 func (h *hybrid) admits(r *rule, prev, cur, elapsed, n int64) bool {

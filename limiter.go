@@ -402,12 +402,50 @@ func (l *Limiter) Allow(ctx context.Context, ruleName, user string, now time.Tim
 // atomic step. Decisions use now, never the Limiter's clock. n must be
 // between 1 and the rule's Limit.
 func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Time, n int64) (Decision, error) {
-	if l.closed.Load() {
-		return Decision{}, ErrClosed
-	}
 	r, ok := l.rules[ruleName]
 	if !ok {
 		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
+	}
+	return l.allowN(ctx, r, user, now, n)
+}
+
+// RuleLimiter decides requests under one rule of a Limiter, as
+// Limiter.AllowN does with the rule's name, without looking the name up.
+// Get one from Limiter.Rule at startup; it is safe for concurrent use and
+// works as long as its Limiter.
+type RuleLimiter struct {
+	l *Limiter
+	r *rule
+}
+
+// Rule returns the RuleLimiter of the named rule, or an error wrapping
+// ErrUnknownRule.
+func (l *Limiter) Rule(name string) (*RuleLimiter, error) {
+	r, ok := l.rules[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownRule, name)
+	}
+	return &RuleLimiter{l: l, r: r}, nil
+}
+
+// Name returns the rule's name.
+func (rl *RuleLimiter) Name() string { return rl.r.Name }
+
+// Allow reports whether one request by user, made at now, may proceed
+// under the rule. It is shorthand for AllowN(ctx, user, now, 1).
+func (rl *RuleLimiter) Allow(ctx context.Context, user string, now time.Time) (Decision, error) {
+	return rl.l.allowN(ctx, rl.r, user, now, 1)
+}
+
+// AllowN reports whether n requests by user, made at now, may proceed under
+// the rule, as Limiter.AllowN does.
+func (rl *RuleLimiter) AllowN(ctx context.Context, user string, now time.Time, n int64) (Decision, error) {
+	return rl.l.allowN(ctx, rl.r, user, now, n)
+}
+
+func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Time, n int64) (Decision, error) {
+	if l.closed.Load() {
+		return Decision{}, ErrClosed
 	}
 	ms, err := l.check(r, user, now, n)
 	if err != nil {

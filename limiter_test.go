@@ -341,6 +341,9 @@ func TestAllowRejectsBadInput(t *testing.T) {
 				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
 			require.NoError(t, err)
 			defer l.Close()
+			rl, err := l.Rule("r")
+			require.NoError(t, err)
+			require.Equal(t, "r", rl.Name())
 			for _, tc := range []struct {
 				name string
 				rule string
@@ -363,12 +366,21 @@ func TestAllowRejectsBadInput(t *testing.T) {
 				d, err := l.AllowN(ctx, tc.rule, tc.user, tc.now, tc.n)
 				require.ErrorIs(t, err, tc.want, tc.name)
 				require.False(t, d.Allowed, tc.name)
+				if tc.rule == "r" { // the same through the rule's RuleLimiter
+					d, err = rl.AllowN(ctx, tc.user, tc.now, tc.n)
+					require.ErrorIs(t, err, tc.want, tc.name)
+					require.False(t, d.Allowed, tc.name)
+				}
 			}
+			_, err = l.Rule("nope")
+			require.ErrorIs(t, err, ErrUnknownRule)
 			// The boundary itself is fine: 16 bytes, skew of exactly 5 minutes.
 			_, err = l.Allow(ctx, "r", strings.Repeat("x", 16), base.Add(5*time.Minute))
 			require.NoError(t, err)
 			require.NoError(t, l.Close())
 			_, err = l.Allow(ctx, "r", "u", base)
+			require.ErrorIs(t, err, ErrClosed)
+			_, err = rl.Allow(ctx, "u", base)
 			require.ErrorIs(t, err, ErrClosed)
 			require.ErrorIs(t, l.Sync(ctx), ErrClosed)
 			require.NoError(t, l.Close(), "Close is idempotent")
@@ -402,6 +414,38 @@ func TestLocalModeMatchesStrict(t *testing.T) {
 				require.Equal(t, ds, dl, "step %d", i)
 			}
 		})
+	}
+}
+
+// TestRuleLimiterMatchesAllow: a RuleLimiter decides as Limiter.AllowN
+// does with the rule's name, rule by rule.
+func TestRuleLimiterMatchesAllow(t *testing.T) {
+	ctx := context.Background()
+	rules := []Rule{
+		{Name: "a", Limit: 5, Window: 100 * time.Millisecond, Mode: Local},
+		{Name: "b", Limit: 9, Window: time.Second, Algorithm: TokenBucket, Mode: Local},
+	}
+	byName, err := New(Config{Rules: rules, Now: fixedClock(base)})
+	require.NoError(t, err)
+	defer byName.Close()
+	byHandle, err := New(Config{Rules: rules, Now: fixedClock(base)})
+	require.NoError(t, err)
+	defer byHandle.Close()
+	handles := map[string]*RuleLimiter{}
+	for _, r := range rules {
+		handles[r.Name], err = byHandle.Rule(r.Name)
+		require.NoError(t, err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	now := base
+	for i := range 400 {
+		now = now.Add(time.Duration(rng.IntN(20)) * time.Millisecond)
+		rule, user, n := rules[rng.IntN(2)].Name, fmt.Sprint("u", rng.IntN(3)), 1+rng.Int64N(2)
+		want, err := byName.AllowN(ctx, rule, user, now, n)
+		require.NoError(t, err)
+		got, err := handles[rule].AllowN(ctx, user, now, n)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "step %d", i)
 	}
 }
 

@@ -32,75 +32,143 @@ type Cache struct {
 	seed1, seed2 maphash.Seed
 	ruleMix      []uint64 // per rule, mixed into the user's hashes
 
-	// front is a direct-mapped table of states in front of ristretto: a
-	// hot key is found with one pointer load, without ristretto's read
-	// lock and access buffers. One front hit in touchEvery is passed on
-	// to ristretto, so that its admission policy still sees hot keys.
-	front [frontSize]atomic.Pointer[State]
+	// front is a table of states in front of ristretto, 4-way set
+	// associative with a bucket per cache line: a key is found with one
+	// bucket load and one State load, without ristretto's read lock and
+	// access buffers, and a miss touches no State (a slot holds its key's
+	// hash next to the pointer). The decision path promotes a state it
+	// found in ristretto (Promote) and tells ristretto of some front uses
+	// (Touch), so that its admission policy still sees the keys in use.
+	// It has a slot per key the cache may hold, rounded up to a power of
+	// two within frontMin and frontMax, so that nearly every resident key
+	// has one; a slot whose state ristretto lets go of is cleared, so the
+	// table keeps no state alive that the cache dropped.
+	front []frontBucket
 
 	mu     sync.Mutex
 	recent map[uint64]*State // created since the last Forget
 }
 
+// frontSlot is one slot of Cache.front. Its two words are written apart;
+// a reader checks the State itself, so a torn read only misses.
+type frontSlot struct {
+	key atomic.Uint64
+	s   atomic.Pointer[State]
+}
+
+// frontBucket is a set of Cache.front: 64 bytes, one cache line (the
+// table is a large allocation, so page aligned).
+type frontBucket [frontWays]frontSlot
+
+// The front table's bounds, in slots of 16 bytes, and its ways.
 const (
-	frontSize  = 1 << 14 // slots, a power of two: 128 KiB
-	touchEvery = 16      // a power of two
+	frontMin  = 1 << 10
+	frontMax  = 1 << 22 // 64 MiB
+	frontWays = 4
 )
 
 // NewCache returns a cache for up to maxKeys keys of rules rules.
 func NewCache(maxKeys int64, rules int) (*Cache, error) {
-	if maxKeys < 1 || rules < 1 {
-		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive", maxKeys, rules)
+	if maxKeys < 1 || rules < 1 || rules > MaxRules {
+		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive, and rules at most %d", maxKeys, rules, MaxRules)
 	}
-	c, err := ristretto.NewCache(&ristretto.Config[uint64, *State]{
+	slots := int64(frontMin)
+	for slots < maxKeys && slots < frontMax {
+		slots *= 2
+	}
+	c := &Cache{
+		seed1:   maphash.MakeSeed(),
+		seed2:   maphash.MakeSeed(),
+		ruleMix: make([]uint64, rules),
+		front:   make([]frontBucket, slots/frontWays),
+		recent:  make(map[uint64]*State),
+	}
+	for i := range c.ruleMix {
+		c.ruleMix[i] = rand.Uint64()
+	}
+	var err error
+	c.c, err = ristretto.NewCache(&ristretto.Config[uint64, *State]{
 		NumCounters:        10 * maxKeys, // ristretto's advice: 10× the items held
 		MaxCost:            maxKeys,      // every entry costs 1
 		BufferItems:        64,
 		IgnoreInternalCost: true,
-		OnEvict:            orphan,
-		OnReject:           orphan,
+		OnEvict:            c.letGo,
+		OnReject:           c.letGo,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("local: %w", err)
 	}
-	mix := make([]uint64, rules)
-	for i := range mix {
-		mix[i] = rand.Uint64()
-	}
-	return &Cache{c: c, seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(), ruleMix: mix, recent: make(map[uint64]*State)}, nil
+	return c, nil
 }
 
-// orphan marks a state that ristretto evicted or rejected. (A rejected
-// state still serves from the side map until the next Forget, which the
-// same sync pass runs before it plans.)
-func orphan(item *ristretto.Item[*State]) { item.Value.orphan.Store(true) }
+// letGo marks a state that ristretto evicted or rejected as orphaned, and
+// clears its front slot. (A rejected state still serves from the side map
+// until the next Forget, which the same sync pass runs before it plans.)
+func (c *Cache) letGo(item *ristretto.Item[*State]) {
+	s := item.Value
+	s.orphan()
+	b := c.bucket(s.key)
+	for i := range b {
+		b[i].s.CompareAndSwap(s, nil)
+	}
+}
+
+func (c *Cache) bucket(key uint64) *frontBucket { return &c.front[key&uint64(len(c.front)-1)] }
 
 func (c *Cache) hash(user string, rule int) (key, check uint64) {
-	return maphash.String(c.seed1, user) ^ c.ruleMix[rule], maphash.String(c.seed2, user) + c.ruleMix[rule]
+	key = maphash.String(c.seed1, user) ^ c.ruleMix[rule]
+	check = (maphash.String(c.seed2, user) + c.ruleMix[rule]) | 1 // odd: a live tag is never 0
+	return key, check
 }
 
-// Get returns the state of user under rule, or nil. It allocates nothing.
-func (c *Cache) Get(user string, rule int) *State {
+// Get returns the state of user under rule, or nil, and whether it came
+// from the front table. It allocates nothing.
+func (c *Cache) Get(user string, rule int) (s *State, front bool) {
 	key, check := c.hash(user, rule)
-	slot := &c.front[key&(frontSize-1)]
-	if s := slot.Load(); s != nil && s.key == key && s.check == check && !s.Orphaned() {
-		if rand.Uint32()&(touchEvery-1) == 0 {
-			c.c.Get(key)
+	b := c.bucket(key)
+	for i := range b {
+		if b[i].key.Load() == key {
+			if s := b[i].s.Load(); s != nil && s.key == key && s.tag.Load() == check {
+				return s, true
+			}
 		}
-		return s
 	}
-	if s, ok := c.c.Get(key); ok && s.check == check && !s.Orphaned() {
-		slot.Store(s)
-		return s
+	if s, ok := c.c.Get(key); ok && s.tag.Load() == check {
+		return s, false
 	}
-	return nil
+	return nil, false
 }
+
+// Promote puts s in the front table: in the slot its key has there, else
+// in an empty one, else in place of one of its bucket's states.
+func (c *Cache) Promote(s *State) {
+	b := c.bucket(s.key)
+	way := -1
+	for i := range b {
+		if b[i].key.Load() == s.key {
+			way = i
+			break
+		}
+		if way < 0 && b[i].s.Load() == nil {
+			way = i
+		}
+	}
+	if way < 0 {
+		way = int(rand.Uint32() % frontWays)
+	}
+	b[way].s.Store(s)
+	b[way].key.Store(s.key)
+}
+
+// Touch tells ristretto's admission policy of a use of s that the front
+// table served.
+func (c *Cache) Touch(s *State) { c.c.Get(s.key) }
 
 // GetOrCreate returns the state of user under rule, creating it (with
 // NewState(redisKey(), rule)) if needed.
 func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *State {
 	key, check := c.hash(user, rule)
-	if s, ok := c.c.Get(key); ok && s.check == check && !s.Orphaned() {
+	if s, ok := c.c.Get(key); ok && s.tag.Load() == check {
 		return s
 	}
 	c.mu.Lock()
@@ -110,11 +178,13 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 	}
 	s := NewState(redisKey(), rule)
 	s.key, s.check = key, check
-	c.front[key&(frontSize-1)].Store(s)
+	s.tag.Store(check)
 	c.recent[key] = s
 	if !c.c.Set(key, s, 1) {
-		s.orphan.Store(true) // dropped at once: it serves from recent until Forget
+		s.orphan() // dropped at once: it serves from recent until Forget
+		return s
 	}
+	c.Promote(s)
 	return s
 }
 

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"unsafe"
 
+	"github.com/dgraph-io/ristretto/v2"
 	"go.uber.org/goleak"
 )
 
@@ -106,10 +108,89 @@ func TestCacheFindsNewUsers(t *testing.T) {
 		t.Fatal("rules share a state")
 	}
 	c.c.Wait()
-	if got := c.Get("u", 1); got != a {
+	if got, _ := c.Get("u", 1); got != a {
 		t.Fatalf("Get after Wait = %p, want %p", got, a)
 	}
 	if _, err := NewCache(0, 1); err == nil {
 		t.Fatal("NewCache(0, 1) succeeded")
+	}
+	if _, err := NewCache(1, MaxRules+1); err == nil {
+		t.Fatal("NewCache(1, MaxRules+1) succeeded")
+	}
+}
+
+// TestStateLayout: a State is 192 bytes, a multiple of the cache line, so
+// the allocator aligns it and the fields a decision reads share its first
+// line.
+func TestStateLayout(t *testing.T) {
+	if got := unsafe.Sizeof(State{}); got != 192 {
+		t.Fatalf("State is %d bytes, want 192", got)
+	}
+	var s State
+	if end := unsafe.Offsetof(s.Lease) + unsafe.Sizeof(s.Lease); end > 64 {
+		t.Fatalf("the first line's fields end at byte %d, want ≤ 64", end)
+	}
+	if got := unsafe.Sizeof(frontBucket{}); got != 64 {
+		t.Fatalf("a front bucket is %d bytes, want 64", got)
+	}
+}
+
+// TestCacheFront: Get finds a promoted state in the front table; a full
+// bucket takes a fifth key in place of one of its four; a state ristretto
+// lets go of leaves the front table and is found nowhere.
+func TestCacheFront(t *testing.T) {
+	c, err := NewCache(1000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Users whose keys share one bucket.
+	var users []string
+	var first uint64
+	for i := 0; len(users) < frontWays+1; i++ {
+		u := fmt.Sprint("u", i)
+		key, _ := c.hash(u, 0)
+		if len(users) == 0 {
+			first = key
+		}
+		if c.bucket(key) == c.bucket(first) {
+			users = append(users, u)
+		}
+	}
+	states := make([]*State, len(users))
+	for i, u := range users[:frontWays] {
+		states[i] = c.GetOrCreate(u, 0, func() string { return u })
+		if got, front := c.Get(u, 0); got != states[i] || !front {
+			t.Fatalf("Get(%s) = %p, front %v; want %p from the front table", u, got, front, states[i])
+		}
+	}
+	last := users[frontWays]
+	states[frontWays] = c.GetOrCreate(last, 0, func() string { return last })
+	inFront := 0
+	for i, u := range users {
+		got, front := c.Get(u, 0)
+		if front {
+			inFront++
+		}
+		if got != nil && got != states[i] {
+			t.Fatalf("Get(%s) returned another user's state", u)
+		}
+	}
+	if inFront != frontWays {
+		t.Fatalf("%d of %d users of one bucket in the front table, want %d", inFront, len(users), frontWays)
+	}
+	c.c.Wait()
+	s := states[frontWays]
+	c.letGo(&ristretto.Item[*State]{Value: s})
+	if !s.Orphaned() {
+		t.Fatal("a state let go of is not orphaned")
+	}
+	for i := range c.bucket(s.key) {
+		if c.bucket(s.key)[i].s.Load() == s {
+			t.Fatal("a state let go of is still in the front table")
+		}
+	}
+	if got, _ := c.Get(last, 0); got != nil {
+		t.Fatalf("Get(%s) after letGo = %p, want nil", last, got)
 	}
 }

@@ -15,48 +15,55 @@ import (
 // instance's unreturned lease, so a leased token is counted before it is
 // spent.
 type State struct {
-	// The fields the decision path reads come first, so that with the
-	// lock they share the State's first cache line.
+	// Line 1 (a State is 192 bytes, so the allocator places it on a cache
+	// line boundary): what a lookup and a local decision read.
 	mu        sync.Mutex
-	Window    int64       // window index of Prev, Cur and Lease
-	Last      int64       // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
-	Prev, Cur int64       // global counts of windows Window−1 and Window, as last known (lower bounds)
-	Lease     int64       // tokens reserved in Redis for Window, not yet spent here
-	Attempts  int64       // requests seen (n-weighted) since the last report to Redis
-	active    atomic.Bool // held by a Registry
-	orphan    atomic.Bool // no longer reachable from the Cache
+	key       uint64        // Cache's hash of (user, rule); read-only
+	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
+	Window    int64         // window index of Prev, Cur and Lease
+	Last      int64         // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
+	Prev, Cur int64         // global counts of windows Window−1 and Window, as last known (lower bounds)
+	Lease     int64         // tokens reserved in Redis for Window, not yet spent here
 
-	Key   string // the key's base Redis key; read-only
-	Rule  int    // index of the key's rule; read-only
-	key   uint64 // Cache's hash of (user, rule)
-	check uint64 // second hash of (user, rule), to tell Cache collisions apart
+	// Line 2: what a local decision writes besides.
+	Attempts int64 // requests seen (n-weighted) since the last report to Redis
+	Seen     int64 // requests seen since the last sync pass (demand, whether reported or not)
+	// Local decisions not yet folded into the Limiter's totals.
+	LocalAllowed, LocalDenied int64
+	active                    atomic.Bool // held by a Registry
+	Rule                      uint16      // index of the key's rule; read-only
+	Acquiring                 bool        // a lease request of the decision path is under way
+	Key                       string      // the key's base Redis key; read-only
+	check                     uint64      // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
 
+	// Line 3: what the sync pass uses.
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
 	ReturnWindow, Return int64
-
-	Seen    int64 // requests seen since the last sync pass (demand, whether reported or not)
-	Demand  int64 // requests seen over the last sync interval
-	Version int64 // the key's version in Redis as of Prev and Cur; answers with lower versions are stale
-
+	Demand               int64 // requests seen over the last sync interval
+	Version              int64 // the key's version in Redis as of Prev and Cur; answers with lower versions are stale
 	// Reported requests per window, this instance's and all instances':
 	// the ratio is this instance's share of the key's demand.
 	MinePrev, MineCur int64
 	AllPrev, AllCur   int64
-
-	Acquiring bool // a lease request of the decision path is under way
-
-	// Local decisions not yet folded into the Limiter's totals.
-	LocalAllowed, LocalDenied int64
 }
+
+// MaxRules bounds the rules a Cache serves: a State keeps its rule's index
+// in 16 bits.
+const MaxRules = 1 << 16
 
 // Orphaned reports whether the Cache has let go of the state (evicted or
 // rejected its user): its lease can serve no one and should go back.
-func (s *State) Orphaned() bool { return s.orphan.Load() }
+func (s *State) Orphaned() bool { return s.tag.Load() == 0 }
+
+// orphan marks the state as let go of by the Cache.
+func (s *State) orphan() { s.tag.Store(0) }
 
 // NewState returns the state of a key that this instance knows nothing of:
-// no lease, so its first decision asks Redis.
+// no lease, so its first decision asks Redis. rule is below MaxRules.
 func NewState(key string, rule int) *State {
-	return &State{Key: key, Rule: rule, Window: -1}
+	s := &State{Key: key, Rule: uint16(rule), Window: -1, check: 1}
+	s.tag.Store(s.check)
+	return s
 }
 
 // Lock locks the state.
