@@ -87,8 +87,8 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 }
 
 const (
-	touchEvery   = 64 // front uses per use ristretto sees
-	promoteEvery = 4  // ristretto hits per promotion to the front table
+	touchEvery   = 1024 // front uses per use ristretto sees, past the first
+	promoteEvery = 4    // ristretto hits per promotion to the front table
 )
 
 // decideLocal decides from the lease, or denies when the key's known counts
