@@ -189,6 +189,11 @@ type PipelineConfig struct {
 	// calls. Default 0: a lone call goes out at once, and calls that arrive
 	// while pipelines are in flight form the next one.
 	BatchDelay time.Duration
+	// LeaseKeysPerCall caps the hybrid keys a sync pass sends in one call
+	// of the lease script. Default 32; 1 sends one call per key. Keys share
+	// a call only where Redis allows it: any keys on a single node (or a
+	// failover pair), a user's keys on a cluster.
+	LeaseKeysPerCall int
 }
 
 // Decision is the answer to Allow.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -61,50 +62,138 @@ type LeaseResult struct {
 
 func (r LeaseRequest) script() *redis.Script { return leaseScript }
 
+// keysArgs returns the request's two keys and twelve arguments in the lease
+// script's layout: the key, and its operation key (or the key again, in its
+// place, when the request has no Op).
 func (r LeaseRequest) keysArgs() ([]string, []any) {
-	fixed := "0"
+	fixed, hasOp := "0", "0"
 	if r.Fixed {
 		fixed = "1"
 	}
-	keys := []string{r.Key}
+	opKey := r.Key
 	if r.Op != "" {
-		keys = append(keys, r.Key+":op:"+r.Op)
+		opKey, hasOp = r.Key+":op:"+r.Op, "1"
 	}
-	return keys, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
-		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed}
+	return []string{r.Key, opKey}, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
+		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, hasOp}
 }
 
-func leaseResult(v []int64, err error) (LeaseResult, error) {
+// leaseBatch is several LeaseRequests sent as one call of the lease script.
+// Its keys must share a cluster slot.
+type leaseBatch []LeaseRequest
+
+func (b leaseBatch) script() *redis.Script { return leaseScript }
+
+func (b leaseBatch) keysArgs() ([]string, []any) {
+	keys := make([]string, 0, 2*len(b))
+	args := make([]any, 0, 12*len(b))
+	for _, r := range b {
+		k, a := r.keysArgs()
+		keys = append(keys, k...)
+		args = append(args, a...)
+	}
+	return keys, args
+}
+
+// leaseResults splits the lease script's answer for want keys.
+func leaseResults(v []int64, err error, want int) ([]LeaseResult, error) {
 	if err != nil {
-		return LeaseResult{}, err
+		return nil, err
 	}
-	if len(v) != 8 {
-		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values, want 8", len(v))
+	if len(v) != 8*want {
+		return nil, fmt.Errorf("global: lease script returned %d values, want %d", len(v), 8*want)
 	}
-	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5], Now: v[6], Version: v[7]}, nil
+	res := make([]LeaseResult, want)
+	for i := range res {
+		x := v[8*i : 8*i+8]
+		res[i] = LeaseResult{Allowed: x[0] == 1, Granted: x[1], Prev: x[2], Cur: x[3], PrevAttempts: x[4], CurAttempts: x[5], Now: x[6], Version: x[7]}
+	}
+	return res, nil
 }
 
 // Lease runs one LeaseRequest through the coalescer, like Take.
 func (s *Store) Lease(ctx context.Context, r LeaseRequest) (LeaseResult, error) {
-	return leaseResult(s.do(ctx, r))
+	v, err := s.do(ctx, r)
+	res, err := leaseResults(v, err, 1)
+	if err != nil {
+		return LeaseResult{}, err
+	}
+	return res[0], nil
 }
 
 // LeaseBatch runs many LeaseRequests in one pipeline (one per node on a
-// cluster) and returns their results and errors, index by index.
+// cluster) and returns their results and errors, index by index. Requests
+// whose keys may share a script call (any keys on a single Redis; keys with
+// the same hash tag, that is the same user, on a cluster or ring) go
+// together, up to Options.LeaseKeysPerCall per call: Redis then pays its
+// per-call cost once per call rather than once per key. A call that fails
+// fails every request in it.
 func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, []error) {
-	ops := make([]op, len(rs))
-	for i, r := range rs {
-		ops[i] = r
-	}
 	res := make([]LeaseResult, len(rs))
 	errs := make([]error, len(rs))
 	if len(rs) == 0 {
 		return res, errs
 	}
+	groups := s.groupLeases(rs)
+	ops := make([]op, len(groups))
+	for i, g := range groups {
+		b := make(leaseBatch, len(g))
+		for j, k := range g {
+			b[j] = rs[k]
+		}
+		ops[i] = b
+	}
 	for i, cmd := range s.pipeline(ctx, ops) {
-		res[i], errs[i] = leaseResult(ints(cmd))
+		v, err := ints(cmd)
+		got, err := leaseResults(v, err, len(groups[i]))
+		for j, k := range groups[i] {
+			if err != nil {
+				errs[k] = err
+			} else {
+				res[k] = got[j]
+			}
+		}
 	}
 	return res, errs
+}
+
+// groupLeases splits the indexes of rs into groups that may share a script
+// call, in order of first appearance, each of at most LeaseKeysPerCall.
+func (s *Store) groupLeases(rs []LeaseRequest) [][]int {
+	per := s.opts.LeaseKeysPerCall
+	var groups [][]int
+	if !s.sharded {
+		for i := 0; i < len(rs); i += per {
+			g := make([]int, 0, min(per, len(rs)-i))
+			for k := i; k < min(i+per, len(rs)); k++ {
+				g = append(g, k)
+			}
+			groups = append(groups, g)
+		}
+		return groups
+	}
+	open := make(map[string]int) // hash tag → its group still open
+	for i, r := range rs {
+		tag := hashTag(r.Key)
+		if g, ok := open[tag]; ok && len(groups[g]) < per {
+			groups[g] = append(groups[g], i)
+			continue
+		}
+		open[tag] = len(groups)
+		groups = append(groups, []int{i})
+	}
+	return groups
+}
+
+// hashTag returns the part of key that Redis Cluster hashes: the text
+// between the first '{' and the next '}' when not empty, else the key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
 }
 
 // Heartbeat records instance id as alive at now (ms) in the registry at key

@@ -43,6 +43,9 @@ type Options struct {
 	// calls before it is sent. Default 0: send at once what is queued;
 	// calls that arrive while pipelines are in flight form the next batch.
 	BatchDelay time.Duration
+	// LeaseKeysPerCall caps the keys LeaseBatch sends in one call of the
+	// lease script. Default 32; 1 sends a call per key.
+	LeaseKeysPerCall int
 }
 
 // Store runs the strict scripts on Redis. Concurrent Take calls are
@@ -54,8 +57,9 @@ type Options struct {
 // A Store is safe for concurrent use. Close waits for the pipelines under
 // way; the Redis client stays the caller's to close.
 type Store struct {
-	rdb  redis.UniversalClient
-	opts Options
+	rdb     redis.UniversalClient
+	opts    Options
+	sharded bool // keys live on several nodes: a script call takes keys of one hash tag only
 
 	mu      sync.Mutex
 	queue   []*call
@@ -76,7 +80,14 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 8
 	}
-	return &Store{rdb: rdb, opts: opts}
+	if opts.LeaseKeysPerCall <= 0 {
+		opts.LeaseKeysPerCall = 32
+	}
+	// Only a client of one node (single, or failover through sentinels)
+	// may mix keys of many slots in one script call; a client type this
+	// package does not know is taken to be sharded.
+	_, single := rdb.(*redis.Client)
+	return &Store{rdb: rdb, opts: opts, sharded: !single}
 }
 
 // Load loads every script into every master, so that pipelined EVALSHA

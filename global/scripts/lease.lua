@@ -1,20 +1,25 @@
 -- Hybrid mode: admit now, return unspent lease, reserve a new lease, report
--- demand, and answer the key's global counts; one atomic step per key.
--- The key has the layout of sliding_window.lua, plus attempts per window:
--- KEYS[1]  hash {w, c, p, t, ac = attempts in window w, ap = in window w-1,
---          v = version, incremented by every call}
--- KEYS[2]  optional: the call's operation key. A call that gives tokens
---          back is not idempotent, and clients re-send a call whose answer
---          timed out; with KEYS[2] a repeated call answers what the first
---          one did and changes nothing.
--- ARGV     now_ms, window_ms, limit, n (to admit now; 0 = sync only),
---          want (lease to reserve), return_window_1, return_n_1,
---          return_window_2, return_n_2 (unspent leases given back),
---          attempts (requests seen since the last report), fixed ("1": no
---          previous-window weight)
+-- demand, and answer the key's global counts; one atomic step per key, for
+-- one key or for a batch of keys (a sync pass sends many in one call: Redis
+-- pays its per-call cost once per batch instead of once per key).
+-- Each key has the layout of sliding_window.lua, plus attempts per window:
+-- KEYS[2i-1]  key i: hash {w, c, p, t, ac = attempts in window w,
+--             ap = in window w-1, v = version, incremented by every call}
+-- KEYS[2i]    key i's operation key, when ARGV[12(i-1)+12] is "1" (else any
+--             key of the same slot, unused). A call that gives tokens back is
+--             not idempotent, and clients re-send a call whose answer timed
+--             out; with an operation key a repeated call answers what the
+--             first one did and changes nothing.
+-- ARGV        12 per key: now_ms, window_ms, limit, n (to admit now; 0 =
+--             sync only), want (lease to reserve), return_window_1,
+--             return_n_1, return_window_2, return_n_2 (unspent leases given
+--             back), attempts (requests seen since the last report), fixed
+--             ("1": no previous-window weight), has_op ("1": KEYS[2i] is
+--             the operation key)
 -- Counts include every lease reserved and not returned, so leased tokens are
 -- spent locally without ever exceeding the limit.
--- Returns  {allowed (0|1), granted, prev, cur, prev_attempts, cur_attempts, now_used, version}
+-- Returns  8 integers per key: {allowed (0|1), granted, prev, cur,
+--          prev_attempts, cur_attempts, now_used, version}
 local function fdiv(x, y)
   local q = math.floor(x / y)
   if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
@@ -22,71 +27,83 @@ local function fdiv(x, y)
 end
 local function int(x) return string.format('%.0f', x) end
 
-if KEYS[2] then
-  local done = redis.call('GET', KEYS[2])
-  if done then
-    local r = {}
-    for v in string.gmatch(done, '[^,]+') do r[#r + 1] = tonumber(v) end
-    return r
-  end
-end
-
-local now = tonumber(ARGV[1])
-local w = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-local want = tonumber(ARGV[5])
-local attempts = tonumber(ARGV[10])
-local fixed = ARGV[11] == '1'
-
-local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
-local version = (tonumber(st[7]) or 0) + 1
-local last = tonumber(st[4]) or 0
-if now < last then now = last end
-local idx = fdiv(now, w)
-local prev, cur, ap, ac = 0, 0, 0, 0
-local sidx = tonumber(st[1])
-if sidx == idx then
-  cur, prev = tonumber(st[2]) or 0, tonumber(st[3]) or 0
-  ac, ap = tonumber(st[5]) or 0, tonumber(st[6]) or 0
-elseif sidx == idx - 1 then
-  prev, ap = tonumber(st[2]) or 0, tonumber(st[5]) or 0
-end
-
-for i = 6, 8, 2 do
-  local ret_w, ret_n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  if ret_n > 0 then
-    if ret_w == idx then
-      cur = math.max(cur - ret_n, 0)
-    elseif ret_w == idx - 1 then
-      prev = math.max(prev - ret_n, 0)
+local function lease(key, opkey, a)
+  if opkey then
+    local done = redis.call('GET', opkey)
+    if done then
+      local r = {}
+      for v in string.gmatch(done, '[^,]+') do r[#r + 1] = tonumber(v) end
+      return r
     end
   end
-end
-ac = ac + attempts
 
-local elapsed = now - idx * w
-local pw = prev
-if fixed then pw = 0 end
-local function scaled(c) return pw * (w - elapsed) + c * w end
+  local now = tonumber(ARGV[a + 1])
+  local w = tonumber(ARGV[a + 2])
+  local limit = tonumber(ARGV[a + 3])
+  local n = tonumber(ARGV[a + 4])
+  local want = tonumber(ARGV[a + 5])
+  local attempts = tonumber(ARGV[a + 10])
+  local fixed = ARGV[a + 11] == '1'
 
-local allowed = 1
-if n > 0 then
-  if scaled(cur + n) <= limit * w then cur = cur + n else allowed = 0 end
-end
-local granted = 0
-if allowed == 1 and want > 0 then
-  granted = math.min(want, fdiv(limit * w - scaled(cur), w))
-  if granted < 0 then granted = 0 end
-  cur = cur + granted
+  local st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+  local version = (tonumber(st[7]) or 0) + 1
+  local last = tonumber(st[4]) or 0
+  if now < last then now = last end
+  local idx = fdiv(now, w)
+  local prev, cur, ap, ac = 0, 0, 0, 0
+  local sidx = tonumber(st[1])
+  if sidx == idx then
+    cur, prev = tonumber(st[2]) or 0, tonumber(st[3]) or 0
+    ac, ap = tonumber(st[5]) or 0, tonumber(st[6]) or 0
+  elseif sidx == idx - 1 then
+    prev, ap = tonumber(st[2]) or 0, tonumber(st[5]) or 0
+  end
+
+  for i = a + 6, a + 8, 2 do
+    local ret_w, ret_n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    if ret_n > 0 then
+      if ret_w == idx then
+        cur = math.max(cur - ret_n, 0)
+      elseif ret_w == idx - 1 then
+        prev = math.max(prev - ret_n, 0)
+      end
+    end
+  end
+  ac = ac + attempts
+
+  local elapsed = now - idx * w
+  local pw = prev
+  if fixed then pw = 0 end
+  local function scaled(c) return pw * (w - elapsed) + c * w end
+
+  local allowed = 1
+  if n > 0 then
+    if scaled(cur + n) <= limit * w then cur = cur + n else allowed = 0 end
+  end
+  local granted = 0
+  if allowed == 1 and want > 0 then
+    granted = math.min(want, fdiv(limit * w - scaled(cur), w))
+    if granted < 0 then granted = 0 end
+    cur = cur + granted
+  end
+
+  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+  redis.call('PEXPIRE', key, 2 * w)
+  local r = {allowed, granted, prev, cur, ap, ac, now, version}
+  if opkey then
+    local parts = {}
+    for i, v in ipairs(r) do parts[i] = int(v) end
+    redis.call('SET', opkey, table.concat(parts, ','), 'PX', 2 * w)
+  end
+  return r
 end
 
-redis.call('HSET', KEYS[1], 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
-redis.call('PEXPIRE', KEYS[1], 2 * w)
-local r = {allowed, granted, prev, cur, ap, ac, now, version}
-if KEYS[2] then
-  local parts = {}
-  for i, v in ipairs(r) do parts[i] = int(v) end
-  redis.call('SET', KEYS[2], table.concat(parts, ','), 'PX', 2 * w)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local a = 12 * (i - 1)
+  local opkey = nil
+  if ARGV[a + 12] == '1' then opkey = KEYS[2 * i] end
+  local r = lease(KEYS[2 * i - 1], opkey, a)
+  for j = 1, 8 do out[#out + 1] = r[j] end
 end
-return r
+return out

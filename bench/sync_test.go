@@ -1,0 +1,104 @@
+package bench
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	ratelimit "github.com/drl-go/distributed-rate-limiter"
+)
+
+// syncKeys is how many active hybrid keys each BenchmarkSyncPass pass
+// reconciles.
+const syncKeys = 4096
+
+// BenchmarkSyncPass: one hybrid sync pass over syncKeys active keys (each
+// with requests to report and a lease to top up), the keys sent one per
+// script call or up to 32 per call (Config.Pipeline.LeaseKeysPerCall).
+// ns/op is a whole pass; redis-µs/key is the CPU time Redis reports for the
+// pass's lease script calls (INFO commandstats), per key: what bounds how
+// many active keys one Redis can reconcile per second.
+func BenchmarkSyncPass(b *testing.B) {
+	for _, per := range []int{1, 32} {
+		b.Run("keys_per_call="+strconv.Itoa(per), func(b *testing.B) {
+			rdb, _ := newClient(b)
+			var clock atomic.Int64
+			clock.Store(time.Now().UnixMilli())
+			l, err := ratelimit.New(ratelimit.Config{
+				Redis: rdb, KeyPrefix: newPrefix(b, rdb), ManualSync: true, MaxLocalKeys: 4 * syncKeys,
+				Now:      func() time.Time { return time.UnixMilli(clock.Load()) },
+				Pipeline: ratelimit.PipelineConfig{LeaseKeysPerCall: per},
+				Rules:    []ratelimit.Rule{{Name: "s", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = l.Close() })
+			ctx := context.Background()
+			rl, err := l.Rule("s")
+			if err != nil {
+				b.Fatal(err)
+			}
+			demand := func() {
+				now := time.UnixMilli(clock.Add(100))
+				for _, u := range users[:syncKeys] {
+					if d, err := rl.AllowN(ctx, u, now, 2); err != nil || !d.Allowed {
+						b.Fatal("denied or failed:", err)
+					}
+				}
+			}
+			for range 3 { // leases sized to the demand
+				demand()
+				if err := l.Sync(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			calls0, usec0 := evalshaStats(b, rdb)
+			b.ResetTimer()
+			for b.Loop() {
+				b.StopTimer()
+				demand()
+				b.StartTimer()
+				if err := l.Sync(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			calls, usec := evalshaStats(b, rdb)
+			keys := float64(b.N) * syncKeys
+			b.ReportMetric(float64(usec-usec0)/keys, "redis-µs/key")
+			b.ReportMetric(float64(calls-calls0)/keys, "calls/key")
+		})
+	}
+}
+
+// evalshaStats returns Redis's count of EVALSHA calls and the µs they took.
+func evalshaStats(b *testing.B, rdb *redis.Client) (calls, usec int64) {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "calls":
+				calls = n
+			case "usec":
+				usec = n
+			}
+		}
+	}
+	return calls, usec
+}

@@ -1,0 +1,125 @@
+package global
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// TestLeaseBatchMatchesSingleCalls: the same passes sent key by key (one
+// script call each) and as batches (many keys per call) leave the same
+// answers, step by step, for random histories with admissions, grants,
+// returns, attempts, fixed and sliding windows, old timestamps and named
+// calls; and a named batch sent twice answers the same and changes nothing.
+func TestLeaseBatchMatchesSingleCalls(t *testing.T) {
+	c, p := testClient(t)
+	ctx := context.Background()
+	single := NewStore(c, Options{LeaseKeysPerCall: 1})
+	defer single.Close()
+	batched := NewStore(c, Options{LeaseKeysPerCall: 5})
+	defer batched.Close()
+	const keys, passes, w = 12, 60, 1000
+	rng := rand.New(rand.NewPCG(7, 8))
+	now := int64(1_700_000_000_000)
+	for pass := range passes {
+		now += rng.Int64N(400)
+		var a, b []LeaseRequest
+		for k := range keys {
+			if rng.IntN(4) == 0 {
+				continue // not every key in every pass
+			}
+			r := LeaseRequest{
+				Now:      now - rng.Int64N(3)*rng.Int64N(600), // sometimes in the past
+				Window:   w,
+				Limit:    50,
+				N:        rng.Int64N(4),
+				Want:     rng.Int64N(12),
+				Attempts: rng.Int64N(10),
+				Fixed:    k%3 == 0,
+			}
+			idx := now / w
+			r.Returns[0] = Return{Window: idx - 1, N: rng.Int64N(3)}
+			r.Returns[1] = Return{Window: idx, N: rng.Int64N(5)}
+			if rng.IntN(2) == 0 {
+				r.Op = NewOp()
+			}
+			ra, rb := r, r
+			ra.Key = Key(p+"single", "r", fmt.Sprint("u", k))
+			rb.Key = Key(p+"batched", "r", fmt.Sprint("u", k))
+			a, b = append(a, ra), append(b, rb)
+		}
+		want := make([]LeaseResult, len(a))
+		for i, r := range a {
+			var err error
+			if want[i], err = single.Lease(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, errs := batched.LeaseBatch(ctx, b)
+		for i := range b {
+			if errs[i] != nil {
+				t.Fatalf("pass %d, request %d: %v", pass, i, errs[i])
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("pass %d: batched answers\n%+v\nwant (key by key)\n%+v", pass, got, want)
+		}
+		// A re-sent batch: the named requests answer as before and apply
+		// nothing; the unnamed ones apply again, so send only the named.
+		var named []LeaseRequest
+		var namedWant []LeaseResult
+		for i, r := range b {
+			if r.Op != "" {
+				named, namedWant = append(named, r), append(namedWant, got[i])
+			}
+		}
+		again, errs := batched.LeaseBatch(ctx, named)
+		for i := range named {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+		}
+		if !reflect.DeepEqual(again, namedWant) {
+			t.Fatalf("pass %d: a re-sent named batch answered\n%+v\nwant\n%+v", pass, again, namedWant)
+		}
+	}
+}
+
+// TestLeaseBatchGroups: on a single node any keys share a call, up to
+// LeaseKeysPerCall; on a cluster only keys of one hash tag (one user) do.
+func TestLeaseBatchGroups(t *testing.T) {
+	keys := []string{"p:{a}:r1", "p:{b}:r1", "p:{a}:r2", "p:{a}:r3", "p:{c}:r1", "p:{b}:r2"}
+	rs := make([]LeaseRequest, len(keys))
+	for i, k := range keys {
+		rs[i].Key = k
+	}
+	node := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer node.Close()
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cluster.Close()
+	for _, tc := range []struct {
+		rdb  redis.UniversalClient
+		per  int
+		want string
+	}{
+		{node, 4, "[[0 1 2 3] [4 5]]"},
+		{node, 1, "[[0] [1] [2] [3] [4] [5]]"},
+		{cluster, 32, "[[0 2 3] [1 5] [4]]"},
+		{cluster, 2, "[[0 2] [1 5] [3] [4]]"},
+	} {
+		s := NewStore(tc.rdb, Options{LeaseKeysPerCall: tc.per})
+		if got := fmt.Sprint(s.groupLeases(rs)); got != tc.want {
+			t.Errorf("%T, %d per call: groups %s, want %s", tc.rdb, tc.per, got, tc.want)
+		}
+		s.Close()
+	}
+	for key, want := range map[string]string{"p:{u}:r": "u", "p:{}:r": "p:{}:r", "p:{u": "p:{u", "plain": "plain", "{a}{b}": "a"} {
+		if got := hashTag(key); got != want {
+			t.Errorf("hashTag(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
