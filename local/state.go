@@ -15,17 +15,15 @@ import (
 // instance's unreturned lease, so a leased token is counted before it is
 // spent.
 type State struct {
-	// Line 1 (a State is 192 bytes, so the allocator places it on a cache
-	// line boundary): what a lookup and a local decision read.
-	mu        sync.Mutex
-	key       uint64        // Cache's hash of (user, rule); read-only
-	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
-	Window    int64         // window index of Prev, Cur and Lease
-	Last      int64         // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
-	Prev, Cur int64         // global counts of windows Window−1 and Window, as last known (lower bounds)
-	Lease     int64         // tokens reserved in Redis for Window, not yet spent here
-
-	// Line 2: what a local decision writes besides.
+	// A State is 192 bytes, three cache lines, and the allocator aligns it
+	// to them. Line 1 holds what a local decision writes (the lock, the
+	// lease, the counters), so that a hot key decided from several cores
+	// moves one line between them; line 2 what it only reads (the hashes,
+	// the window and its counts), which stays shared in every core's
+	// cache; line 3 what the sync pass uses.
+	mu       sync.Mutex
+	Last     int64 // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
+	Lease    int64 // tokens reserved in Redis for Window, not yet spent here
 	Attempts int64 // requests seen (n-weighted) since the last report to Redis
 	Seen     int64 // requests seen since the last sync pass (demand, whether reported or not)
 	// Local decisions not yet folded into the Limiter's totals.
@@ -33,10 +31,14 @@ type State struct {
 	active                    atomic.Bool // held by a Registry
 	Rule                      uint16      // index of the key's rule; read-only
 	Acquiring                 bool        // a lease request of the decision path is under way
-	Key                       string      // the key's base Redis key; read-only
-	check                     uint64      // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
 
-	// Line 3: what the sync pass uses.
+	key       uint64        // Cache's hash of (user, rule); read-only
+	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
+	Window    int64         // window index of Prev, Cur and Lease
+	Prev, Cur int64         // global counts of windows Window−1 and Window, as last known (lower bounds)
+	Key       string        // the key's base Redis key; read-only
+	check     uint64        // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
+
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
 	ReturnWindow, Return int64
 	Demand               int64 // requests seen over the last sync interval
