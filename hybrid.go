@@ -39,10 +39,10 @@ type hybrid struct {
 	closed bool
 
 	// Decision counters, for Stats. Local decisions are counted in their
-	// State, under its lock, and folded in here by the sync pass: a shared
-	// counter written by every decision cost ~50 ns a decision over 1 Mi
-	// keys on 2 cores (bench/RESULTS.md), its cache line moving between
-	// cores.
+	// State, under its lock, and folded in here by the sync pass (fold): a
+	// shared counter written by every decision cost ~50 ns a decision over
+	// 1 Mi keys on 2 cores (bench/RESULTS.md), its cache line moving
+	// between cores.
 	localAllowed, localDenied   atomic.Int64
 	remote                      atomic.Int64 // decisions that asked Redis, failed ones included
 	remoteAllowed, remoteDenied atomic.Int64 // their answers
@@ -345,31 +345,15 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 }
 
 // fold moves s's local decision counts into the totals. The Registry
-// calls it as the sync pass takes s, under the Registry's lock, which
-// stats holds too: a count is in a registered state or in the totals,
-// never in both or neither, so the totals Stats reports never go down.
+// calls it as the sync pass takes s, under s's lock: a count is in the
+// state until a pass takes it, then in the totals, so the totals never go
+// down, and Stats reads them without visiting any key.
 func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
 	s.LocalAllowed, s.LocalDenied = 0, 0
 	s.Unlock()
-}
-
-// stats returns the local decision counts: the folded totals plus what the
-// registered states have not folded yet. It locks every registered state,
-// so it costs a pass over the active keys.
-func (h *hybrid) stats() (allowed, denied int64) {
-	h.registry.Each(func(s *local.State) {
-		s.Lock()
-		allowed += s.LocalAllowed
-		denied += s.LocalDenied
-		s.Unlock()
-	}, func() {
-		allowed += h.localAllowed.Load()
-		denied += h.localDenied.Load()
-	})
-	return allowed, denied
 }
 
 // Apply implements syncer.Planner.

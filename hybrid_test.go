@@ -130,6 +130,7 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 		}
 	}
 	require.Equal(t, 10, admitted)
+	require.NoError(t, l.Sync(ctx)) // Stats counts local decisions as of the last pass
 	before := l.Stats()
 	for range 100 {
 		d, err := l.Allow(ctx, rule.Name, "u", now)
@@ -139,6 +140,7 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 		// 10·(1000 − e) ≤ 9·1000, e ≥ 100: 800 + 100 ms from now.
 		require.Equal(t, 900*time.Millisecond, d.RetryAfter)
 	}
+	require.NoError(t, l.Sync(ctx))
 	after := l.Stats()
 	require.Equal(t, before.Remote, after.Remote, "denials over the limit must not call Redis")
 	require.Equal(t, before.LocalDenied+100, after.LocalDenied)
@@ -377,4 +379,33 @@ func TestHybridStatsNeverGoDown(t *testing.T) {
 	wg.Wait()
 	require.Positive(t, last.LocalAllowed)
 	require.Positive(t, last.SyncPasses)
+}
+
+// TestHybridStatsFoldAtSync: Stats reads no key; local decisions join
+// LocalAllowed at the next sync pass, all of them.
+func TestHybridStatsFoldAtSync(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "fold", Limit: 1000, Window: time.Minute}
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64})
+	require.NoError(t, err)
+	defer l.Close()
+	allow := func(k int) {
+		for range k {
+			d, err := l.Allow(ctx, rule.Name, "u", base)
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+		}
+	}
+	allow(50) // leases grow with the demand
+	require.NoError(t, l.Sync(ctx))
+	before := l.Stats()
+	allow(40)
+	mid := l.Stats()
+	require.Equal(t, before.LocalAllowed, mid.LocalAllowed, "counted before the pass: %+v", mid)
+	require.NoError(t, l.Sync(ctx))
+	after := l.Stats()
+	require.Equal(t, int64(40), after.LocalAllowed+after.Remote-before.LocalAllowed-before.Remote, "%+v", after)
+	require.Equal(t, int64(90), after.LocalAllowed+after.RemoteAllowed)
 }

@@ -547,7 +547,8 @@ func (r result) decision(limit int64) Decision {
 // Stats counts a Limiter's decisions since New.
 type Stats struct {
 	// LocalAllowed and LocalDenied are hybrid decisions made in process,
-	// from a lease or from the known global counts.
+	// from a lease or from the known global counts, as of the last sync
+	// pass.
 	LocalAllowed, LocalDenied int64
 	// Remote are hybrid decisions that asked Redis (a key without lease),
 	// failed ones included; RemoteAllowed and RemoteDenied are the answers.
@@ -566,9 +567,11 @@ type Stats struct {
 	ActiveKeys int64
 }
 
-// Stats returns the hybrid decision counters. It visits every key with
-// activity since the last sync pass, so call it for metrics, not per
-// request.
+// Stats returns the decision counters. It reads a few atomic counters and
+// visits no key, so a metrics scrape costs nothing with many keys. Local
+// hybrid decisions are counted in their key and added to LocalAllowed and
+// LocalDenied by the next sync pass: those two lag the decisions by at most
+// one SyncInterval (Sync, and Close, bring them up to date).
 func (l *Limiter) Stats() Stats {
 	st := Stats{
 		StrictAllowed: l.strictAllowed.Load(),
@@ -576,7 +579,7 @@ func (l *Limiter) Stats() Stats {
 		RedisErrors:   l.redisErrors.Load(),
 	}
 	if h := l.hybrid; h != nil {
-		st.LocalAllowed, st.LocalDenied = h.stats()
+		st.LocalAllowed, st.LocalDenied = h.localAllowed.Load(), h.localDenied.Load()
 		st.Remote, st.RemoteAllowed, st.RemoteDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
 		st.Instances = h.instances()

@@ -136,19 +136,6 @@ func (r *Registry) Take(visit func(*State)) []*State {
 	return states
 }
 
-// Each calls f for every state held, then done (if not nil), all under
-// the registry's lock: neither may call Add or Take.
-func (r *Registry) Each(f func(*State), done func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.states {
-		f(s)
-	}
-	if done != nil {
-		done()
-	}
-}
-
 // Len returns the number of states held.
 func (r *Registry) Len() int {
 	r.mu.Lock()

@@ -250,7 +250,13 @@ func simulate(ctx context.Context, opts options) (*simulation, error) {
 		}
 		sim.events = append(sim.events, r)
 	}
-	for _, lim := range limiters {
+	for j, lim := range limiters {
+		// A last pass (not one of the ticks' passes counted above) adds
+		// the instance's local decisions since the last tick to Stats, as
+		// Close would.
+		if err := lim.Sync(ctx); err != nil {
+			return nil, fmt.Errorf("final sync, instance %d: %w", j, err)
+		}
 		st := lim.Stats()
 		sim.stats.LocalAllowed += st.LocalAllowed
 		sim.stats.LocalDenied += st.LocalDenied
