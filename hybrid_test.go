@@ -409,3 +409,39 @@ func TestHybridStatsFoldAtSync(t *testing.T) {
 	require.Equal(t, int64(40), after.LocalAllowed+after.Remote-before.LocalAllowed-before.Remote, "%+v", after)
 	require.Equal(t, int64(90), after.LocalAllowed+after.RemoteAllowed)
 }
+
+// TestHybridBadNeighbourKey: a key whose Redis value is foreign fails its
+// own decisions and lease requests, and no other: a user whose key shares
+// its sync pass (and script call) gets every admission it asks for.
+func TestHybridBadNeighbourKey(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "nb", Limit: 1000, Window: time.Minute}
+	now := base.Add(time.Second)
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now }, ManualSync: true, MaxLocalKeys: 64})
+	require.NoError(t, err)
+	defer l.Close()
+	admitted := 0
+	allowA := func() {
+		for range 20 {
+			d, err := l.Allow(ctx, rule.Name, "a", now)
+			require.NoError(t, err)
+			if d.Allowed {
+				admitted++
+			}
+		}
+	}
+	allowA()
+	require.NoError(t, c.Set(ctx, global.Key(prefix, rule.Name, "b"), "foreign", 0).Err())
+	_, err = l.Allow(ctx, rule.Name, "b", now)
+	require.ErrorContains(t, err, "WRONGTYPE")
+	for range 30 {
+		allowA()
+		now = now.Add(100 * time.Millisecond)
+		require.ErrorContains(t, l.Sync(ctx), "WRONGTYPE", "the pass reports b's failure")
+	}
+	require.Equal(t, 620, admitted, "a is admitted every time, far below its limit")
+	require.LessOrEqual(t, redisCount(t, c, global.Key(prefix, rule.Name, "a"), now, rule.Window), int64(2*620),
+		"a's count in Redis stays near its demand: no grant is lost every pass")
+}

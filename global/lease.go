@@ -3,6 +3,7 @@ package global
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -78,11 +79,65 @@ func (r LeaseRequest) keysArgs() ([]string, []any) {
 		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, hasOp}
 }
 
+// ints returns the answer to a call of one key: its 8 integers, or its
+// error.
+func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
+	replies, err := leaseReplies(cmd, 1)
+	if err != nil {
+		return nil, err
+	}
+	return replies[0].v, replies[0].err
+}
+
 // leaseBatch is several LeaseRequests sent as one call of the lease script.
 // Its keys must share a cluster slot.
 type leaseBatch []LeaseRequest
 
 func (b leaseBatch) script() *redis.Script { return leaseScript }
+
+func (b leaseBatch) ints(*redis.Cmd) ([]int64, error) {
+	return nil, errors.New("global: a lease batch goes through LeaseBatch only")
+}
+
+// leaseReply is the lease script's answer for one key: 8 integers, or the
+// error of that key alone.
+type leaseReply struct {
+	v   []int64
+	err error
+}
+
+// leaseReplies splits the lease script's answer to a call of want keys. The
+// error is the call's own (every key failed); a key's error is in its
+// reply.
+func leaseReplies(cmd *redis.Cmd, want int) ([]leaseReply, error) {
+	all, err := cmd.Slice()
+	if err != nil {
+		return nil, fmt.Errorf("global: script: %w", err)
+	}
+	if len(all) != want {
+		return nil, fmt.Errorf("global: lease script answered %d keys, want %d", len(all), want)
+	}
+	out := make([]leaseReply, want)
+	for i, x := range all {
+		switch x := x.(type) {
+		case string:
+			out[i].err = fmt.Errorf("global: lease script: %s", x)
+		case []any:
+			v := make([]int64, len(x))
+			for j, n := range x {
+				n, ok := n.(int64)
+				if !ok {
+					return nil, fmt.Errorf("global: lease script answered %T, want integers", x[j])
+				}
+				v[j] = n
+			}
+			out[i].v = v
+		default:
+			return nil, fmt.Errorf("global: lease script answered %T for a key", x)
+		}
+	}
+	return out, nil
+}
 
 func (b leaseBatch) keysArgs() ([]string, []any) {
 	keys := make([]string, 0, 2*len(b))
@@ -95,30 +150,20 @@ func (b leaseBatch) keysArgs() ([]string, []any) {
 	return keys, args
 }
 
-// leaseResults splits the lease script's answer for want keys.
-func leaseResults(v []int64, err error, want int) ([]LeaseResult, error) {
+// leaseResult decodes one key's 8 integers.
+func leaseResult(v []int64, err error) (LeaseResult, error) {
 	if err != nil {
-		return nil, err
+		return LeaseResult{}, err
 	}
-	if len(v) != 8*want {
-		return nil, fmt.Errorf("global: lease script returned %d values, want %d", len(v), 8*want)
+	if len(v) != 8 {
+		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values for a key, want 8", len(v))
 	}
-	res := make([]LeaseResult, want)
-	for i := range res {
-		x := v[8*i : 8*i+8]
-		res[i] = LeaseResult{Allowed: x[0] == 1, Granted: x[1], Prev: x[2], Cur: x[3], PrevAttempts: x[4], CurAttempts: x[5], Now: x[6], Version: x[7]}
-	}
-	return res, nil
+	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5], Now: v[6], Version: v[7]}, nil
 }
 
 // Lease runs one LeaseRequest through the coalescer, like Take.
 func (s *Store) Lease(ctx context.Context, r LeaseRequest) (LeaseResult, error) {
-	v, err := s.do(ctx, r)
-	res, err := leaseResults(v, err, 1)
-	if err != nil {
-		return LeaseResult{}, err
-	}
-	return res[0], nil
+	return leaseResult(s.do(ctx, r))
 }
 
 // LeaseBatch runs many LeaseRequests in one pipeline (one per node on a
@@ -126,15 +171,17 @@ func (s *Store) Lease(ctx context.Context, r LeaseRequest) (LeaseResult, error) 
 // whose keys may share a script call (any keys on a single Redis; keys with
 // the same hash tag, that is the same user, on a cluster or ring) go
 // together, up to Options.LeaseKeysPerCall per call: Redis then pays its
-// per-call cost once per call rather than once per key. A call that fails
-// fails every request in it.
+// per-call cost once per call rather than once per key. A key whose
+// commands fail fails alone; a call that fails as a whole (a timeout, a
+// lost connection) fails every request in it.
 func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, []error) {
 	res := make([]LeaseResult, len(rs))
 	errs := make([]error, len(rs))
 	if len(rs) == 0 {
 		return res, errs
 	}
-	groups := s.groupLeases(rs)
+	sharded := s.sharded.Load()
+	groups := s.groupLeases(rs, sharded)
 	ops := make([]op, len(groups))
 	for i, g := range groups {
 		b := make(leaseBatch, len(g))
@@ -143,26 +190,44 @@ func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResul
 		}
 		ops[i] = b
 	}
+	var again []int // requests of calls that mixed slots on a cluster-mode server
 	for i, cmd := range s.pipeline(ctx, ops) {
-		v, err := ints(cmd)
-		got, err := leaseResults(v, err, len(groups[i]))
+		if !sharded && isCrossSlot(cmd.Err()) {
+			again = append(again, groups[i]...)
+			continue
+		}
+		replies, err := leaseReplies(cmd, len(groups[i]))
 		for j, k := range groups[i] {
 			if err != nil {
 				errs[k] = err
 			} else {
-				res[k] = got[j]
+				res[k], errs[k] = leaseResult(replies[j].v, replies[j].err)
 			}
+		}
+	}
+	if len(again) > 0 {
+		// Redis refused those calls before running them: send them again,
+		// grouped by hash tag from now on.
+		s.sharded.Store(true)
+		sub := make([]LeaseRequest, len(again))
+		for i, k := range again {
+			sub[i] = rs[k]
+		}
+		subRes, subErrs := s.LeaseBatch(ctx, sub)
+		for i, k := range again {
+			res[k], errs[k] = subRes[i], subErrs[i]
 		}
 	}
 	return res, errs
 }
 
 // groupLeases splits the indexes of rs into groups that may share a script
-// call, in order of first appearance, each of at most LeaseKeysPerCall.
-func (s *Store) groupLeases(rs []LeaseRequest) [][]int {
+// call, in order of first appearance, each of at most LeaseKeysPerCall: any
+// keys, or with sharded only keys of one hash tag.
+func (s *Store) groupLeases(rs []LeaseRequest, sharded bool) [][]int {
 	per := s.opts.LeaseKeysPerCall
 	var groups [][]int
-	if !s.sharded {
+	if !sharded {
 		for i := 0; i < len(rs); i += per {
 			g := make([]int, 0, min(per, len(rs)-i))
 			for k := i; k < min(i+per, len(rs)); k++ {
@@ -183,6 +248,10 @@ func (s *Store) groupLeases(rs []LeaseRequest) [][]int {
 		groups = append(groups, []int{i})
 	}
 	return groups
+}
+
+func isCrossSlot(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "CROSSSLOT")
 }
 
 // hashTag returns the part of key that Redis Cluster hashes: the text

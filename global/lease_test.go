@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 // TestLeaseBatchMatchesSingleCalls: the same passes sent key by key (one
@@ -112,7 +116,7 @@ func TestLeaseBatchGroups(t *testing.T) {
 		{cluster, 2, "[[0 2] [1 5] [3] [4]]"},
 	} {
 		s := NewStore(tc.rdb, Options{LeaseKeysPerCall: tc.per})
-		if got := fmt.Sprint(s.groupLeases(rs)); got != tc.want {
+		if got := fmt.Sprint(s.groupLeases(rs, s.sharded.Load())); got != tc.want {
 			t.Errorf("%T, %d per call: groups %s, want %s", tc.rdb, tc.per, got, tc.want)
 		}
 		s.Close()
@@ -121,5 +125,81 @@ func TestLeaseBatchGroups(t *testing.T) {
 		if got := hashTag(key); got != want {
 			t.Errorf("hashTag(%q) = %q, want %q", key, got, want)
 		}
+	}
+}
+
+// TestLeaseBatchIsolatesBadKey: a key whose commands fail (a foreign value
+// under it) fails alone; the keys before and after it in the same call get
+// their answers, applied once.
+func TestLeaseBatchIsolatesBadKey(t *testing.T) {
+	c, p := testClient(t)
+	ctx := context.Background()
+	s := NewStore(c, Options{})
+	defer s.Close()
+	now := int64(1_700_000_000_000)
+	var rs []LeaseRequest
+	for _, u := range []string{"a", "bad", "c"} {
+		rs = append(rs, LeaseRequest{Key: Key(p, "r", u), Now: now, Window: 60_000, Limit: 100, N: 1, Want: 5})
+	}
+	if err := c.Set(ctx, rs[1].Key, "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, errs := s.LeaseBatch(ctx, rs)
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "WRONGTYPE") {
+		t.Fatalf("the bad key's error = %v, want WRONGTYPE", errs[1])
+	}
+	for _, i := range []int{0, 2} {
+		if errs[i] != nil {
+			t.Fatalf("key %d failed with its neighbour: %v", i, errs[i])
+		}
+		if res[i].Cur != 6 || res[i].Granted != 5 || !res[i].Allowed {
+			t.Fatalf("key %d: %+v, want 1 admitted and 5 leased", i, res[i])
+		}
+	}
+	if got, err := c.HGet(ctx, rs[2].Key, "c").Int64(); err != nil || got != 6 {
+		t.Fatalf("key after the bad one counts %d (%v) in Redis, want 6", got, err)
+	}
+}
+
+// TestLeaseBatchOnClusterModeServer: a single-node client of a server in
+// cluster mode (one node holding every slot) cannot mix slots in a call;
+// the store learns it from the first CROSSSLOT and answers every request.
+func TestLeaseBatchOnClusterModeServer(t *testing.T) {
+	c := redistest.Server(t, "--cluster-enabled", "yes")
+	ctx := context.Background()
+	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not ok: %v %q", err, info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s := NewStore(c, Options{})
+	defer s.Close()
+	if err := s.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := int64(1_700_000_000_000)
+	for pass := range 2 {
+		var rs []LeaseRequest
+		for _, u := range []string{"a", "b", "c"} {
+			rs = append(rs, LeaseRequest{Key: Key("p", "r", u), Now: now, Window: 60_000, Limit: 100, N: 1})
+		}
+		res, errs := s.LeaseBatch(ctx, rs)
+		for i := range rs {
+			if errs[i] != nil || !res[i].Allowed || res[i].Cur != int64(pass+1) {
+				t.Fatalf("pass %d, key %d: %+v, %v", pass, i, res[i], errs[i])
+			}
+		}
+	}
+	if !s.sharded.Load() {
+		t.Fatal("the store did not learn that keys live on several slots")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,7 +60,7 @@ type Options struct {
 type Store struct {
 	rdb     redis.UniversalClient
 	opts    Options
-	sharded bool // keys live on several nodes: a script call takes keys of one hash tag only
+	sharded atomic.Bool // keys live on several slots: a script call takes keys of one hash tag only
 
 	mu      sync.Mutex
 	queue   []*call
@@ -86,8 +87,12 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	// Only a client of one node (single, or failover through sentinels)
 	// may mix keys of many slots in one script call; a client type this
 	// package does not know is taken to be sharded.
+	// (A single-node client of a server in cluster mode learns it from
+	// the first CROSSSLOT error: see LeaseBatch.)
+	s := &Store{rdb: rdb, opts: opts}
 	_, single := rdb.(*redis.Client)
-	return &Store{rdb: rdb, opts: opts, sharded: !single}
+	s.sharded.Store(!single)
+	return s
 }
 
 // Load loads every script into every master, so that pipelined EVALSHA
@@ -118,6 +123,8 @@ func (s *Store) Load(ctx context.Context) error {
 type op interface {
 	script() *redis.Script
 	keysArgs() ([]string, []any)
+	// ints returns the script's answer as integers.
+	ints(cmd *redis.Cmd) ([]int64, error)
 }
 
 // call is one queued script invocation.
@@ -234,7 +241,7 @@ func (s *Store) send(batch []*call) {
 	ctx := context.WithoutCancel(batch[0].ctx)
 	if len(batch) == 1 {
 		c := batch[0]
-		c.res, c.err = ints(run(ctx, s.rdb, c.op))
+		c.res, c.err = c.op.ints(run(ctx, s.rdb, c.op))
 		c.done <- struct{}{}
 		return
 	}
@@ -244,7 +251,7 @@ func (s *Store) send(batch []*call) {
 	}
 	for i, cmd := range s.pipeline(ctx, ops) {
 		c := batch[i]
-		c.res, c.err = ints(cmd)
+		c.res, c.err = c.op.ints(cmd)
 		c.done <- struct{}{}
 	}
 }
@@ -278,6 +285,8 @@ func (s *Store) Close() {
 }
 
 func (r Request) script() *redis.Script { return scripts[r.Algorithm] }
+
+func (r Request) ints(cmd *redis.Cmd) ([]int64, error) { return ints(cmd) }
 
 func (r Request) keysArgs() ([]string, []any) {
 	keys := []string{r.Key}

@@ -42,7 +42,8 @@ type Cache struct {
 	// It has a slot per key the cache may hold, rounded up to a power of
 	// two within frontMin and frontMax, so that nearly every resident key
 	// has one; a slot whose state ristretto lets go of is cleared, so the
-	// table keeps no state alive that the cache dropped.
+	// table keeps alive almost no state that the cache dropped (at most one
+	// per slot, and only after a promotion raced with the eviction).
 	front []frontBucket
 
 	mu     sync.Mutex
@@ -140,8 +141,13 @@ func (c *Cache) Get(user string, rule int) (s *State, front bool) {
 }
 
 // Promote puts s in the front table: in the slot its key has there, else
-// in an empty one, else in place of one of its bucket's states.
+// in an empty one, else in place of one of its bucket's states. An orphan
+// is not promoted (one orphaned while it is being promoted may stay in its
+// slot until another state takes it; lookups pass it by).
 func (c *Cache) Promote(s *State) {
+	if s.Orphaned() {
+		return
+	}
 	b := c.bucket(s.key)
 	way := -1
 	for i := range b {

@@ -18,8 +18,10 @@
 --             the operation key)
 -- Counts include every lease reserved and not returned, so leased tokens are
 -- spent locally without ever exceeding the limit.
--- Returns  8 integers per key: {allowed (0|1), granted, prev, cur,
---          prev_attempts, cur_attempts, now_used, version}
+-- Returns  one reply per key: 8 integers {allowed (0|1), granted, prev,
+--          cur, prev_attempts, cur_attempts, now_used, version}, or, when
+--          that key's commands failed (a foreign value under it, say), the
+--          error's text. One key's error changes nothing of the others'.
 local function fdiv(x, y)
   local q = math.floor(x / y)
   if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
@@ -103,7 +105,16 @@ for i = 1, #KEYS / 2 do
   local a = 12 * (i - 1)
   local opkey = nil
   if ARGV[a + 12] == '1' then opkey = KEYS[2 * i] end
-  local r = lease(KEYS[2 * i - 1], opkey, a)
-  for j = 1, 8 do out[#out + 1] = r[j] end
+  -- A key fails on its first command in practice (a foreign value under
+  -- it) and writes nothing; a later failure (out of memory) may leave its
+  -- writes, which the caller treats as a lost answer.
+  local ok, r = pcall(lease, KEYS[2 * i - 1], opkey, a)
+  if ok then
+    out[i] = r
+  elseif type(r) == 'table' and r.err then
+    out[i] = r.err
+  else
+    out[i] = tostring(r)
+  end
 end
 return out
