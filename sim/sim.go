@@ -84,7 +84,8 @@ type Report struct {
 	Config  Config
 	Windows []Window
 	// Decisions is the number of requests decided; Stats sums the
-	// instances' counters (Stats.Remote: decisions that asked Redis).
+	// instances' counters (Stats.Remote: decisions that asked Redis), the
+	// local ones as of each instance's last sync pass.
 	Decisions int64
 	Stats     ratelimit.Stats
 	// SyncPasses is the number of sync passes run, over all instances.
