@@ -3,7 +3,6 @@ package global
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -94,10 +93,6 @@ func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
 type leaseBatch []LeaseRequest
 
 func (b leaseBatch) script() *redis.Script { return leaseScript }
-
-func (b leaseBatch) ints(*redis.Cmd) ([]int64, error) {
-	return nil, errors.New("global: a lease batch goes through LeaseBatch only")
-}
 
 // leaseReply is the lease script's answer for one key: 8 integers, or the
 // error of that key alone.

@@ -123,6 +123,12 @@ func (s *Store) Load(ctx context.Context) error {
 type op interface {
 	script() *redis.Script
 	keysArgs() ([]string, []any)
+}
+
+// coalesced is an op that goes through the coalescer (do), which decodes
+// its answer.
+type coalesced interface {
+	op
 	// ints returns the script's answer as integers.
 	ints(cmd *redis.Cmd) ([]int64, error)
 }
@@ -130,7 +136,7 @@ type op interface {
 // call is one queued script invocation.
 type call struct {
 	ctx  context.Context
-	op   op
+	op   coalesced
 	res  []int64
 	err  error
 	done chan struct{} // buffered(1); receives once when res and err are set
@@ -152,7 +158,7 @@ func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
 }
 
 // do runs o through the coalescer and returns the script's integers.
-func (s *Store) do(ctx context.Context, o op) ([]int64, error) {
+func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 	c := callPool.Get().(*call)
 	c.ctx, c.op = ctx, o
 
