@@ -31,6 +31,17 @@ func redisCount(t *testing.T, c *redis.Client, key string, now time.Time, w time
 	return cur
 }
 
+// manualHybrid returns a Limiter of rule on c under prefix whose sync passes
+// run only at Sync, with clock now and room for maxKeys local keys; it is
+// closed when the test ends.
+func manualHybrid(t *testing.T, c *redis.Client, prefix string, rule Rule, now func() time.Time, maxKeys int64) *Limiter {
+	t.Helper()
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: now, ManualSync: true, MaxLocalKeys: maxKeys})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
 // TestHybridConcurrentInstances: 8 hybrid Limiters, each with its own
 // client and a background sync loop, 32 goroutines each, one user, one
 // instant. Together they admit at most the limit; once they close (giving
@@ -118,9 +129,7 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 	ctx := context.Background()
 	rule := Rule{Name: "deny", Limit: 10, Window: time.Second}
 	now := time.UnixMilli(base.UnixMilli()/1000*1000 + 200)
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now), ManualSync: true, MaxLocalKeys: 64})
-	require.NoError(t, err)
-	defer l.Close()
+	l := manualHybrid(t, c, prefix, rule, fixedClock(now), 64)
 	admitted := 0
 	for range 10 {
 		d, err := l.Allow(ctx, rule.Name, "u", now)
@@ -244,9 +253,7 @@ func TestHybridLeaseNeverSpentBeforeItsWindow(t *testing.T) {
 	rule := Rule{Name: "edge", Limit: 5, Window: time.Second, Algorithm: FixedWindow}
 	t0 := time.UnixMilli(base.UnixMilli()/1000*1000 + 1000) // a window start
 	now := t0.Add(-time.Millisecond)
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now }, ManualSync: true, MaxLocalKeys: 64})
-	require.NoError(t, err)
-	defer l.Close()
+	l := manualHybrid(t, c, prefix, rule, func() time.Time { return now }, 64)
 	for range 5 {
 		d, err := l.Allow(ctx, rule.Name, "u", now)
 		require.NoError(t, err)
@@ -305,9 +312,7 @@ func TestHybridAllowNAbovePartialLease(t *testing.T) {
 	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
 		t.Run(a.String(), func(t *testing.T) {
 			rule := Rule{Name: "partial-" + a.String(), Limit: 4, Window: time.Minute, Algorithm: a}
-			l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64})
-			require.NoError(t, err)
-			defer l.Close()
+			l := manualHybrid(t, c, prefix, rule, fixedClock(base), 64)
 			d, err := l.Allow(ctx, rule.Name, "u", base)
 			require.NoError(t, err)
 			require.True(t, d.Allowed)
@@ -331,9 +336,7 @@ func TestHybridStatsNeverGoDown(t *testing.T) {
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "mono", Limit: 1_000_000, Window: time.Minute}
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 1024})
-	require.NoError(t, err)
-	defer l.Close()
+	l := manualHybrid(t, c, prefix, rule, fixedClock(base), 1024)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -388,9 +391,7 @@ func TestHybridStatsFoldAtSync(t *testing.T) {
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "fold", Limit: 1000, Window: time.Minute}
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64})
-	require.NoError(t, err)
-	defer l.Close()
+	l := manualHybrid(t, c, prefix, rule, fixedClock(base), 64)
 	allow := func(k int) {
 		for range k {
 			d, err := l.Allow(ctx, rule.Name, "u", base)
@@ -419,9 +420,7 @@ func TestHybridBadNeighbourKey(t *testing.T) {
 	ctx := context.Background()
 	rule := Rule{Name: "nb", Limit: 1000, Window: time.Minute}
 	now := base.Add(time.Second)
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now }, ManualSync: true, MaxLocalKeys: 64})
-	require.NoError(t, err)
-	defer l.Close()
+	l := manualHybrid(t, c, prefix, rule, func() time.Time { return now }, 64)
 	admitted := 0
 	allowA := func() {
 		for range 20 {
@@ -434,7 +433,7 @@ func TestHybridBadNeighbourKey(t *testing.T) {
 	}
 	allowA()
 	require.NoError(t, c.Set(ctx, global.Key(prefix, rule.Name, "b"), "foreign", 0).Err())
-	_, err = l.Allow(ctx, rule.Name, "b", now)
+	_, err := l.Allow(ctx, rule.Name, "b", now)
 	require.ErrorContains(t, err, "WRONGTYPE")
 	for range 30 {
 		allowA()
