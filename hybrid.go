@@ -57,39 +57,70 @@ func (r *rule) prevWeight(prev int64) int64 {
 	return prev
 }
 
-// decide is the hybrid decision. The local part takes the key's lock for a
-// few arithmetic operations and allocates nothing; a key without lease
-// goes to Redis (acquire).
+// decide is the hybrid decision. A request for one token spends it from the
+// key's lease without a lock (local.State.Spend); others, and those the
+// lease cannot serve, take the key's lock for a few arithmetic operations
+// (decideLocal). Neither allocates. A key without lease goes to Redis
+// (acquire).
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
 	s, front := h.cache.Get(user, r.hybridIndex)
-	if s != nil {
-		if res, uses, ok := h.decideLocal(s, r, ms, n); ok {
-			// Keys decided often enough live in the front table.
-			// Ristretto hears of a front-served key's first use in each
-			// sync interval and of one use in touchEvery after, so that
-			// its admission policy still ranks the keys in use above
-			// new ones.
-			if front {
-				if uses == 1 || uses%touchEvery == 0 {
-					h.cache.Touch(s)
-				}
-			} else if uses%promoteEvery == 0 {
-				h.cache.Promote(s)
-			}
-			return res, nil
-		}
-	} else {
+	if s == nil {
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
 			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
 		})
+		return h.acquire(ctx, s, r, ms, n)
 	}
-	return h.acquire(ctx, s, r, ms, n)
+	var (
+		res  result
+		tick int64 // changes by one or more each local decision on the key
+		ok   bool
+	)
+	if n == 1 {
+		var prev, cur, lease, elapsed int64
+		if prev, cur, lease, elapsed, ok = s.Spend(ms, r.window); ok {
+			res = h.spent(r, prev, cur, lease, elapsed)
+			tick = lease
+		}
+	}
+	if !ok {
+		if res, tick, ok = h.decideLocal(s, r, ms, n); !ok {
+			return h.acquire(ctx, s, r, ms, n)
+		}
+	}
+	// Keys decided often enough live in the front table. Ristretto hears
+	// of a front-served key's first use in each sync interval and of about
+	// one use in touchEvery after, so that its admission policy still ranks
+	// the keys in use above new ones.
+	first := h.registry.Add(s)
+	if front {
+		if first || tick%touchEvery == 0 {
+			h.cache.Touch(s)
+		}
+	} else if tick%promoteEvery == 0 {
+		h.cache.Promote(s)
+	}
+	return res, nil
 }
 
 const (
 	touchEvery   = 1024 // front uses per use ristretto sees, past the first
 	promoteEvery = 4    // ristretto hits per promotion to the front table
 )
+
+// spent is the result of a request admitted by Spend: prev and cur are
+// the window's counts as last known, lease the lease before the request
+// took its token, elapsed the time into the window.
+func (h *hybrid) spent(r *rule, prev, cur, lease, elapsed int64) result {
+	prev = r.prevWeight(prev)
+	// What counts against the next request: every instance's admissions
+	// and leases as last known, less this instance's unspent lease.
+	next := max(cur-lease, 0) + 1
+	return result{
+		allowed:    true,
+		remaining:  slidingRemaining(prev, next, elapsed, r.window, r.Limit),
+		resetAfter: h.resetAfter(r, prev, cur, elapsed),
+	}
+}
 
 // decideLocal decides from the lease, or denies when the key's known counts
 // already deny. ok is false when Redis must decide; uses counts the key's
@@ -132,7 +163,6 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 	res.resetAfter = h.resetAfter(r, prev, s.Cur, elapsed)
 	uses = s.LocalAllowed + s.LocalDenied
 	s.Unlock()
-	h.registry.Add(s)
 	return res.shift(now - ms), uses, true
 }
 

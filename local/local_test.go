@@ -2,7 +2,9 @@ package local
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 
@@ -119,31 +121,32 @@ func TestCacheFindsNewUsers(t *testing.T) {
 	}
 }
 
-// TestStateLayout: a State is 192 bytes, a multiple of the cache line, so
-// the allocator aligns it; what a local decision writes shares the first
-// line, what a lookup and a decision only read the second.
+// TestStateLayout: a State is 256 bytes, a multiple of the cache line, so
+// the allocator aligns it; all that Get and Spend touch shares the first
+// line, what a locked decision writes the second.
 func TestStateLayout(t *testing.T) {
-	if got := unsafe.Sizeof(State{}); got != 192 {
-		t.Fatalf("State is %d bytes, want 192", got)
+	if got := unsafe.Sizeof(State{}); got != 256 {
+		t.Fatalf("State is %d bytes, want 256", got)
 	}
 	var s State
 	line := func(off uintptr) uintptr { return off / 64 }
 	for name, off := range map[string]uintptr{
-		"mu": unsafe.Offsetof(s.mu), "Last": unsafe.Offsetof(s.Last), "Lease": unsafe.Offsetof(s.Lease),
-		"Attempts": unsafe.Offsetof(s.Attempts), "Seen": unsafe.Offsetof(s.Seen),
-		"LocalAllowed": unsafe.Offsetof(s.LocalAllowed), "LocalDenied": unsafe.Offsetof(s.LocalDenied),
-		"active": unsafe.Offsetof(s.active), "Acquiring": unsafe.Offsetof(s.Acquiring),
+		"budget": unsafe.Offsetof(s.budget), "win": unsafe.Offsetof(s.win),
+		"prev": unsafe.Offsetof(s.prev), "cur": unsafe.Offsetof(s.cur),
+		"key": unsafe.Offsetof(s.key), "tag": unsafe.Offsetof(s.tag), "check": unsafe.Offsetof(s.check),
+		"active": unsafe.Offsetof(s.active),
 	} {
 		if line(off) != 0 {
-			t.Errorf("%s is on line %d, want 0 (written by decisions)", name, line(off))
+			t.Errorf("%s is on line %d, want 0 (used by Spend and Get)", name, line(off))
 		}
 	}
 	for name, off := range map[string]uintptr{
-		"key": unsafe.Offsetof(s.key), "tag": unsafe.Offsetof(s.tag), "Window": unsafe.Offsetof(s.Window),
-		"Prev": unsafe.Offsetof(s.Prev), "Cur": unsafe.Offsetof(s.Cur) + 7,
+		"mu": unsafe.Offsetof(s.mu), "Last": unsafe.Offsetof(s.Last), "Lease": unsafe.Offsetof(s.Lease),
+		"Attempts": unsafe.Offsetof(s.Attempts), "Seen": unsafe.Offsetof(s.Seen),
+		"LocalAllowed": unsafe.Offsetof(s.LocalAllowed), "LocalDenied": unsafe.Offsetof(s.LocalDenied) + 7,
 	} {
 		if line(off) != 1 {
-			t.Errorf("%s is on line %d, want 1 (read by decisions)", name, line(off))
+			t.Errorf("%s is on line %d, want 1 (written by locked decisions)", name, line(off))
 		}
 	}
 	if got := unsafe.Sizeof(frontBucket{}); got != 64 {
@@ -208,5 +211,127 @@ func TestCacheFront(t *testing.T) {
 	}
 	if got, _ := c.Get(last, 0); got != nil {
 		t.Fatalf("Get(%s) after letGo = %p, want nil", last, got)
+	}
+}
+
+// TestSpend: Spend takes the lease opened by Unlock one token at a time,
+// only for timestamps in the lease's window; Lock counts what it took as
+// local admissions.
+func TestSpend(t *testing.T) {
+	const w = 1000
+	s := NewState("k", 0)
+	if _, _, _, _, ok := s.Spend(5500, w); ok {
+		t.Fatal("a new state spent")
+	}
+	s.Lock()
+	s.Roll(5)
+	s.Prev, s.Cur, s.Lease = 40, 9, 3
+	s.Unlock()
+	for _, ms := range []int64{4999, 6000, 7500} {
+		if _, _, _, _, ok := s.Spend(ms, w); ok {
+			t.Fatalf("Spend(%d) outside window 5 succeeded", ms)
+		}
+	}
+	for i := range int64(3) {
+		prev, cur, lease, elapsed, ok := s.Spend(5250, w)
+		if !ok || prev != 40 || cur != 9 || lease != 3-i || elapsed != 250 {
+			t.Fatalf("Spend #%d = %d, %d, %d, %d, %v", i, prev, cur, lease, elapsed, ok)
+		}
+	}
+	if _, _, _, _, ok := s.Spend(5250, w); ok {
+		t.Fatal("Spend beyond the lease succeeded")
+	}
+	s.Lock()
+	if s.Lease != 0 || s.Attempts != 3 || s.Seen != 3 || s.LocalAllowed != 3 {
+		t.Fatalf("after three spends: %+v", s)
+	}
+	s.Lease = tokenMask + 1 // too large for the budget: every decision locks
+	s.Unlock()
+	if _, _, _, _, ok := s.Spend(5250, w); ok {
+		t.Fatal("Spend of a lease larger than the budget holds succeeded")
+	}
+	s.Lock()
+	if s.Lease != tokenMask+1 || s.LocalAllowed != 3 {
+		t.Fatalf("a closed budget changed the state: %+v", s)
+	}
+	s.Unlock()
+}
+
+// TestSpendRaces: goroutines spend while another rolls the state from
+// window to window under the lock, opening each with a fresh lease. Every
+// token Spend hands out must belong to the window of the timestamp it was
+// given: the tokens the lock holder finds gone from each window's lease
+// equal the spends that window's timestamps got, and no more than the
+// lease.
+func TestSpendRaces(t *testing.T) {
+	const (
+		w       = 100
+		windows = 200
+		lease   = 50
+	)
+	s := NewState("k", 0)
+	var current atomic.Int64 // the window spenders aim at, sometimes behind
+	var got [windows + 1]atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				idx := current.Load() - int64((i+g)%2) // half aim at the window before
+				if idx < 0 {
+					continue
+				}
+				if _, _, _, elapsed, ok := s.Spend(idx*w+int64(i%w), w); ok {
+					if elapsed != int64(i%w) {
+						t.Errorf("elapsed %d, want %d", elapsed, i%w)
+					}
+					got[idx].Add(1)
+				}
+			}
+		}()
+	}
+	spent := make([]int64, windows+1)
+	for idx := int64(1); idx <= windows; idx++ {
+		s.Lock()
+		if s.Window > 0 {
+			spent[s.Window] = lease - s.Lease // opened with lease, less what is left
+		}
+		s.Roll(idx)
+		s.Lease = lease
+		current.Store(idx)
+		s.Unlock()
+		for range 200 { // let the spenders at it
+			if s.budget.Load()&tokenMask == 0 {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	s.Lock()
+	spent[s.Window] = lease - s.Lease
+	s.Unlock()
+	close(stop)
+	wg.Wait()
+	var total int64
+	for idx := 1; idx <= windows; idx++ {
+		if g := got[idx].Load(); g != spent[idx] || g > lease {
+			t.Fatalf("window %d: spenders got %d tokens, the lease lost %d (of %d)", idx, g, spent[idx], lease)
+		}
+		total += spent[idx]
+	}
+	s.Lock()
+	defer s.Unlock()
+	if s.LocalAllowed != total || s.Attempts != total {
+		t.Fatalf("counted %d local admissions and %d attempts, want %d", s.LocalAllowed, s.Attempts, total)
+	}
+	if total == 0 {
+		t.Fatal("no spend succeeded: the test proves nothing")
 	}
 }

@@ -15,12 +15,29 @@ import (
 // instance's unreturned lease, so a leased token is counted before it is
 // spent.
 type State struct {
-	// A State is 192 bytes, three cache lines, and the allocator aligns it
-	// to them. Line 1 holds what a local decision writes (the lock, the
-	// lease, the counters), so that a hot key decided from several cores
-	// moves one line between them; line 2 what it only reads (the hashes,
-	// the window and its counts), which stays shared in every core's
-	// cache; line 3 what the sync pass uses.
+	// A State is 256 bytes, four cache lines, and the allocator aligns it
+	// to them. Line 1 holds all that a decision from the lease touches
+	// (Spend, and the Cache's identity check), so that a resident key
+	// costs one line beside its front-table bucket, and a hot key decided
+	// from several cores moves one line between them; line 2 the locked
+	// decision path's fields; lines 3 and 4 the rest.
+
+	// budget is the lease open to Spend: a generation in the top 24 bits
+	// and tokens in the low 40. Unlock opens it with the whole Lease and a
+	// new generation; Lock closes it (tokens to 0) and counts what Spend
+	// took. A Spend that read the window and counts below succeeds only if
+	// budget did not change meanwhile, so they are the ones it opened with.
+	budget    atomic.Uint64
+	win       atomic.Int64  // Window, as of the last Unlock
+	prev, cur atomic.Int64  // Prev and Cur, as of the last Unlock
+	key       uint64        // Cache's hash of (user, rule); read-only
+	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
+	check     uint64        // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
+	active    atomic.Bool   // held by a Registry
+	Rule      uint16        // index of the key's rule; read-only
+	Acquiring bool          // a lease request of the decision path is under way
+
+	// The exported fields below are guarded by the lock.
 	mu       sync.Mutex
 	Last     int64 // newest time (ms) judged or answered; older timestamps are judged at Last. Last ≥ the start of Window, so a lease is never spent before its window
 	Lease    int64 // tokens reserved in Redis for Window, not yet spent here
@@ -28,17 +45,11 @@ type State struct {
 	Seen     int64 // requests seen since the last sync pass (demand, whether reported or not)
 	// Local decisions not yet folded into the Limiter's totals.
 	LocalAllowed, LocalDenied int64
-	active                    atomic.Bool // held by a Registry
-	Rule                      uint16      // index of the key's rule; read-only
-	Acquiring                 bool        // a lease request of the decision path is under way
+	opened                    int64 // tokens budget was opened with
 
-	key       uint64        // Cache's hash of (user, rule); read-only
-	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
-	Window    int64         // window index of Prev, Cur and Lease
-	Prev, Cur int64         // global counts of windows Window−1 and Window, as last known (lower bounds)
-	Key       string        // the key's base Redis key; read-only
-	check     uint64        // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
-
+	Window    int64  // window index of Prev, Cur and Lease
+	Prev, Cur int64  // global counts of windows Window−1 and Window, as last known (lower bounds)
+	Key       string // the key's base Redis key; read-only
 	// Unspent lease of window ReturnWindow (< Window), owed back to Redis.
 	ReturnWindow, Return int64
 	Demand               int64 // requests seen over the last sync interval
@@ -47,7 +58,15 @@ type State struct {
 	// the ratio is this instance's share of the key's demand.
 	MinePrev, MineCur int64
 	AllPrev, AllCur   int64
+
+	_ [3]int64 // to 256 bytes: a size class whose objects start on cache lines
 }
+
+// The layout of State.budget.
+const (
+	tokenBits = 40
+	tokenMask = 1<<tokenBits - 1 // also the largest lease open to Spend
+)
 
 // MaxRules bounds the rules a Cache serves: a State keeps its rule's index
 // in 16 bits.
@@ -65,14 +84,74 @@ func (s *State) orphan() { s.tag.Store(0) }
 func NewState(key string, rule int) *State {
 	s := &State{Key: key, Rule: uint16(rule), Window: -1, check: 1}
 	s.tag.Store(s.check)
+	s.win.Store(-1)
 	return s
 }
 
-// Lock locks the state.
-func (s *State) Lock() { s.mu.Lock() }
+// Lock locks the state and closes its budget: from here to Unlock, Lease
+// and the counters are exact and Spend takes nothing.
+func (s *State) Lock() {
+	s.mu.Lock()
+	left := int64(0)
+	if s.budget.Load()&tokenMask != 0 { // else Spend can take nothing: only Unlock adds tokens
+		left = int64(s.budget.And(^uint64(tokenMask)) & tokenMask)
+	}
+	// What Spend took, it took one request at a time, each admitted here.
+	spent := s.opened - left
+	s.opened = 0
+	s.Lease -= spent
+	s.Attempts += spent
+	s.Seen += spent
+	s.LocalAllowed += spent
+}
 
-// Unlock unlocks the state.
-func (s *State) Unlock() { s.mu.Unlock() }
+// Unlock publishes the window and its counts to Spend, opens the budget
+// with the lease (unless it is larger than the budget holds: then every
+// decision locks), and unlocks the state.
+func (s *State) Unlock() {
+	publish(&s.win, s.Window)
+	publish(&s.prev, s.Prev)
+	publish(&s.cur, s.Cur)
+	if s.Lease > 0 && s.Lease <= tokenMask {
+		gen := s.budget.Load()>>tokenBits + 1
+		s.budget.Store(gen<<tokenBits | uint64(s.Lease))
+		s.opened = s.Lease
+	}
+	s.mu.Unlock()
+}
+
+// publish stores v in a unless it holds it already (a load is cheaper
+// than a store).
+func publish(a *atomic.Int64, v int64) {
+	if a.Load() != v {
+		a.Store(v)
+	}
+}
+
+// Spend takes one token of the lease without the lock, if the budget is
+// open and ms falls in the lease's window (w ms long). It returns the
+// window's counts as of the last Unlock, the tokens the lease held before
+// this one was taken, and the time elapsed in the window. When ok is false
+// nothing was taken and the caller decides under the lock. The caller
+// counts the request as one local admission: Lock adds it to Lease's
+// spending and the counters.
+func (s *State) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
+	for {
+		b := s.budget.Load()
+		if b&tokenMask == 0 {
+			return 0, 0, 0, 0, false
+		}
+		elapsed = ms - s.win.Load()*w
+		if elapsed < 0 || elapsed >= w {
+			return 0, 0, 0, 0, false
+		}
+		prev, cur = s.prev.Load(), s.cur.Load()
+		if s.budget.CompareAndSwap(b, b-1) {
+			return prev, cur, int64(b & tokenMask), elapsed, true
+		}
+		// Another Spend took a token, or Lock closed the budget: look again.
+	}
+}
 
 // Roll moves the state forward to window idx (> Window): the current
 // counts become the previous ones (or both clear, after a gap), and an
@@ -106,15 +185,18 @@ type Registry struct {
 	states []*State
 }
 
-// Add puts s in the registry unless it is there already. The check is one
-// atomic load, so the decision path calls it freely.
-func (r *Registry) Add(s *State) {
+// Add puts s in the registry unless it is there already, and reports
+// whether it did: whether this is the state's first activity since the
+// registry's last Take. The check is one atomic load, so the decision path
+// calls it freely.
+func (r *Registry) Add(s *State) bool {
 	if s.active.Load() || !s.active.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	r.mu.Lock()
 	r.states = append(r.states, s)
 	r.mu.Unlock()
+	return true
 }
 
 // Take empties the registry and returns what it held, calling visit (if
