@@ -48,8 +48,8 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		fmt.Printf("+%v: allowed=%v limit=%d remaining=%d retry-after=%v reset-after=%v\n",
-			at.Sub(t0), d.Allowed, d.Limit, d.Remaining, d.RetryAfter, d.ResetAfter)
+		fmt.Printf("+%v: allowed=%v remaining=%d retry-after=%v reset-after=%v\n",
+			at.Sub(t0), d.Allowed, d.Remaining, d.RetryAfter, d.ResetAfter)
 		last = d
 	}
 	fmt.Println("Retry-After:", last.RetryAfterSeconds())
@@ -61,10 +61,10 @@ func Example() {
 	}
 	fmt.Println("retry allowed:", d.Allowed)
 	// Output:
-	// +0s: allowed=true limit=3 remaining=2 retry-after=0s reset-after=2s
-	// +100ms: allowed=true limit=3 remaining=1 retry-after=0s reset-after=1.9s
-	// +200ms: allowed=true limit=3 remaining=0 retry-after=0s reset-after=1.8s
-	// +300ms: allowed=false limit=3 remaining=0 retry-after=1.034s reset-after=1.7s
+	// +0s: allowed=true remaining=2 retry-after=0s reset-after=2s
+	// +100ms: allowed=true remaining=1 retry-after=0s reset-after=1.9s
+	// +200ms: allowed=true remaining=0 retry-after=0s reset-after=1.8s
+	// +300ms: allowed=false remaining=0 retry-after=1.034s reset-after=1.7s
 	// Retry-After: 2
 	// retry allowed: true
 }
@@ -152,14 +152,14 @@ func ExampleLimiter_Rule() {
 		if err != nil {
 			panic(err)
 		}
-		fmt.Println(login.Name(), d.Allowed, d.RetryAfterSeconds())
+		fmt.Println(login.Name(), login.Limit(), d.Allowed, d.RetryAfterSeconds())
 	}
 	_, err = lim.Rule("POST /v1/logout")
 	fmt.Println(errors.Is(err, ratelimit.ErrUnknownRule))
 	// Output:
-	// POST /v1/login true 0
-	// POST /v1/login true 0
-	// POST /v1/login false 68
+	// POST /v1/login 2 true 0
+	// POST /v1/login 2 true 0
+	// POST /v1/login 2 false 68
 	// true
 }
 

@@ -79,11 +79,13 @@ func rateLimit(lim *ratelimit.Limiter, next http.Handler) http.Handler {
 			http.Error(w, "missing X-User-ID", http.StatusUnauthorized)
 			return
 		}
-		d, err := lim.Allow(r.Context(), r.Method+" "+r.URL.Path, user, time.Now())
-		switch {
-		case errors.Is(err, ratelimit.ErrUnknownRule):
+		rule, err := lim.Rule(r.Method + " " + r.URL.Path)
+		if err != nil { // ErrUnknownRule
 			next.ServeHTTP(w, r) // no limit on this endpoint
 			return
+		}
+		d, err := rule.Allow(r.Context(), user, time.Now())
+		switch {
 		case errors.Is(err, ratelimit.ErrInvalidKey):
 			http.Error(w, "bad X-User-ID", http.StatusBadRequest)
 			return
@@ -95,7 +97,7 @@ func rateLimit(lim *ratelimit.Limiter, next http.Handler) http.Handler {
 			return
 		}
 		h := w.Header()
-		h.Set("X-RateLimit-Limit", strconv.FormatInt(d.Limit, 10))
+		h.Set("X-RateLimit-Limit", strconv.FormatInt(rule.Limit(), 10))
 		h.Set("X-RateLimit-Remaining", strconv.FormatInt(d.Remaining, 10))
 		if !d.Allowed {
 			h.Set("Retry-After", strconv.Itoa(d.RetryAfterSeconds()))
