@@ -72,14 +72,14 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 	}
 	var (
 		res  result
-		tick int64 // changes by one or more each local decision on the key
+		tick int64 // changes by one each local decision of one request on the key
 		ok   bool
 	)
 	if n == 1 {
 		var prev, cur, lease, elapsed int64
 		if prev, cur, lease, elapsed, ok = s.Spend(ms, r.window); ok {
 			res = h.spent(r, prev, cur, lease, elapsed)
-			tick = lease
+			tick = lease - 1 // 0 when the lease runs out
 		}
 	}
 	if !ok {
@@ -91,7 +91,8 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 	// of a front-served key's first use in each sync interval and of about
 	// one use in touchEvery after, so that its admission policy still ranks
 	// the keys in use above new ones.
-	first := h.registry.Add(s)
+	h.registry.Add(s)
+	first := s.MarkUsed()
 	if front {
 		if first || tick%touchEvery == 0 {
 			h.cache.Touch(s)

@@ -71,6 +71,34 @@ func TestRegistryAddsOnce(t *testing.T) {
 	}
 }
 
+// TestMarkUsed: a state's first decision after each Take is reported once,
+// however many goroutines decide; the sync pass adding a state back to the
+// registry is no decision.
+func TestMarkUsed(t *testing.T) {
+	var r Registry
+	s := NewState("k", 0)
+	for pass := range 3 {
+		r.Add(s) // as the sync pass keeps a state with a lease
+		var firsts atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for range 100 {
+					r.Add(s)
+					if s.MarkUsed() {
+						firsts.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if got := firsts.Load(); got != 1 {
+			t.Fatalf("pass %d: %d first uses, want 1", pass, got)
+		}
+		r.Take(nil)
+	}
+}
+
 func TestRollMovesCountsAndLease(t *testing.T) {
 	s := NewState("k", 0)
 	s.Roll(10)
@@ -133,8 +161,8 @@ func TestStateLayout(t *testing.T) {
 	for name, off := range map[string]uintptr{
 		"budget": unsafe.Offsetof(s.budget), "win": unsafe.Offsetof(s.win),
 		"prev": unsafe.Offsetof(s.prev), "cur": unsafe.Offsetof(s.cur),
-		"key": unsafe.Offsetof(s.key), "tag": unsafe.Offsetof(s.tag), "check": unsafe.Offsetof(s.check),
-		"active": unsafe.Offsetof(s.active),
+		"last": unsafe.Offsetof(s.last), "key": unsafe.Offsetof(s.key), "tag": unsafe.Offsetof(s.tag),
+		"flags": unsafe.Offsetof(s.flags),
 	} {
 		if line(off) != 0 {
 			t.Errorf("%s is on line %d, want 0 (used by Spend and Get)", name, line(off))
@@ -225,11 +253,11 @@ func TestSpend(t *testing.T) {
 	}
 	s.Lock()
 	s.Roll(5)
-	s.Prev, s.Cur, s.Lease = 40, 9, 3
+	s.Prev, s.Cur, s.Lease, s.Last = 40, 9, 3, 5100
 	s.Unlock()
-	for _, ms := range []int64{4999, 6000, 7500} {
+	for _, ms := range []int64{4999, 5099, 6000, 7500} {
 		if _, _, _, _, ok := s.Spend(ms, w); ok {
-			t.Fatalf("Spend(%d) outside window 5 succeeded", ms)
+			t.Fatalf("Spend(%d) outside window 5, or before Last, succeeded", ms)
 		}
 	}
 	for i := range int64(3) {
@@ -314,11 +342,11 @@ func TestSpendRaces(t *testing.T) {
 			runtime.Gosched()
 		}
 	}
+	close(stop)
+	wg.Wait()
 	s.Lock()
 	spent[s.Window] = lease - s.Lease
 	s.Unlock()
-	close(stop)
-	wg.Wait()
 	var total int64
 	for idx := 1; idx <= windows; idx++ {
 		if g := got[idx].Load(); g != spent[idx] || g > lease {

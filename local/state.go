@@ -27,13 +27,17 @@ type State struct {
 	// new generation; Lock closes it (tokens to 0) and counts what Spend
 	// took. A Spend that read the window and counts below succeeds only if
 	// budget did not change meanwhile, so they are the ones it opened with.
+	// (Unless 2^24 Unlocks came between a Spend's load and its swap and
+	// left the same tokens: then it took a token of a later window of the
+	// key's for a request of an earlier one, which the locked path does
+	// too, judging it at Last, and answered from stale counts.)
 	budget    atomic.Uint64
 	win       atomic.Int64  // Window, as of the last Unlock
+	last      atomic.Int64  // Last, as of the last Unlock
 	prev, cur atomic.Int64  // Prev and Cur, as of the last Unlock
 	key       uint64        // Cache's hash of (user, rule); read-only
 	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
-	check     uint64        // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
-	active    atomic.Bool   // held by a Registry
+	flags     atomic.Uint32 // inRegistry, used
 	Rule      uint16        // index of the key's rule; read-only
 	Acquiring bool          // a lease request of the decision path is under way
 
@@ -59,8 +63,16 @@ type State struct {
 	MinePrev, MineCur int64
 	AllPrev, AllCur   int64
 
-	_ [3]int64 // to 256 bytes: a size class whose objects start on cache lines
+	check uint64 // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
+
+	_ [2]int64 // to 256 bytes: a size class whose objects start on cache lines
 }
+
+// State.flags.
+const (
+	inRegistry = 1 << iota // held by a Registry
+	used                   // decided since the Registry last took it
+)
 
 // The layout of State.budget.
 const (
@@ -110,6 +122,7 @@ func (s *State) Lock() {
 // decision locks), and unlocks the state.
 func (s *State) Unlock() {
 	publish(&s.win, s.Window)
+	publish(&s.last, s.Last)
 	publish(&s.prev, s.Prev)
 	publish(&s.cur, s.Cur)
 	if s.Lease > 0 && s.Lease <= tokenMask {
@@ -129,7 +142,9 @@ func publish(a *atomic.Int64, v int64) {
 }
 
 // Spend takes one token of the lease without the lock, if the budget is
-// open and ms falls in the lease's window (w ms long). It returns the
+// open and ms falls in the lease's window (w ms long), no earlier than
+// Last: so no token is spent before the time Redis leased it, and a request
+// older than Last is judged at Last by the locked path. It returns the
 // window's counts as of the last Unlock, the tokens the lease held before
 // this one was taken, and the time elapsed in the window. When ok is false
 // nothing was taken and the caller decides under the lock. The caller
@@ -142,7 +157,7 @@ func (s *State) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
 			return 0, 0, 0, 0, false
 		}
 		elapsed = ms - s.win.Load()*w
-		if elapsed < 0 || elapsed >= w {
+		if elapsed < 0 || elapsed >= w || ms < s.last.Load() {
 			return 0, 0, 0, 0, false
 		}
 		prev, cur = s.prev.Load(), s.cur.Load()
@@ -185,18 +200,22 @@ type Registry struct {
 	states []*State
 }
 
-// Add puts s in the registry unless it is there already, and reports
-// whether it did: whether this is the state's first activity since the
-// registry's last Take. The check is one atomic load, so the decision path
-// calls it freely.
-func (r *Registry) Add(s *State) bool {
-	if s.active.Load() || !s.active.CompareAndSwap(false, true) {
-		return false
+// Add puts s in the registry unless it is there already. The check is one
+// atomic load, so the decision path calls it freely.
+func (r *Registry) Add(s *State) {
+	if s.flags.Load()&inRegistry != 0 || s.flags.Or(inRegistry)&inRegistry != 0 {
+		return
 	}
 	r.mu.Lock()
 	r.states = append(r.states, s)
 	r.mu.Unlock()
-	return true
+}
+
+// MarkUsed marks s decided and reports whether it was not already, since
+// the Registry last took it: whether this is its first decision in the sync
+// interval. The check is one atomic load.
+func (s *State) MarkUsed() bool {
+	return s.flags.Load()&used == 0 && s.flags.Or(used)&used == 0
 }
 
 // Take empties the registry and returns what it held, calling visit (if
@@ -213,7 +232,7 @@ func (r *Registry) Take(visit func(*State)) []*State {
 	}
 	r.mu.Unlock()
 	for _, s := range states {
-		s.active.Store(false)
+		s.flags.And(^uint32(inRegistry | used))
 	}
 	return states
 }
