@@ -16,8 +16,13 @@ import (
 // otherwise live two windows), and closes it.
 func TestMain(m *testing.M) {
 	code := m.Run()
+	// Closing the floor caches stops ristretto's goroutines, which goleak
+	// would report.
 	if floorC != nil {
-		floorC.Close() // stops ristretto's goroutines, which goleak would report
+		floorC.Close()
+	}
+	if wideC != nil {
+		wideC.Close()
 	}
 	if residentLim != nil {
 		_ = residentLim.Close()
