@@ -8,8 +8,9 @@ import (
 // State is one key's hybrid-mode state on this instance: what it last
 // learned of the key's global counts, the lease it holds, and the demand it
 // has seen. The exported fields are guarded by the State's lock (Lock and
-// Unlock); the decision path holds it for a few arithmetic operations and
-// never across I/O.
+// Unlock), which no one holds across I/O; a request for one unit spends
+// from the lease without it (Spend), and the rest of the decision path
+// holds it for a few arithmetic operations.
 //
 // Counts are the key's sliding-window counts in Redis: admissions plus every
 // instance's unreturned lease, so a leased token is counted before it is
@@ -147,9 +148,9 @@ func publish(a *atomic.Int64, v int64) {
 // older than Last is judged at Last by the locked path. It returns the
 // window's counts as of the last Unlock, the tokens the lease held before
 // this one was taken, and the time elapsed in the window. When ok is false
-// nothing was taken and the caller decides under the lock. The caller
-// counts the request as one local admission: Lock adds it to Lease's
-// spending and the counters.
+// nothing was taken and the caller decides under the lock. A token taken
+// is one request admitted locally: the next Lock takes it off Lease and
+// adds it to Attempts, Seen and LocalAllowed.
 func (s *State) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
 	for {
 		b := s.budget.Load()
