@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
 )
 
 // redisCount returns the key's current-window count in Redis (admissions
@@ -443,4 +445,44 @@ func TestHybridBadNeighbourKey(t *testing.T) {
 	require.Equal(t, 620, admitted, "a is admitted every time, far below its limit")
 	require.LessOrEqual(t, redisCount(t, c, global.Key(prefix, rule.Name, "a"), now, rule.Window), int64(2*620),
 		"a's count in Redis stays near its demand: no grant is lost every pass")
+}
+
+// TestSpendMatchesLockedPath: a request that Spend admits gets the same
+// answer the locked path gives the same request on the same state (both
+// exist, so the formulas must agree), for random states, timestamps and
+// both algorithms a hybrid rule may use.
+func TestSpendMatchesLockedPath(t *testing.T) {
+	h := &hybrid{}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range 20_000 {
+		w := []int64{1, 7, 1000, 60_000}[rng.IntN(4)]
+		r := &rule{Rule: Rule{Name: "r", Limit: 1 + rng.Int64N(5000), Algorithm: []Algorithm{SlidingWindow, FixedWindow}[rng.IntN(2)]}, window: w}
+		idx := 1 + rng.Int64N(1000)
+		last := idx*w + rng.Int64N(w)
+		ms := last + rng.Int64N(idx*w+w-last) // in the window, not before last
+		lease := 1 + rng.Int64N(r.Limit)
+		prev, cur := rng.Int64N(2*r.Limit), lease+rng.Int64N(r.Limit)
+		if rng.IntN(8) == 0 {
+			cur = rng.Int64N(lease) // a stale answer can leave Cur below the lease
+		}
+		states := [2]*local.State{local.NewState("k", 0), local.NewState("k", 0)}
+		for _, s := range states {
+			s.Lock()
+			s.Roll(idx)
+			s.Last, s.Prev, s.Cur, s.Lease = last, prev, cur, lease
+			s.Unlock()
+		}
+		p, c, l, elapsed, ok := states[0].Spend(ms, w)
+		require.True(t, ok, "step %d: Spend refused", i)
+		got := h.spent(r, p, c, l, elapsed)
+		want, _, ok := h.decideLocal(states[1], r, ms, 1)
+		require.True(t, ok, "step %d: the locked path went to Redis", i)
+		require.Equal(t, want, got, "step %d: rule %+v, window %d, last %d, ms %d, prev %d, cur %d, lease %d", i, r.Rule, idx, last, ms, prev, cur, lease)
+		for _, s := range states {
+			s.Lock()
+			require.Equal(t, lease-1, s.Lease, "step %d", i)
+			require.Equal(t, int64(1), s.LocalAllowed, "step %d", i)
+			s.Unlock()
+		}
+	}
 }
