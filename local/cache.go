@@ -39,9 +39,11 @@ type Cache struct {
 	// hash next to the pointer). The decision path promotes a state it
 	// found in ristretto (Promote) and tells ristretto of some front uses
 	// (Touch), so that its admission policy still sees the keys in use.
-	// It has a slot per key the cache may hold, rounded up to a power of
-	// two within frontMin and frontMax, so that nearly every resident key
-	// has one; a slot whose state ristretto lets go of is cleared, so the
+	// It has two slots per key the cache may hold, rounded up to a power
+	// of two within frontMin and frontMax, so that nearly every resident
+	// key has one (with one slot per key, a full cache leaves a fifth of
+	// its keys out of their bucket: TestFrontHoldsResidentKeys); a slot
+	// whose state ristretto lets go of is cleared, so the
 	// table keeps alive almost no state that the cache dropped (at most one
 	// per slot, and only after a promotion raced with the eviction).
 	front []frontBucket
@@ -74,7 +76,7 @@ func NewCache(maxKeys int64, rules int) (*Cache, error) {
 		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive, and rules at most %d", maxKeys, rules, MaxRules)
 	}
 	slots := int64(frontMin)
-	for slots < maxKeys && slots < frontMax {
+	for slots < 2*maxKeys && slots < frontMax { // two per key: see Cache.front
 		slots *= 2
 	}
 	c := &Cache{

@@ -363,3 +363,31 @@ func TestSpendRaces(t *testing.T) {
 		t.Fatal("no spend succeeded: the test proves nothing")
 	}
 }
+
+// TestFrontHoldsResidentKeys: with the cache full, nearly every key has a
+// slot in the front table, so that a lookup seldom falls through to
+// ristretto. (At one slot per key, a 4-way table left about 20% out; the
+// hashes are seeded at random, so the bound leaves a margin.)
+func TestFrontHoldsResidentKeys(t *testing.T) {
+	const n = 1 << 16
+	c, err := NewCache(n, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprint("u", i)
+		c.GetOrCreate(users[i], 0, func() string { return users[i] })
+	}
+	c.c.Wait()
+	front := 0
+	for _, u := range users {
+		if _, ok := c.Get(u, 0); ok {
+			front++
+		}
+	}
+	if out := float64(n-front) / n; out > 0.07 {
+		t.Fatalf("%.1f%% of %d resident keys are not in the front table, want ≤ 7%%", 100*out, n)
+	}
+}
