@@ -39,7 +39,8 @@ type hybrid struct {
 	closed bool
 
 	// Decision counters, for Stats. Local decisions are counted in their
-	// State, under its lock, and folded in here by the sync pass (fold): a
+	// State, under its lock (Spend's by the next Lock), and folded in here
+	// by the sync pass (fold): a
 	// shared counter written by every decision cost ~50 ns a decision over
 	// 1 Mi keys on 2 cores (bench/RESULTS.md), its cache line moving
 	// between cores.
@@ -113,8 +114,9 @@ const (
 // took its token, elapsed the time into the window.
 func (h *hybrid) spent(r *rule, prev, cur, lease, elapsed int64) result {
 	prev = r.prevWeight(prev)
-	// What counts against the next request: every instance's admissions
-	// and leases as last known, less this instance's unspent lease.
+	// The counts with this request admitted: every instance's admissions
+	// and leases as last known, less this instance's lease as it was, plus
+	// this request (as decideLocal counts them).
 	next := max(cur-lease, 0) + 1
 	return result{
 		allowed:    true,
