@@ -33,10 +33,10 @@ func TestScriptsMatchReference(t *testing.T) {
 
 	for _, a := range allAlgorithms {
 		for _, cfg := range []struct{ w, limit int64 }{{1000, 1}, {1000, 10}, {60_000, 100}, {997, 3}, {1000, 1000}, {1 << 20, 1 << 30}} {
+			if a == SlidingLog && cfg.limit > 1000 {
+				continue // the sliding log keeps one member per request: too many here
+			}
 			t.Run(fmt.Sprintf("%v/w=%d/limit=%d", a, cfg.w, cfg.limit), func(t *testing.T) {
-				if a == SlidingLog && cfg.limit > 1000 {
-					t.Skip("sliding log keeps one member per request")
-				}
 				rng := rand.New(rand.NewPCG(uint64(cfg.w), uint64(cfg.limit)))
 				key := global.Key(prefix, t.Name(), "user")
 				ref := newTaker(a)
