@@ -184,37 +184,36 @@ func residentLimiter(b *testing.B) *ratelimit.Limiter {
 // add over the same keys. impl=hybrid decides by the rule's name
 // (Limiter.Allow), impl=hybrid_rule through its RuleLimiter.
 func BenchmarkResidentKeys(b *testing.B) {
-	b.Run("impl=hybrid", func(b *testing.B) {
-		l := residentLimiter(b)
-		ctx := context.Background()
-		now := time.UnixMilli(residentClock.Load())
-		before := l.Stats()
-		runResident(b, func(i int) bool {
-			d, err := l.Allow(ctx, "r", residentUsers[i], now)
-			return err == nil && d.Allowed
+	for _, byRule := range []bool{false, true} {
+		name := "impl=hybrid"
+		if byRule {
+			name = "impl=hybrid_rule"
+		}
+		b.Run(name, func(b *testing.B) {
+			l := residentLimiter(b)
+			rl, err := l.Rule("r")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			now := time.UnixMilli(residentClock.Load())
+			before := l.Stats()
+			decide := func(i int) bool {
+				d, err := l.Allow(ctx, "r", residentUsers[i], now)
+				return err == nil && d.Allowed
+			}
+			if byRule {
+				decide = func(i int) bool {
+					d, err := rl.Allow(ctx, residentUsers[i], now)
+					return err == nil && d.Allowed
+				}
+			}
+			runResident(b, decide)
+			if calls := l.Stats().Remote - before.Remote; calls > 0 {
+				b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
+			}
 		})
-		after := l.Stats()
-		if calls := after.Remote - before.Remote; calls > 0 {
-			b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
-		}
-	})
-	b.Run("impl=hybrid_rule", func(b *testing.B) {
-		l := residentLimiter(b)
-		rl, err := l.Rule("r")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ctx := context.Background()
-		now := time.UnixMilli(residentClock.Load())
-		before := l.Stats()
-		runResident(b, func(i int) bool {
-			d, err := rl.Allow(ctx, residentUsers[i], now)
-			return err == nil && d.Allowed
-		})
-		if calls := l.Stats().Remote - before.Remote; calls > 0 {
-			b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
-		}
-	})
+	}
 	b.Run("impl=ristretto_get_atomic_add", func(b *testing.B) {
 		floorOnce.Do(func() { floorC, floorErr = newFloorCache(b, func() *atomic.Int64 { return new(atomic.Int64) }) })
 		runFloor(b, floorC, floorErr)
