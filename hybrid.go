@@ -59,55 +59,45 @@ func (r *rule) prevWeight(prev int64) int64 {
 }
 
 // decide is the hybrid decision. A request for one token spends it from the
-// key's lease without a lock (local.State.Spend); others, and those the
-// lease cannot serve, take the key's lock for a few arithmetic operations
-// (decideLocal). Neither allocates. A key without lease goes to Redis
-// (acquire).
+// key's lease without a lock (local.Ref.Spend): from the front table, that
+// touches one cache line. Others, and those the lease cannot serve, take
+// the key's lock for a few arithmetic operations (decideLocal). Neither
+// allocates. A key without lease goes to Redis (acquire).
+//
+// A successful Spend needs no bookkeeping here: a lease is open only while
+// the Registry holds its state (or a sync pass does, which keeps it), and
+// the pass tells the cache of the key's uses.
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
-	s, front := h.cache.Get(user, r.hybridIndex)
+	ref := h.cache.Get(user, r.hybridIndex)
+	if n == 1 && ref.Found() {
+		if prev, cur, lease, elapsed, ok := ref.Spend(ms, r.window); ok {
+			if lease%promoteEvery == 0 && !ref.InFront() {
+				h.cache.Promote(h.cache.State(ref))
+			}
+			return h.spent(r, prev, cur, lease, elapsed), nil
+		}
+	}
+	s := h.cache.State(ref)
 	if s == nil {
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
 			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
 		})
 		return h.acquire(ctx, s, r, ms, n)
 	}
-	var (
-		res  result
-		tick int64 // changes by one each local decision of one request on the key
-		ok   bool
-	)
-	if n == 1 {
-		var prev, cur, lease, elapsed int64
-		if prev, cur, lease, elapsed, ok = s.Spend(ms, r.window); ok {
-			res = h.spent(r, prev, cur, lease, elapsed)
-			tick = lease - 1 // 0 when the lease runs out
-		}
-	}
+	res, promote, ok := h.decideLocal(s, r, ms, n)
 	if !ok {
-		if res, tick, ok = h.decideLocal(s, r, ms, n); !ok {
-			return h.acquire(ctx, s, r, ms, n)
-		}
+		return h.acquire(ctx, s, r, ms, n)
 	}
-	// Keys decided often enough live in the front table. Ristretto hears
-	// of a front-served key's first use in each sync interval and of about
-	// one use in touchEvery after, so that its admission policy still ranks
-	// the keys in use above new ones.
 	h.registry.Add(s)
-	first := s.MarkUsed()
-	if front {
-		if first || tick%touchEvery == 0 {
-			h.cache.Touch(s)
-		}
-	} else if tick%promoteEvery == 0 {
+	if promote {
 		h.cache.Promote(s)
 	}
 	return res, nil
 }
 
-const (
-	touchEvery   = 1024 // front uses per use ristretto sees, past the first
-	promoteEvery = 4    // ristretto hits per promotion to the front table
-)
+// Keys decided locally often enough live in the front table: one local
+// decision in promoteEvery of a key found in ristretto promotes it.
+const promoteEvery = 4
 
 // spent is the result of a request admitted by Spend: prev and cur are
 // the window's counts as last known, lease the lease before the request
@@ -126,9 +116,9 @@ func (h *hybrid) spent(r *rule, prev, cur, lease, elapsed int64) result {
 }
 
 // decideLocal decides from the lease, or denies when the key's known counts
-// already deny. ok is false when Redis must decide; uses counts the key's
-// local decisions since the last sync pass, this one included.
-func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, uses int64, ok bool) {
+// already deny. ok is false when Redis must decide; promote tells the
+// caller to promote the key to the front table.
+func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, promote, ok bool) {
 	w := r.window
 	s.Lock()
 	now := max(ms, s.Last)
@@ -160,13 +150,13 @@ func (h *hybrid) decideLocal(s *local.State, r *rule, ms, n int64) (res result, 
 		res = result{retryAfter: h.retryAfter(r, prev, cur, elapsed, n)}
 	default:
 		s.Unlock()
-		return result{}, 0, false
+		return result{}, false, false
 	}
 	res.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
 	res.resetAfter = h.resetAfter(r, prev, s.Cur, elapsed)
-	uses = s.LocalAllowed + s.LocalDenied
+	promote = !s.InFront() && (s.LocalAllowed+s.LocalDenied)%promoteEvery == 0
 	s.Unlock()
-	return res.shift(now - ms), uses, true
+	return res.shift(now - ms), promote, true
 }
 
 func (h *hybrid) admits(r *rule, prev, cur, elapsed, n int64) bool {
@@ -380,14 +370,36 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 // fold moves s's local decision counts into the totals. The Registry
 // calls it as the sync pass takes s, under s's lock: a count is in the
 // state until a pass takes it, then in the totals, so the totals never go
-// down, and Stats reads them without visiting any key.
+// down, and Stats reads them without visiting any key. It then tells the
+// cache of the key's uses (touch).
 func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
+	uses := s.LocalAllowed + s.LocalDenied
 	s.LocalAllowed, s.LocalDenied = 0, 0
 	s.Unlock()
+	h.touch(s, uses)
 }
+
+// touch tells the cache's admission policy of a key's local decisions over
+// the last sync interval: once, and once more per touchEvery (up to
+// maxTouches), so that it ranks the keys in use, and the busiest highest,
+// above new ones. Decisions from the front table never reach ristretto
+// themselves.
+func (h *hybrid) touch(s *local.State, uses int64) {
+	if uses == 0 {
+		return
+	}
+	for range 1 + min(uses/touchEvery, maxTouches-1) {
+		h.cache.Touch(s)
+	}
+}
+
+const (
+	touchEvery = 1024
+	maxTouches = 8
+)
 
 // Apply implements syncer.Planner.
 func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {

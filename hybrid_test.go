@@ -263,7 +263,7 @@ func TestHybridLeaseNeverSpentBeforeItsWindow(t *testing.T) {
 	}
 	now = t0
 	require.NoError(t, l.Sync(ctx)) // rolls into t0's window and leases for it
-	s, _ := l.hybrid.cache.Get("u", 0)
+	s := l.hybrid.cache.State(l.hybrid.cache.Get("u", 0))
 	require.NotNil(t, s)
 	s.Lock()
 	lease, last, window := s.Lease, s.Last, s.Window

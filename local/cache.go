@@ -5,7 +5,6 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
 )
@@ -32,41 +31,31 @@ type Cache struct {
 	seed1, seed2 maphash.Seed
 	ruleMix      []uint64 // per rule, mixed into the user's hashes
 
-	// front is a table of states in front of ristretto, 4-way set
-	// associative with a bucket per cache line: a key is found with one
-	// bucket load and one State load, without ristretto's read lock and
-	// access buffers, and a miss touches no State (a slot holds its key's
-	// hash next to the pointer). The decision path promotes a state it
-	// found in ristretto (Promote) and tells ristretto of some front uses
-	// (Touch), so that its admission policy still sees the keys in use.
-	// It has two slots per key the cache may hold, rounded up to a power
-	// of two within frontMin and frontMax, so that nearly every resident
-	// key has one (with one slot per key, a full cache leaves a fifth of
-	// its keys out of their bucket: TestFrontHoldsResidentKeys); a slot
-	// whose state ristretto lets go of is cleared, so the
-	// table keeps alive almost no state that the cache dropped (at most one
-	// per slot, and only after a promotion raced with the eviction).
+	// front is a table of hot records (see hot) in front of ristretto,
+	// 4-way set associative: a state given a slot here keeps its lease in
+	// it, so that a decision from the lease finds the key and spends in one
+	// cache line, without ristretto's read lock and access buffers and
+	// without touching the State. The decision path promotes a state it
+	// found in ristretto (Promote), and the sync pass tells ristretto of
+	// the front's uses (Touch), so that its admission policy still sees the
+	// keys in use. It has two slots per key the cache may hold, rounded up
+	// to a power of two within frontMin and frontMax, so that nearly every
+	// resident key has one (with one slot per key, a full cache leaves a
+	// fifth of its keys out of their bucket: TestFrontHoldsResidentKeys). A
+	// state ristretto lets go of leaves its slot.
 	front []frontBucket
 
 	mu     sync.Mutex
 	recent map[uint64]*State // created since the last Forget
 }
 
-// frontSlot is one slot of Cache.front. Its two words are written apart;
-// a reader checks the State itself, so a torn read only misses.
-type frontSlot struct {
-	key atomic.Uint64
-	s   atomic.Pointer[State]
-}
+// frontBucket is a set of Cache.front: four slots, a cache line each.
+type frontBucket [frontWays]hot
 
-// frontBucket is a set of Cache.front: 64 bytes, one cache line (the
-// table is a large allocation, so page aligned).
-type frontBucket [frontWays]frontSlot
-
-// The front table's bounds, in slots of 16 bytes, and its ways.
+// The front table's bounds, in slots of 64 bytes, and its ways.
 const (
 	frontMin  = 1 << 10
-	frontMax  = 1 << 22 // 64 MiB
+	frontMax  = 1 << 22 // 256 MiB
 	frontWays = 4
 )
 
@@ -105,15 +94,15 @@ func NewCache(maxKeys int64, rules int) (*Cache, error) {
 }
 
 // letGo marks a state that ristretto evicted or rejected as orphaned, and
-// clears its front slot. (A rejected state still serves from the side map
-// until the next Forget, which the same sync pass runs before it plans.)
+// takes it out of the front table. (A rejected state still serves from the
+// side map until the next Forget, which the same sync pass runs before it
+// plans.)
 func (c *Cache) letGo(item *ristretto.Item[*State]) {
 	s := item.Value
+	s.Lock()
 	s.orphan()
-	b := c.bucket(s.key)
-	for i := range b {
-		b[i].s.CompareAndSwap(s, nil)
-	}
+	s.moveHome(&s.own)
+	s.Unlock()
 }
 
 func (c *Cache) bucket(key uint64) *frontBucket { return &c.front[key&uint64(len(c.front)-1)] }
@@ -124,59 +113,114 @@ func (c *Cache) hash(user string, rule int) (key, check uint64) {
 	return key, check
 }
 
-// Get returns the state of user under rule, or nil, and whether it came
-// from the front table. It allocates nothing.
-func (c *Cache) Get(user string, rule int) (s *State, front bool) {
+// Ref is a key's entry as Get found it: where its lease is open to Spend,
+// and its State. It is four words, so that it is returned in registers.
+type Ref struct {
+	hot        *hot
+	s          *State // as the front table named it: State checks it
+	key, check uint64
+}
+
+// Found reports whether Get found a state for the key.
+func (r Ref) Found() bool { return r.hot != nil }
+
+// InFront reports whether the key's lease is in the front table (as of
+// Get). It requires Found.
+func (r Ref) InFront() bool { return r.hot != &r.s.own }
+
+// Spend takes one token of the key's lease without a lock, if it is open
+// and ms falls in its window (w ms long), no earlier than the key's Last:
+// so no token is spent before the time Redis leased it, and a request older
+// than Last is judged at Last by the locked path. It returns the window's
+// counts as of the State's last Unlock, the tokens the lease held before
+// this one was taken, and the time elapsed in the window. When ok is false
+// nothing was taken and the caller decides under the State's lock. A token
+// taken is one request admitted locally: the State's next Lock takes it
+// off Lease and adds it to Attempts, Seen and LocalAllowed. A Spend from
+// the front table touches one cache line, the key's slot.
+func (r Ref) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
+	if r.hot == nil {
+		return 0, 0, 0, 0, false
+	}
+	return r.hot.spend(r.check, ms, w)
+}
+
+// Get returns the entry of user under rule; it has no state if the key is
+// unknown. It allocates nothing, and a key found in the front table costs
+// one load of its bucket (one line per way looked at) and no State.
+func (c *Cache) Get(user string, rule int) Ref {
 	key, check := c.hash(user, rule)
 	b := c.bucket(key)
 	for i := range b {
-		if b[i].key.Load() == key {
-			if s := b[i].s.Load(); s != nil && s.key == key && s.tag.Load() == check {
-				return s, true
+		h := &b[i]
+		if h.key.Load() == key && h.tag.Load() == check {
+			if s := h.owner.Load(); s != nil {
+				return Ref{hot: h, s: s, key: key, check: check}
 			}
 		}
 	}
-	if s, ok := c.c.Get(key); ok && s.tag.Load() == check {
-		return s, false
-	}
-	return nil, false
+	return c.lookup(key, check)
 }
 
-// Promote puts s in the front table: in the slot its key has there, else
-// in an empty one, else in place of one of its bucket's states. An orphan
-// is not promoted (one orphaned while it is being promoted may stay in its
-// slot until another state takes it; lookups pass it by).
+// lookup finds a key's state in ristretto.
+func (c *Cache) lookup(key, check uint64) Ref {
+	if s, ok := c.c.Get(key); ok && s.own.tag.Load() == check {
+		return Ref{hot: s.home.Load(), s: s, key: key, check: check}
+	}
+	return Ref{key: key, check: check}
+}
+
+// State returns the state r names, or nil if the key has none. (A slot may
+// change owner between Get's loads; the State's own check tells.)
+func (c *Cache) State(r Ref) *State {
+	if r.s != nil && r.s.check == r.check {
+		return r.s
+	}
+	if r.s != nil {
+		return c.lookup(r.key, r.check).s
+	}
+	return nil
+}
+
+// Promote gives s a slot in the front table: an empty one of its bucket,
+// else one whose state it can lock at once. An orphan, or a state that has
+// a slot, is left as it is. Promote takes s's lock.
 func (c *Cache) Promote(s *State) {
-	if s.Orphaned() {
+	s.Lock()
+	defer s.Unlock() // opens the budget in its new home
+	if s.Orphaned() || s.InFront() {
 		return
 	}
-	b := c.bucket(s.key)
-	way := -1
+	b := c.bucket(s.own.key.Load())
 	for i := range b {
-		if b[i].key.Load() == s.key {
-			way = i
-			break
-		}
-		if way < 0 && b[i].s.Load() == nil {
-			way = i
+		if b[i].owner.CompareAndSwap(nil, s) {
+			s.moveHome(&b[i])
+			return
 		}
 	}
-	if way < 0 {
-		way = int(rand.Uint32() % frontWays)
+	h := &b[rand.Uint32()%frontWays]
+	o := h.owner.Load()
+	if o == nil || !o.tryLock() { // never wait on another state's lock while holding one
+		return
 	}
-	b[way].s.Store(s)
-	b[way].key.Store(s.key)
+	if o.home.Load() == h { // o holds its lock, so its home is settled
+		o.moveHome(&o.own)
+	}
+	o.Unlock()
+	if h.owner.CompareAndSwap(nil, s) {
+		s.moveHome(h)
+	}
 }
 
 // Touch tells ristretto's admission policy of a use of s that the front
 // table served.
-func (c *Cache) Touch(s *State) { c.c.Get(s.key) }
+func (c *Cache) Touch(s *State) { c.c.Get(s.own.key.Load()) }
 
 // GetOrCreate returns the state of user under rule, creating it (with
 // NewState(redisKey(), rule)) if needed.
 func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *State {
 	key, check := c.hash(user, rule)
-	if s, ok := c.c.Get(key); ok && s.tag.Load() == check {
+	if s, ok := c.c.Get(key); ok && s.own.tag.Load() == check {
 		return s
 	}
 	c.mu.Lock()
@@ -185,8 +229,9 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 		return s // even if rejected: it serves until Forget, and its pass returns its lease
 	}
 	s := NewState(redisKey(), rule)
-	s.key, s.check = key, check
-	s.tag.Store(check)
+	s.check = check
+	s.own.key.Store(key)
+	s.own.tag.Store(check)
 	c.recent[key] = s
 	if !c.c.Set(key, s, 1) {
 		s.orphan() // dropped at once: it serves from recent until Forget

@@ -71,34 +71,6 @@ func TestRegistryAddsOnce(t *testing.T) {
 	}
 }
 
-// TestMarkUsed: a state's first decision after each Take is reported once,
-// however many goroutines decide; the sync pass adding a state back to the
-// registry is no decision.
-func TestMarkUsed(t *testing.T) {
-	var r Registry
-	s := NewState("k", 0)
-	for pass := range 3 {
-		r.Add(s) // as the sync pass keeps a state with a lease
-		var firsts atomic.Int64
-		var wg sync.WaitGroup
-		for range 8 {
-			wg.Go(func() {
-				for range 100 {
-					r.Add(s)
-					if s.MarkUsed() {
-						firsts.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		if got := firsts.Load(); got != 1 {
-			t.Fatalf("pass %d: %d first uses, want 1", pass, got)
-		}
-		r.Take(nil)
-	}
-}
-
 func TestRollMovesCountsAndLease(t *testing.T) {
 	s := NewState("k", 0)
 	s.Roll(10)
@@ -138,7 +110,7 @@ func TestCacheFindsNewUsers(t *testing.T) {
 		t.Fatal("rules share a state")
 	}
 	c.c.Wait()
-	if got, _ := c.Get("u", 1); got != a {
+	if got := c.State(c.Get("u", 1)); got != a {
 		t.Fatalf("Get after Wait = %p, want %p", got, a)
 	}
 	if _, err := NewCache(0, 1); err == nil {
@@ -150,23 +122,23 @@ func TestCacheFindsNewUsers(t *testing.T) {
 }
 
 // TestStateLayout: a State is 256 bytes, a multiple of the cache line, so
-// the allocator aligns it; all that Get and Spend touch shares the first
-// line, what a locked decision writes the second.
+// the allocator aligns it; its own hot record is the first line, what a
+// locked decision writes the second. A hot record, a front-table slot, is
+// one line, and a front bucket four.
 func TestStateLayout(t *testing.T) {
 	if got := unsafe.Sizeof(State{}); got != 256 {
 		t.Fatalf("State is %d bytes, want 256", got)
 	}
+	if got := unsafe.Sizeof(hot{}); got != 64 {
+		t.Fatalf("a hot record is %d bytes, want 64", got)
+	}
+	if got := unsafe.Sizeof(frontBucket{}); got != 4*64 {
+		t.Fatalf("a front bucket is %d bytes, want 256", got)
+	}
 	var s State
 	line := func(off uintptr) uintptr { return off / 64 }
-	for name, off := range map[string]uintptr{
-		"budget": unsafe.Offsetof(s.budget), "win": unsafe.Offsetof(s.win),
-		"prev": unsafe.Offsetof(s.prev), "cur": unsafe.Offsetof(s.cur),
-		"last": unsafe.Offsetof(s.last), "key": unsafe.Offsetof(s.key), "tag": unsafe.Offsetof(s.tag),
-		"flags": unsafe.Offsetof(s.flags),
-	} {
-		if line(off) != 0 {
-			t.Errorf("%s is on line %d, want 0 (used by Spend and Get)", name, line(off))
-		}
+	if off := unsafe.Offsetof(s.own); off != 0 {
+		t.Errorf("own is at offset %d, want 0 (one line)", off)
 	}
 	for name, off := range map[string]uintptr{
 		"mu": unsafe.Offsetof(s.mu), "Last": unsafe.Offsetof(s.Last), "Lease": unsafe.Offsetof(s.Lease),
@@ -177,14 +149,33 @@ func TestStateLayout(t *testing.T) {
 			t.Errorf("%s is on line %d, want 1 (written by locked decisions)", name, line(off))
 		}
 	}
-	if got := unsafe.Sizeof(frontBucket{}); got != 64 {
-		t.Fatalf("a front bucket is %d bytes, want 64", got)
+}
+
+// inFront reports whether s's home is a slot of c's front table.
+func inFront(c *Cache, s *State) bool {
+	s.Lock()
+	defer s.Unlock()
+	h := s.home.Load()
+	for i := range c.front {
+		for j := range c.front[i] {
+			if h == &c.front[i][j] {
+				if c.front[i][j].owner.Load() != s {
+					panic("a state's slot names another owner")
+				}
+				return true
+			}
+		}
 	}
+	if h != &s.own {
+		panic("a state's home is neither its own record nor a slot")
+	}
+	return false
 }
 
 // TestCacheFront: Get finds a promoted state in the front table; a full
-// bucket takes a fifth key in place of one of its four; a state ristretto
-// lets go of leaves the front table and is found nowhere.
+// bucket takes a fifth key in place of one of its four, which keeps its
+// lease in its own record; a state ristretto lets go of leaves the front
+// table and is found nowhere.
 func TestCacheFront(t *testing.T) {
 	c, err := NewCache(1000, 1)
 	if err != nil {
@@ -207,37 +198,57 @@ func TestCacheFront(t *testing.T) {
 	states := make([]*State, len(users))
 	for i, u := range users[:frontWays] {
 		states[i] = c.GetOrCreate(u, 0, func() string { return u })
-		if got, front := c.Get(u, 0); got != states[i] || !front {
-			t.Fatalf("Get(%s) = %p, front %v; want %p from the front table", u, got, front, states[i])
+		ref := c.Get(u, 0)
+		if !ref.Found() || !ref.InFront() || c.State(ref) != states[i] || !inFront(c, states[i]) {
+			t.Fatalf("Get(%s) = %+v; want %p from the front table", u, ref, states[i])
 		}
+	}
+	// A lease opened in the front table is spent there.
+	s0 := states[0]
+	s0.Lock()
+	s0.Roll(5)
+	s0.Lease, s0.Last = 2, 5000
+	s0.Unlock()
+	if _, _, lease, _, ok := c.Get(users[0], 0).Spend(5001, 1000); !ok || lease != 2 {
+		t.Fatalf("Spend from the front = lease %d, %v; want 2, true", lease, ok)
 	}
 	last := users[frontWays]
 	states[frontWays] = c.GetOrCreate(last, 0, func() string { return last })
-	inFront := 0
+	inFrontN := 0
 	for i, u := range users {
-		got, front := c.Get(u, 0)
-		if front {
-			inFront++
+		ref := c.Get(u, 0)
+		if ref.Found() && ref.InFront() {
+			inFrontN++
 		}
-		if got != nil && got != states[i] {
+		if got := c.State(ref); got != nil && got != states[i] {
 			t.Fatalf("Get(%s) returned another user's state", u)
 		}
 	}
-	if inFront != frontWays {
-		t.Fatalf("%d of %d users of one bucket in the front table, want %d", inFront, len(users), frontWays)
+	if inFrontN != frontWays {
+		t.Fatalf("%d of %d users of one bucket in the front table, want %d", inFrontN, len(users), frontWays)
 	}
+	// Whoever left the front table took its lease along.
+	s0.Lock()
+	if s0.Lease != 1 || s0.LocalAllowed != 1 {
+		t.Fatalf("after one spend: Lease %d, LocalAllowed %d; want 1, 1", s0.Lease, s0.LocalAllowed)
+	}
+	s0.Unlock()
 	c.c.Wait()
+	if _, _, lease, _, ok := c.Get(users[0], 0).Spend(5002, 1000); !ok || lease != 1 {
+		t.Fatalf("second Spend = lease %d, %v; want 1, true", lease, ok)
+	}
 	s := states[frontWays]
+	if !inFront(c, s) {
+		t.Fatal("the fifth user was not promoted")
+	}
 	c.letGo(&ristretto.Item[*State]{Value: s})
 	if !s.Orphaned() {
 		t.Fatal("a state let go of is not orphaned")
 	}
-	for i := range c.bucket(s.key) {
-		if c.bucket(s.key)[i].s.Load() == s {
-			t.Fatal("a state let go of is still in the front table")
-		}
+	if inFront(c, s) {
+		t.Fatal("a state let go of is still in the front table")
 	}
-	if got, _ := c.Get(last, 0); got != nil {
+	if got := c.State(c.Get(last, 0)); got != nil {
 		t.Fatalf("Get(%s) after letGo = %p, want nil", last, got)
 	}
 }
@@ -336,7 +347,7 @@ func TestSpendRaces(t *testing.T) {
 		current.Store(idx)
 		s.Unlock()
 		for range 200 { // let the spenders at it
-			if s.budget.Load()&tokenMask == 0 {
+			if s.own.budget.Load()&tokenMask == 0 {
 				break
 			}
 			runtime.Gosched()
@@ -383,11 +394,119 @@ func TestFrontHoldsResidentKeys(t *testing.T) {
 	c.c.Wait()
 	front := 0
 	for _, u := range users {
-		if _, ok := c.Get(u, 0); ok {
+		if ref := c.Get(u, 0); ref.Found() && ref.InFront() {
 			front++
 		}
 	}
 	if out := float64(n-front) / n; out > 0.07 {
 		t.Fatalf("%.1f%% of %d resident keys are not in the front table, want ≤ 7%%", 100*out, n)
 	}
+}
+
+// TestFrontRaces: states move in and out of the front table (promoted over
+// each other, locked and reopened, one let go of) while goroutines spend
+// from wherever Get finds each key's lease. Every token handed out must
+// come from its own key's lease: per key, the spends that succeeded equal
+// what its Lock finds gone from its lease and counted as admitted.
+func TestFrontRaces(t *testing.T) {
+	const (
+		keys  = 2 * frontWays // twice what one bucket holds
+		lease = 1 << 30
+		w     = 1000
+	)
+	c, err := NewCache(1000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var users []string
+	var first uint64
+	for i := 0; len(users) < keys; i++ {
+		u := fmt.Sprint("u", i)
+		key, _ := c.hash(u, 0)
+		if len(users) == 0 {
+			first = key
+		}
+		if c.bucket(key) == c.bucket(first) {
+			users = append(users, u)
+		}
+	}
+	states := make([]*State, keys)
+	for i, u := range users {
+		s := c.GetOrCreate(u, 0, func() string { return u })
+		s.Lock()
+		s.Roll(1)
+		s.Lease, s.Last = lease, w
+		s.Unlock()
+		states[i] = s
+	}
+	c.c.Wait() // so that Get finds in ristretto the keys the front table does not hold
+
+	var got [keys]atomic.Int64
+	var fromFront, fromOwn atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for g := range 3 {
+		wg.Go(func() {
+			for i := g; i < 2_000_000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := (i * 7) % keys
+				ref := c.Get(users[k], 0)
+				if !ref.Found() {
+					continue
+				}
+				if c.State(ref) != states[k] {
+					t.Errorf("Get(%s) named another key's state", users[k])
+					return
+				}
+				if _, _, _, _, ok := ref.Spend(w+500, w); ok {
+					got[k].Add(1)
+					if ref.InFront() {
+						fromFront.Add(1)
+					} else {
+						fromOwn.Add(1)
+					}
+				}
+			}
+		})
+	}
+	moves := 0
+	for i := range 20_000 {
+		s := states[i%keys]
+		switch {
+		case i == 10_000:
+			c.letGo(&ristretto.Item[*State]{Value: states[keys-1]})
+		case i%3 == 0:
+			s.Lock() // closes and reopens the budget wherever it is
+			s.Unlock()
+		default:
+			before := inFront(c, s)
+			c.Promote(s)
+			if !before && inFront(c, s) {
+				moves++
+			}
+		}
+		if i%64 == 0 {
+			runtime.Gosched()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	for k, s := range states {
+		s.Lock()
+		if g := got[k].Load(); s.LocalAllowed != g || s.Lease != lease-g || s.Attempts != g {
+			t.Errorf("%s: spends got %d tokens; its state counts %d admitted, %d attempts, lease %d (of %d)",
+				users[k], g, s.LocalAllowed, s.Attempts, s.Lease, lease)
+		}
+		s.Unlock()
+	}
+	if moves < 100 || fromFront.Load() == 0 || fromOwn.Load() == 0 {
+		t.Fatalf("%d promotions, %d spends from the front, %d from own records: the test proves little",
+			moves, fromFront.Load(), fromOwn.Load())
+	}
+	t.Logf("%d promotions, %d spends from the front, %d from own records", moves, fromFront.Load(), fromOwn.Load())
 }

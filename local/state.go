@@ -17,30 +17,12 @@ import (
 // spent.
 type State struct {
 	// A State is 256 bytes, four cache lines, and the allocator aligns it
-	// to them. Line 1 holds all that a decision from the lease touches
-	// (Spend, and the Cache's identity check), so that a resident key
-	// costs one line beside its front-table bucket, and a hot key decided
-	// from several cores moves one line between them; line 2 the locked
-	// decision path's fields; lines 3 and 4 the rest.
-
-	// budget is the lease open to Spend: a generation in the top 24 bits
-	// and tokens in the low 40. Unlock opens it with the whole Lease and a
-	// new generation; Lock closes it (tokens to 0) and counts what Spend
-	// took. A Spend that read the window and counts below succeeds only if
-	// budget did not change meanwhile, so they are the ones it opened with.
-	// (Unless 2^24 Unlocks came between a Spend's load and its swap and
-	// left the same tokens: then it took a token of a later window of the
-	// key's for a request of an earlier one, which the locked path does
-	// too, judging it at Last, and answered from stale counts.)
-	budget    atomic.Uint64
-	win       atomic.Int64  // Window, as of the last Unlock
-	last      atomic.Int64  // Last, as of the last Unlock
-	prev, cur atomic.Int64  // Prev and Cur, as of the last Unlock
-	key       uint64        // Cache's hash of (user, rule); read-only
-	tag       atomic.Uint64 // check while the Cache holds the state, 0 once it lets go
-	flags     atomic.Uint32 // inRegistry, used
-	Rule      uint16        // index of the key's rule; read-only
-	Acquiring bool          // a lease request of the decision path is under way
+	// to them. Line 1 is the state's own hot record (all that a decision
+	// from the lease reads and writes), unless the state is in the Cache's
+	// front table: then its record is its slot there, so that a decision
+	// touches one line, the slot. Line 2 holds the locked decision path's
+	// fields; lines 3 and 4 the rest.
+	own hot
 
 	// The exported fields below are guarded by the lock.
 	mu       sync.Mutex
@@ -50,7 +32,14 @@ type State struct {
 	Seen     int64 // requests seen since the last sync pass (demand, whether reported or not)
 	// Local decisions not yet folded into the Limiter's totals.
 	LocalAllowed, LocalDenied int64
-	opened                    int64 // tokens budget was opened with
+	opened                    int64 // tokens the home's budget was opened with
+
+	// home is where the state's lease is open to Spend: &own, or its slot
+	// in the front table. It changes only under the lock.
+	home      atomic.Pointer[hot]
+	flags     atomic.Uint32 // inRegistry
+	Rule      uint16        // index of the key's rule; read-only
+	Acquiring bool          // a lease request of the decision path is under way
 
 	Window    int64  // window index of Prev, Cur and Lease
 	Prev, Cur int64  // global counts of windows Window−1 and Window, as last known (lower bounds)
@@ -65,15 +54,37 @@ type State struct {
 	AllPrev, AllCur   int64
 
 	check uint64 // second hash of (user, rule), odd, to tell Cache collisions apart; read-only
+}
 
-	_ [2]int64 // to 256 bytes: a size class whose objects start on cache lines
+// hot is what a decision from the lease touches: the budget open to Spend
+// and the window and counts it was opened with, and who it belongs to. It
+// is one cache line. A State has one of its own; the Cache's front table is
+// made of them, and a state given a slot there keeps its lease in the slot
+// (State.home) until it leaves.
+//
+// budget is the lease open to Spend: a generation in the top 24 bits and
+// tokens in the low 40. Unlock opens it with the whole Lease and a new
+// generation; Lock closes it (tokens to 0) and counts what Spend took. A
+// Spend that read the tag, window and counts succeeds only if budget did
+// not change meanwhile, so they are the ones it was opened with, for the
+// owner the tag names: a slot changes owner only after its owner closed
+// its budget, and opens only after the new owner's tag is in. (Unless 2^24
+// Unlocks came between a Spend's load and its swap and left the same
+// tokens: then it took a token of a later window of the key's for a
+// request of an earlier one, which the locked path does too, judging it at
+// Last, and answered from stale counts.)
+type hot struct {
+	budget    atomic.Uint64
+	win       atomic.Int64  // State.Window, as of the last Unlock
+	last      atomic.Int64  // State.Last, as of the last Unlock
+	prev, cur atomic.Int64  // State.Prev and Cur, as of the last Unlock
+	tag       atomic.Uint64 // the owner's check; 0 for a free slot, or in own once the Cache lets go of the state
+	key       atomic.Uint64 // the owner's Cache key (the hash of user and rule)
+	owner     atomic.Pointer[State]
 }
 
 // State.flags.
-const (
-	inRegistry = 1 << iota // held by a Registry
-	used                   // decided since the Registry last took it
-)
+const inRegistry = 1 // held by a Registry
 
 // The layout of State.budget.
 const (
@@ -87,17 +98,19 @@ const MaxRules = 1 << 16
 
 // Orphaned reports whether the Cache has let go of the state (evicted or
 // rejected its user): its lease can serve no one and should go back.
-func (s *State) Orphaned() bool { return s.tag.Load() == 0 }
+func (s *State) Orphaned() bool { return s.own.tag.Load() == 0 }
 
 // orphan marks the state as let go of by the Cache.
-func (s *State) orphan() { s.tag.Store(0) }
+func (s *State) orphan() { s.own.tag.Store(0) }
 
 // NewState returns the state of a key that this instance knows nothing of:
 // no lease, so its first decision asks Redis. rule is below MaxRules.
 func NewState(key string, rule int) *State {
 	s := &State{Key: key, Rule: uint16(rule), Window: -1, check: 1}
-	s.tag.Store(s.check)
-	s.win.Store(-1)
+	s.own.tag.Store(s.check)
+	s.own.win.Store(-1)
+	s.own.owner.Store(s)
+	s.home.Store(&s.own)
 	return s
 }
 
@@ -105,9 +118,24 @@ func NewState(key string, rule int) *State {
 // and the counters are exact and Spend takes nothing.
 func (s *State) Lock() {
 	s.mu.Lock()
+	s.close()
+}
+
+// tryLock is Lock if the lock is free; it reports whether it locked.
+func (s *State) tryLock() bool {
+	if !s.mu.TryLock() {
+		return false
+	}
+	s.close()
+	return true
+}
+
+// close closes the budget at the state's home and counts what Spend took.
+func (s *State) close() {
+	h := s.home.Load()
 	left := int64(0)
-	if s.budget.Load()&tokenMask != 0 { // else Spend can take nothing: only Unlock adds tokens
-		left = int64(s.budget.And(^uint64(tokenMask)) & tokenMask)
+	if h.budget.Load()&tokenMask != 0 { // else Spend can take nothing: only Unlock adds tokens
+		left = int64(h.budget.And(^uint64(tokenMask)) & tokenMask)
 	}
 	// What Spend took, it took one request at a time, each admitted here.
 	spent := s.opened - left
@@ -122,13 +150,14 @@ func (s *State) Lock() {
 // with the lease (unless it is larger than the budget holds: then every
 // decision locks), and unlocks the state.
 func (s *State) Unlock() {
-	publish(&s.win, s.Window)
-	publish(&s.last, s.Last)
-	publish(&s.prev, s.Prev)
-	publish(&s.cur, s.Cur)
+	h := s.home.Load()
+	publish(&h.win, s.Window)
+	publish(&h.last, s.Last)
+	publish(&h.prev, s.Prev)
+	publish(&h.cur, s.Cur)
 	if s.Lease > 0 && s.Lease <= tokenMask {
-		gen := s.budget.Load()>>tokenBits + 1
-		s.budget.Store(gen<<tokenBits | uint64(s.Lease))
+		gen := h.budget.Load()>>tokenBits + 1
+		h.budget.Store(gen<<tokenBits | uint64(s.Lease))
 		s.opened = s.Lease
 	}
 	s.mu.Unlock()
@@ -142,32 +171,64 @@ func publish(a *atomic.Int64, v int64) {
 	}
 }
 
-// Spend takes one token of the lease without the lock, if the budget is
-// open and ms falls in the lease's window (w ms long), no earlier than
-// Last: so no token is spent before the time Redis leased it, and a request
-// older than Last is judged at Last by the locked path. It returns the
-// window's counts as of the last Unlock, the tokens the lease held before
-// this one was taken, and the time elapsed in the window. When ok is false
-// nothing was taken and the caller decides under the lock. A token taken
-// is one request admitted locally: the next Lock takes it off Lease and
-// adds it to Attempts, Seen and LocalAllowed.
+// Spend takes one token of the state's lease without the lock: see
+// Ref.Spend.
 func (s *State) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
+	return s.home.Load().spend(s.check, ms, w)
+}
+
+// spend takes one token of the budget open in h, if it is open for the
+// owner whose check is given and ms falls in its window (w ms long), no
+// earlier than its Last: so no token is spent before the time Redis leased
+// it, and a request older than Last is judged at Last by the locked path.
+// It returns the window's counts as of the last Unlock, the tokens the
+// lease held before this one was taken, and the time elapsed in the
+// window. When ok is false nothing was taken and the caller decides under
+// the lock. A token taken is one request admitted locally: the owner's next
+// Lock takes it off Lease and adds it to Attempts, Seen and LocalAllowed.
+func (h *hot) spend(check uint64, ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
 	for {
-		b := s.budget.Load()
-		if b&tokenMask == 0 {
+		b := h.budget.Load()
+		// The tag after the budget: a slot's budget opens only after its
+		// owner's tag is in, and closes before it goes.
+		if b&tokenMask == 0 || h.tag.Load() != check {
 			return 0, 0, 0, 0, false
 		}
-		elapsed = ms - s.win.Load()*w
-		if elapsed < 0 || elapsed >= w || ms < s.last.Load() {
+		elapsed = ms - h.win.Load()*w
+		if elapsed < 0 || elapsed >= w || ms < h.last.Load() {
 			return 0, 0, 0, 0, false
 		}
-		prev, cur = s.prev.Load(), s.cur.Load()
-		if s.budget.CompareAndSwap(b, b-1) {
+		prev, cur = h.prev.Load(), h.cur.Load()
+		if h.budget.CompareAndSwap(b, b-1) {
 			return prev, cur, int64(b & tokenMask), elapsed, true
 		}
 		// Another Spend took a token, or Lock closed the budget: look again.
 	}
 }
+
+// moveHome makes h (a free slot the state has reserved, or its own record)
+// the state's home. It requires the lock: Lock closed the old home, and
+// Unlock opens the new one. A slot left gets tag 0 before it is freed.
+func (s *State) moveHome(h *hot) {
+	old := s.home.Load()
+	if old == h {
+		return
+	}
+	if old != &s.own {
+		old.tag.Store(0)
+		old.key.Store(0)
+		old.owner.Store(nil) // free for another state
+	}
+	if h != &s.own {
+		h.key.Store(s.own.key.Load())
+		h.tag.Store(s.check) // last: Spend and Get find the slot from here on
+	}
+	s.home.Store(h)
+}
+
+// InFront reports whether the state's home is a front-table slot. It
+// requires the lock.
+func (s *State) InFront() bool { return s.home.Load() != &s.own }
 
 // Roll moves the state forward to window idx (> Window): the current
 // counts become the previous ones (or both clear, after a gap), and an
@@ -212,13 +273,6 @@ func (r *Registry) Add(s *State) {
 	r.mu.Unlock()
 }
 
-// MarkUsed marks s decided and reports whether it was not already, since
-// the Registry last took it: whether this is its first decision in the sync
-// interval. The check is one atomic load.
-func (s *State) MarkUsed() bool {
-	return s.flags.Load()&used == 0 && s.flags.Or(used)&used == 0
-}
-
 // Take empties the registry and returns what it held, calling visit (if
 // not nil) on each state under the registry's lock first. The states may be
 // added again at once, by the decision path or by the caller.
@@ -233,7 +287,7 @@ func (r *Registry) Take(visit func(*State)) []*State {
 	}
 	r.mu.Unlock()
 	for _, s := range states {
-		s.flags.And(^uint32(inRegistry | used))
+		s.flags.And(^uint32(inRegistry))
 	}
 	return states
 }
