@@ -13,10 +13,11 @@ import (
 // bounded by a number of keys.
 //
 // A key is two independent 64-bit hashes of the user and the rule: the
-// first is ristretto's key, the second is kept in the State and checked on
-// every lookup (ristretto itself identifies string keys by two hashes in the
-// same way). So a lookup builds no string, allocates nothing and touches
-// one State.
+// first is ristretto's key, the second is kept in the State (and in its
+// front-table slot) and checked on every lookup (ristretto itself
+// identifies string keys by two hashes in the same way). So a lookup builds
+// no string, allocates nothing, and for a key in the front table touches
+// its slot and nothing else.
 //
 // Ristretto's Set is buffered and may be dropped by its admission policy, so
 // a key just created is also kept in a small side map until the next
@@ -259,3 +260,6 @@ func (c *Cache) Forget() {
 
 // Close stops the cache's goroutines.
 func (c *Cache) Close() { c.c.Close() }
+
+// Wait waits for ristretto to apply the Sets buffered so far (for tests).
+func (c *Cache) Wait() { c.c.Wait() }
