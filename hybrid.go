@@ -65,8 +65,9 @@ func (r *rule) prevWeight(prev int64) int64 {
 // allocates. A key without lease goes to Redis (acquire).
 //
 // A successful Spend needs no bookkeeping here: a lease is open only while
-// the Registry holds its state (or a sync pass does, which keeps it), and
-// the pass tells the cache of the key's uses.
+// the Registry holds its state (or a sync pass does, which keeps it, or a
+// decision about to add it), and the pass tells the cache of the key's
+// uses.
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
 	ref := h.cache.Get(user, r.hybridIndex)
 	if n == 1 && ref.Found() {
@@ -339,7 +340,14 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	r := h.rules[s.Rule]
 	w := r.window
 	s.Lock()
-	defer s.Unlock()
+	touches := s.Touches
+	s.Touches = 0
+	defer func() {
+		s.Unlock()
+		for range touches {
+			h.cache.Touch(s)
+		}
+	}()
 	now = max(now, s.Last)
 	s.Last = now // requests stamped before this pass are judged at it, as Redis will
 	s.Roll(now / w)
@@ -370,31 +378,25 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 // fold moves s's local decision counts into the totals. The Registry
 // calls it as the sync pass takes s, under s's lock: a count is in the
 // state until a pass takes it, then in the totals, so the totals never go
-// down, and Stats reads them without visiting any key. It then tells the
-// cache of the key's uses (touch).
+// down, and Stats reads them without visiting any key. It also counts the
+// uses that Plan reports to the cache.
 func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
-	uses := s.LocalAllowed + s.LocalDenied
+	if uses := s.LocalAllowed + s.LocalDenied; uses > 0 {
+		s.Touches = uint8(1 + min(uses/touchEvery, maxTouches-1))
+	}
 	s.LocalAllowed, s.LocalDenied = 0, 0
 	s.Unlock()
-	h.touch(s, uses)
 }
 
-// touch tells the cache's admission policy of a key's local decisions over
-// the last sync interval: once, and once more per touchEvery (up to
-// maxTouches), so that it ranks the keys in use, and the busiest highest,
+// The sync pass tells the cache's admission policy of a key's local
+// decisions over the last interval (fold counts them, Plan reports them,
+// outside the Registry's lock): once, and once more per touchEvery, up to
+// maxTouches, so that it ranks the keys in use, and the busiest highest,
 // above new ones. Decisions from the front table never reach ristretto
 // themselves.
-func (h *hybrid) touch(s *local.State, uses int64) {
-	if uses == 0 {
-		return
-	}
-	for range 1 + min(uses/touchEvery, maxTouches-1) {
-		h.cache.Touch(s)
-	}
-}
 
 const (
 	touchEvery = 1024

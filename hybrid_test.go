@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -485,4 +486,70 @@ func TestSpendMatchesLockedPath(t *testing.T) {
 			s.Unlock()
 		}
 	}
+}
+
+// TestHybridChurnExact: 2 instances with room for few local keys (evictions
+// and front-table churn), background passes every 2 ms, 300 users decided
+// from 8 goroutines. After Close, Redis counts exactly each user's
+// admissions, and the Stats count every admitted decision. (Written by a
+// reviewer.)
+func TestHybridChurnExact(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	const users, limit = 300, 100000
+	rule := Rule{Name: "churn", Limit: limit, Window: time.Hour, Mode: Hybrid}
+	now := base.Add(10 * time.Second)
+	var lims []*Limiter
+	for range 2 {
+		l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
+			SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 32})
+		require.NoError(t, err)
+		lims = append(lims, l)
+	}
+	var admitted [users]atomic.Int64
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 9))
+			l := lims[g%2]
+			for range 5000 {
+				u := r.IntN(users)
+				if r.IntN(4) != 0 {
+					u %= 20 // hot users
+				}
+				n := int64(1)
+				if r.IntN(50) == 0 {
+					n = 2
+				}
+				d, err := l.AllowN(ctx, rule.Name, fmt.Sprint("u", u), now, n)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Allowed {
+					admitted[u].Add(n)
+					total.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var st []Stats
+	for _, l := range lims {
+		require.NoError(t, l.Close())
+		st = append(st, l.Stats())
+	}
+	for u := range users {
+		a := admitted[u].Load()
+		require.LessOrEqual(t, a, int64(limit), "user %d", u)
+		require.Equal(t, a, redisCount(t, c, global.Key(prefix, rule.Name, fmt.Sprint("u", u)), now, rule.Window), "user %d", u)
+	}
+	var sum int64
+	for _, x := range st {
+		sum += x.LocalAllowed + x.RemoteAllowed
+	}
+	t.Logf("admitted %d decisions; stats allowed %d; %+v", total.Load(), sum, st)
+	require.Equal(t, total.Load(), sum, "admitted decisions in Stats")
 }

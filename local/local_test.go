@@ -2,6 +2,7 @@ package local
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -509,4 +510,156 @@ func TestFrontRaces(t *testing.T) {
 			moves, fromFront.Load(), fromOwn.Load())
 	}
 	t.Logf("%d promotions, %d spends from the front, %d from own records", moves, fromFront.Load(), fromOwn.Load())
+}
+
+// TestFrontChurn: goroutines spend (lock-free and locked) and promote as
+// the decision path does, two more promote at random, while the test lets
+// states go and recreates them through GetOrCreate (which promotes under
+// the Cache's lock). Per user, the tokens handed out must equal what that
+// user's states, old and new, count as admitted. (Written by a reviewer:
+// TestFrontRaces moves states from one goroutine only.)
+func TestFrontChurn(t *testing.T) {
+	const (
+		keys  = 3 * frontWays
+		lease = 1 << 30
+		w     = 1000
+	)
+	c, err := NewCache(1000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var users []string
+	var first uint64
+	for i := 0; len(users) < keys; i++ {
+		u := fmt.Sprint("u", i)
+		key, _ := c.hash(u, 0)
+		if len(users) == 0 {
+			first = key
+		}
+		if c.bucket(key) == c.bucket(first) {
+			users = append(users, u)
+		}
+	}
+	var mu sync.Mutex
+	all := make([][]*State, keys)
+	seen := map[*State]bool{}
+	create := func(k int) *State {
+		u := users[k]
+		s := c.GetOrCreate(u, 0, func() string { return u })
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen[s] {
+			seen[s] = true
+			all[k] = append(all[k], s)
+			s.Lock()
+			s.Roll(1)
+			s.Lease, s.Last = lease, w
+			s.Unlock()
+		}
+		return s
+	}
+	for k := range keys {
+		create(k)
+	}
+	c.c.Wait()
+	var got [keys]atomic.Int64
+	var locked, lockfree, wrong atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for g := range 4 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := r.IntN(keys)
+				ref := c.Get(users[k], 0)
+				if ref.Found() {
+					if _, _, l, _, ok := ref.Spend(w+500, w); ok {
+						got[k].Add(1)
+						lockfree.Add(1)
+						if l%4 == 0 && !ref.InFront() {
+							c.Promote(c.State(ref))
+						}
+						continue
+					}
+				}
+				s := c.State(ref)
+				if s == nil {
+					continue
+				}
+				if s.Key != users[k] {
+					wrong.Add(1)
+					continue
+				}
+				s.Lock()
+				if s.Lease > 0 {
+					s.Lease--
+					s.Attempts++
+					s.LocalAllowed++
+					got[k].Add(1)
+					locked.Add(1)
+				}
+				pr := !s.InFront()
+				s.Unlock()
+				if pr {
+					c.Promote(s)
+				}
+			}
+		})
+	}
+	for g := range 2 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 2))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := r.IntN(keys)
+				mu.Lock()
+				s := all[k][len(all[k])-1]
+				mu.Unlock()
+				c.Promote(s)
+			}
+		})
+	}
+	for i := range 60000 {
+		k := i % keys
+		mu.Lock()
+		s := all[k][len(all[k])-1]
+		mu.Unlock()
+		c.letGo(&ristretto.Item[*State]{Value: s})
+		if i%5 == 0 {
+			c.Forget()
+		}
+		create(k)
+	}
+	close(stop)
+	wg.Wait()
+	gens := 0
+	for k := range keys {
+		var counted int64
+		for _, s := range all[k] {
+			gens++
+			s.Lock()
+			if s.LocalAllowed != s.Attempts || lease-s.Lease != s.LocalAllowed {
+				t.Errorf("%s: state counts %d admitted, %d attempts, lease lost %d", users[k], s.LocalAllowed, s.Attempts, lease-s.Lease)
+			}
+			counted += s.LocalAllowed
+			s.Unlock()
+		}
+		if g := got[k].Load(); g != counted {
+			t.Errorf("%s: handed out %d tokens, its states counted %d", users[k], g, counted)
+		}
+	}
+	if wrong.Load() != 0 {
+		t.Errorf("State(ref) named another user's state %d times", wrong.Load())
+	}
+	t.Logf("%d states, %d lock-free spends, %d locked", gens, lockfree.Load(), locked.Load())
 }

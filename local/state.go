@@ -20,8 +20,8 @@ type State struct {
 	// to them. Line 1 is the state's own hot record (all that a decision
 	// from the lease reads and writes), unless the state is in the Cache's
 	// front table: then its record is its slot there, so that a decision
-	// touches one line, the slot. Line 2 holds the locked decision path's
-	// fields; lines 3 and 4 the rest.
+	// touches one line, the slot. Line 2 holds the counters the locked path
+	// writes; lines 3 and 4 the rest.
 	own hot
 
 	// The exported fields below are guarded by the lock.
@@ -40,6 +40,10 @@ type State struct {
 	flags     atomic.Uint32 // inRegistry
 	Rule      uint16        // index of the key's rule; read-only
 	Acquiring bool          // a lease request of the decision path is under way
+	// Touches is how many uses the sync pass is to report to the Cache's
+	// admission policy for the key (see Cache.Touch), set as the
+	// Registry's Take folds its counts.
+	Touches uint8
 
 	Window    int64  // window index of Prev, Cur and Lease
 	Prev, Cur int64  // global counts of windows Window−1 and Window, as last known (lower bounds)
@@ -69,10 +73,11 @@ type State struct {
 // not change meanwhile, so they are the ones it was opened with, for the
 // owner the tag names: a slot changes owner only after its owner closed
 // its budget, and opens only after the new owner's tag is in. (Unless 2^24
-// Unlocks came between a Spend's load and its swap and left the same
-// tokens: then it took a token of a later window of the key's for a
-// request of an earlier one, which the locked path does too, judging it at
-// Last, and answered from stale counts.)
+// Unlocks of the record came between a Spend's load and its swap and left
+// the same tokens: then it took a token of a later window, or, in a slot
+// that changed hands meanwhile, of another key, and answered from stale
+// counts. A goroutine would have to stall through 16.7 million lease
+// openings of one slot.)
 type hot struct {
 	budget    atomic.Uint64
 	win       atomic.Int64  // State.Window, as of the last Unlock
