@@ -178,24 +178,9 @@ func inFront(c *Cache, s *State) bool {
 // lease in its own record; a state ristretto lets go of leaves the front
 // table and is found nowhere.
 func TestCacheFront(t *testing.T) {
-	c, err := NewCache(1000, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newTestCache(t, 1000)
 	// Users whose keys share one bucket.
-	var users []string
-	var first uint64
-	for i := 0; len(users) < frontWays+1; i++ {
-		u := fmt.Sprint("u", i)
-		key, _ := c.hash(u, 0)
-		if len(users) == 0 {
-			first = key
-		}
-		if c.bucket(key) == c.bucket(first) {
-			users = append(users, u)
-		}
-	}
+	users := bucketUsers(c, frontWays+1)
 	states := make([]*State, len(users))
 	for i, u := range users[:frontWays] {
 		states[i] = c.GetOrCreate(u, 0, func() string { return u })
@@ -415,23 +400,8 @@ func TestFrontRaces(t *testing.T) {
 		lease = 1 << 30
 		w     = 1000
 	)
-	c, err := NewCache(1000, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var users []string
-	var first uint64
-	for i := 0; len(users) < keys; i++ {
-		u := fmt.Sprint("u", i)
-		key, _ := c.hash(u, 0)
-		if len(users) == 0 {
-			first = key
-		}
-		if c.bucket(key) == c.bucket(first) {
-			users = append(users, u)
-		}
-	}
+	c := newTestCache(t, 1000)
+	users := bucketUsers(c, keys)
 	states := make([]*State, keys)
 	for i, u := range users {
 		s := c.GetOrCreate(u, 0, func() string { return u })
@@ -524,23 +494,8 @@ func TestFrontChurn(t *testing.T) {
 		lease = 1 << 30
 		w     = 1000
 	)
-	c, err := NewCache(1000, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var users []string
-	var first uint64
-	for i := 0; len(users) < keys; i++ {
-		u := fmt.Sprint("u", i)
-		key, _ := c.hash(u, 0)
-		if len(users) == 0 {
-			first = key
-		}
-		if c.bucket(key) == c.bucket(first) {
-			users = append(users, u)
-		}
-	}
+	c := newTestCache(t, 1000)
+	users := bucketUsers(c, keys)
 	var mu sync.Mutex
 	all := make([][]*State, keys)
 	seen := map[*State]bool{}
@@ -662,4 +617,34 @@ func TestFrontChurn(t *testing.T) {
 		t.Errorf("State(ref) named another user's state %d times", wrong.Load())
 	}
 	t.Logf("%d states, %d lock-free spends, %d locked", gens, lockfree.Load(), locked.Load())
+}
+
+// newTestCache returns a Cache for maxKeys keys of one rule, closed when
+// the test ends.
+func newTestCache(t *testing.T, maxKeys int64) *Cache {
+	t.Helper()
+	c, err := NewCache(maxKeys, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// bucketUsers returns n users whose keys (under rule 0) share one bucket of
+// c's front table.
+func bucketUsers(c *Cache, n int) []string {
+	var users []string
+	var first uint64
+	for i := 0; len(users) < n; i++ {
+		u := fmt.Sprint("u", i)
+		key, _ := c.hash(u, 0)
+		if len(users) == 0 {
+			first = key
+		}
+		if c.bucket(key) == c.bucket(first) {
+			users = append(users, u)
+		}
+	}
+	return users
 }
