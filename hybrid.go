@@ -40,10 +40,9 @@ type hybrid struct {
 
 	// Decision counters, for Stats. Local decisions are counted in their
 	// State, under its lock (Spend's by the next Lock), and folded in here
-	// by the sync pass (fold): a
-	// shared counter written by every decision cost ~50 ns a decision over
-	// 1 Mi keys on 2 cores (bench/RESULTS.md), its cache line moving
-	// between cores.
+	// by the sync pass (fold): a shared counter written by every decision
+	// cost ~50 ns a decision over 1 Mi keys on 2 cores (bench/RESULTS.md),
+	// its cache line moving between cores.
 	localAllowed, localDenied   atomic.Int64
 	remote                      atomic.Int64 // decisions that asked Redis, failed ones included
 	remoteAllowed, remoteDenied atomic.Int64 // their answers
@@ -70,7 +69,7 @@ func (r *rule) prevWeight(prev int64) int64 {
 // uses.
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
 	ref := h.cache.Get(user, r.hybridIndex)
-	if n == 1 && ref.Found() {
+	if n == 1 { // Spend refuses a key Get did not find
 		if prev, cur, lease, elapsed, ok := ref.Spend(ms, r.window); ok {
 			if lease%promoteEvery == 0 && !ref.InFront() {
 				h.cache.Promote(h.cache.State(ref))
@@ -397,7 +396,6 @@ func (h *hybrid) fold(s *local.State) {
 // maxTouches, so that it ranks the keys in use, and the busiest highest,
 // above new ones. Decisions from the front table never reach ristretto
 // themselves.
-
 const (
 	touchEvery = 1024
 	maxTouches = 8

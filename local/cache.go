@@ -174,13 +174,10 @@ func (c *Cache) lookup(key, check uint64) Ref {
 // State returns the state r names, or nil if the key has none. (A slot may
 // change owner between Get's loads; the State's own check tells.)
 func (c *Cache) State(r Ref) *State {
-	if r.s != nil && r.s.check == r.check {
+	if r.s == nil || r.s.check == r.check {
 		return r.s
 	}
-	if r.s != nil {
-		return c.lookup(r.key, r.check).s
-	}
-	return nil
+	return c.lookup(r.key, r.check).s
 }
 
 // Promote gives s a slot in the front table: an empty one of its bucket,
