@@ -82,11 +82,11 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
 			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
 		})
-		return h.acquire(ctx, s, r, ms, n)
+		return h.acquire(ctx, s, r, user, ms, n)
 	}
 	res, promote, ok := h.decideLocal(s, r, ms, n)
 	if !ok {
-		return h.acquire(ctx, s, r, ms, n)
+		return h.acquire(ctx, s, r, user, ms, n)
 	}
 	h.registry.Add(s)
 	if promote {
@@ -184,13 +184,16 @@ func (h *hybrid) resetAfter(r *rule, prev, cur, elapsed int64) int64 {
 // under way, to lease what the key's demand calls for. A lease too small
 // for n goes back in the same call: Redis counts it, so keeping it would
 // count those tokens twice against n.
-func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int64) (result, error) {
+func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user string, ms, n int64) (result, error) {
 	// The gate keeps Close's last pass from running while this call is out:
 	// a grant that arrived after it would never be returned.
 	h.gate.RLock()
 	defer h.gate.RUnlock()
 	if h.closed {
 		return result{}, ErrClosed
+	}
+	if h.l.pending.has(r, user) {
+		return result{}, errPending
 	}
 	w := r.window
 	s.Lock()
@@ -228,7 +231,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, ms, n int
 		s.Acquiring = false
 	}
 	if err != nil {
-		h.unreport(s, req)
+		h.unreport(s, req, err)
 		s.Attempts += n // report it next time
 		s.Unlock()
 		h.registry.Add(s)
@@ -298,12 +301,38 @@ func nameReturns(req *global.LeaseRequest) {
 }
 
 // unreport undoes takeReturns's accounting of attempts for a request that
-// failed, so that they are reported with the next one. Returned tokens are
-// not restored: Redis may have taken them, and spending them twice would
-// exceed the limit; left out, they only go unused. It requires the lock.
-func (h *hybrid) unreport(s *local.State, req global.LeaseRequest) {
+// failed with err, so that they are reported with the next one. Returned
+// tokens are restored only if the request was never sent (the breaker held
+// it back): otherwise Redis may have taken them, and spending them twice
+// would exceed the limit; left out, they only go unused. It requires the
+// lock.
+func (h *hybrid) unreport(s *local.State, req global.LeaseRequest, err error) {
 	s.MineCur -= req.Attempts
 	s.Attempts += req.Attempts
+	if !errors.Is(err, global.ErrBreakerOpen) {
+		return
+	}
+	if ret := req.Returns[1]; ret.N > 0 && ret.Window == s.Window {
+		s.Lease += ret.N // the lease is still counted in Redis, and still this window's
+		s.Cur += ret.N
+	} else if ret.N > 0 {
+		h.owe(s, ret)
+	}
+	if ret := req.Returns[0]; ret.N > 0 {
+		h.owe(s, ret)
+	}
+}
+
+// owe adds ret to what s must give back at its next call, unless s already
+// owes a newer window's tokens (only one window's debt is kept; an older
+// window no longer counts). It requires the lock.
+func (h *hybrid) owe(s *local.State, ret global.Return) {
+	switch {
+	case s.Return == 0 || s.ReturnWindow < ret.Window:
+		s.ReturnWindow, s.Return = ret.Window, ret.N
+	case s.ReturnWindow == ret.Window:
+		s.Return += ret.N
+	}
 }
 
 // apply folds Redis's answer to req into s. It requires the lock.
@@ -407,7 +436,7 @@ func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.Lease
 	s.Lock()
 	defer s.Unlock()
 	if err != nil {
-		h.unreport(s, req)
+		h.unreport(s, req, err)
 		return true
 	}
 	h.apply(s, r, req, res)

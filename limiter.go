@@ -119,6 +119,9 @@ type Rule struct {
 	Algorithm Algorithm
 	// Mode defaults to Hybrid where the algorithm supports it, else Strict.
 	Mode Mode
+	// OnFailure is what the rule decides when Redis cannot answer. Default
+	// FailLocal. Local rules never need Redis.
+	OnFailure FailurePolicy
 }
 
 // Config configures a Limiter. The zero value of each field means its
@@ -176,6 +179,37 @@ type Config struct {
 	ServerTime bool
 	// Pipeline tunes how concurrent strict calls are coalesced.
 	Pipeline PipelineConfig
+
+	// Timeout is the longest a decision waits on Redis (a strict call, a
+	// hybrid key's call without lease); then the rule's OnFailure policy
+	// decides. A shorter deadline on the caller's context wins. Each sync
+	// pipeline gets max(Timeout, SyncInterval). Default 1 s: long enough
+	// that a loaded Redis (or a loaded gateway) is not taken for a dead
+	// one, since a call that times out may still be counted by Redis while
+	// the policy admits it too; gateways with a tight latency budget set
+	// 20–100 ms. The breaker makes an outage cost Timeout only to its first
+	// few calls. For the network wait itself to end at the deadline (not
+	// only the caller's), give the go-redis client ContextTimeoutEnabled.
+	Timeout time.Duration
+	// Breaker tunes the circuit breaker in front of Redis.
+	Breaker BreakerConfig
+	// OnHealthChange, if not nil, is called with the new Health each time
+	// it changes state (for alerting). It runs on the goroutine that saw the
+	// change, a decision's maybe: it must return quickly.
+	OnHealthChange func(Health)
+	// RequireRedis makes New fail when Redis does not answer. By default
+	// New succeeds and the Limiter starts Degraded, loading the scripts
+	// when Redis appears.
+	RequireRedis bool
+	// MaxPendingKeys bounds the keys whose admissions made without Redis
+	// (FailLocal, FailOpen) wait to be credited to it. The admissions of
+	// keys beyond it are not credited, and counted in Stats.PendingDropped.
+	// Default 1<<16.
+	MaxPendingKeys int
+	// LogInterval is how often Logger gets a summary while Redis is
+	// unavailable (a line also marks the outage's start and end). Default
+	// 10 s.
+	LogInterval time.Duration
 }
 
 // PipelineConfig tunes the coalescing of concurrent strict calls into
@@ -231,6 +265,10 @@ type Limiter struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
+	health    healthTracker
+	pending   pending
+	fallbacks fallbackCounts
+
 	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
 	collector                                *collector   // registered with Config.Registerer, or nil
 }
@@ -242,16 +280,23 @@ type rule struct {
 	algo   global.Algorithm
 	table  *local.Table[localState] // Local mode only
 
+	fallback *local.Table[localState] // FailLocal's decisions (Hybrid and Strict)
+
 	hybridIndex int // Hybrid mode only: index in hybrid.rules
 }
 
-// New validates cfg and returns a Limiter. It loads the Lua scripts when
-// cfg.Redis is set, so an unreachable Redis fails here.
+// New validates cfg and returns a Limiter. When a rule needs Redis it loads
+// the Lua scripts; if Redis does not answer, the Limiter starts Degraded
+// (see Health) and recovers when Redis appears, unless cfg.RequireRedis
+// asks New to fail.
 func New(cfg Config) (*Limiter, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
 	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules))}
+	l.health = healthTracker{l: l, started: cfg.Now()}
+	l.health.cur = Health{State: Healthy, Since: l.health.started}
+	l.pending = pending{max: cfg.MaxPendingKeys, m: make(map[pendingKey]*pendingDelta)}
 	needRedis := false
 	for i, r := range cfg.Rules {
 		if err := r.validate(); err != nil {
@@ -266,6 +311,9 @@ func New(cfg Config) (*Limiter, error) {
 				r.Mode = Hybrid
 			}
 		}
+		if r.OnFailure == 0 {
+			r.OnFailure = FailLocal
+		}
 		if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
 			return nil, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
 				ErrInvalidArgument, i, r.Name, r.Algorithm)
@@ -275,6 +323,7 @@ func New(cfg Config) (*Limiter, error) {
 		case Local:
 			rl.table = local.NewTable[localState](2 * rl.window)
 		case Hybrid:
+			rl.fallback = newFallbackTable(rl.window)
 			if l.hybrid == nil {
 				l.hybrid = &hybrid{l: l}
 			}
@@ -282,6 +331,7 @@ func New(cfg Config) (*Limiter, error) {
 			l.hybrid.rules = append(l.hybrid.rules, rl)
 			needRedis = true
 		case Strict:
+			rl.fallback = newFallbackTable(rl.window)
 			needRedis = true
 		}
 		l.rules[r.Name] = rl
@@ -290,31 +340,60 @@ func New(cfg Config) (*Limiter, error) {
 		if cfg.Redis == nil {
 			return nil, fmt.Errorf("%w: Config.Redis is nil but a rule needs Redis", ErrInvalidArgument)
 		}
-		l.store = global.NewStore(cfg.Redis, global.Options(cfg.Pipeline))
-		if err := l.store.Load(context.Background()); err != nil {
-			return nil, fmt.Errorf("ratelimit: %w", err)
+		l.store = global.NewStore(cfg.Redis, global.Options{
+			MaxBatch:         cfg.Pipeline.MaxBatch,
+			MaxInFlight:      cfg.Pipeline.MaxInFlight,
+			BatchDelay:       cfg.Pipeline.BatchDelay,
+			LeaseKeysPerCall: cfg.Pipeline.LeaseKeysPerCall,
+			Timeout:          cfg.Timeout,
+			SyncTimeout:      max(cfg.Timeout, cfg.SyncInterval),
+			Breaker:          global.BreakerOptions(cfg.Breaker),
+			Now:              cfg.Now,
+			OnBreakerChange:  l.health.onBreaker,
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), max(cfg.Timeout, time.Second))
+		err := l.store.Load(ctx)
+		cancel()
+		if err != nil {
+			if !errors.Is(err, global.ErrUnavailable) {
+				l.store.Close()
+				return nil, fmt.Errorf("ratelimit: %w", err)
+			}
+			if cfg.RequireRedis {
+				l.store.Close()
+				return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			cfg.Logger.Warn("ratelimit: redis unavailable at start; scripts load when it answers", "err", err)
 		}
 	}
-	if h := l.hybrid; h != nil {
-		cache, err := local.NewCache(cfg.MaxLocalKeys, len(h.rules))
-		if err != nil {
-			return nil, fmt.Errorf("ratelimit: %w", err)
-		}
-		h.cache = cache
-		l.syncer = syncer.New(syncer.Config{
+	if l.store != nil {
+		scfg := syncer.Config{
 			Store:        l.store,
-			Registry:     &h.registry,
-			Cache:        cache,
-			Planner:      h,
 			Now:          cfg.Now,
 			Interval:     cfg.SyncInterval,
 			InstancesKey: cfg.KeyPrefix + ":instances",
 			ID:           cfg.InstanceID,
-			OnTake:       h.fold,
-		})
-		h.instances = l.syncer.Instances
+			OnPass:       l.onPass,
+		}
+		if h := l.hybrid; h != nil {
+			cache, err := local.NewCache(cfg.MaxLocalKeys, len(h.rules))
+			if err != nil {
+				l.store.Close()
+				return nil, fmt.Errorf("ratelimit: %w", err)
+			}
+			h.cache = cache
+			scfg.Registry, scfg.Cache, scfg.Planner, scfg.OnTake = &h.registry, cache, h, h.fold
+		}
+		l.syncer = syncer.New(scfg)
+		if h := l.hybrid; h != nil {
+			h.instances = l.syncer.Instances
+		}
 		if !cfg.ManualSync {
 			l.syncer.Start(func(err error) {
+				if errors.Is(err, global.ErrUnavailable) {
+					l.health.summary(cfg.Now()) // outages are logged rate-limited
+					return
+				}
 				cfg.Logger.Warn("ratelimit: sync pass failed", "err", err)
 			})
 		}
@@ -375,6 +454,28 @@ func (c *Config) fill() error {
 	if c.Pipeline.MaxBatch < 0 || c.Pipeline.MaxInFlight < 0 || c.Pipeline.BatchDelay < 0 {
 		return fmt.Errorf("%w: Config.Pipeline has a negative field", ErrInvalidArgument)
 	}
+	if c.Timeout == 0 {
+		c.Timeout = time.Second
+	}
+	if c.MaxPendingKeys == 0 {
+		c.MaxPendingKeys = 1 << 16
+	}
+	if c.LogInterval == 0 {
+		c.LogInterval = 10 * time.Second
+	}
+	b := c.Breaker
+	switch {
+	case c.Timeout < 0:
+		return fmt.Errorf("%w: Config.Timeout %v is negative", ErrInvalidArgument, c.Timeout)
+	case c.MaxPendingKeys < 0:
+		return fmt.Errorf("%w: Config.MaxPendingKeys %d is negative", ErrInvalidArgument, c.MaxPendingKeys)
+	case c.LogInterval < 0:
+		return fmt.Errorf("%w: Config.LogInterval %v is negative", ErrInvalidArgument, c.LogInterval)
+	case b.Failures < 0 || b.Backoff < 0 || b.MaxBackoff < 0 || b.ProbeTimeout < 0:
+		return fmt.Errorf("%w: Config.Breaker has a negative field", ErrInvalidArgument)
+	case b.Jitter > 1:
+		return fmt.Errorf("%w: Config.Breaker.Jitter %v is above 1", ErrInvalidArgument, b.Jitter)
+	}
 	return nil
 }
 
@@ -392,6 +493,8 @@ func (r Rule) validate() error {
 		return fmt.Errorf("field Algorithm %d is unknown", r.Algorithm)
 	case r.Mode >= numModes:
 		return fmt.Errorf("field Mode %d is unknown", r.Mode)
+	case r.OnFailure >= numPolicies:
+		return fmt.Errorf("field OnFailure %d is unknown", r.OnFailure)
 	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
 		return fmt.Errorf("fields Limit %d × Window %v exceed 2^50 ms", r.Limit, r.Window)
 	}
@@ -467,6 +570,12 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	case Hybrid:
 		res, err = l.hybrid.decide(ctx, r, user, ms, n)
 		if err != nil {
+			if redisFailed(err) {
+				if res, err = l.fallback(r, user, ms, n, err); err == nil {
+					break
+				}
+				return Decision{}, err
+			}
 			if !errors.Is(err, ErrClosed) {
 				l.redisErrors.Add(1)
 			}
@@ -475,6 +584,13 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	case Local:
 		r.table.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
 	default:
+		if l.pending.has(r, user) {
+			res, err = l.fallback(r, user, ms, n, errPending)
+			if err != nil {
+				return Decision{}, err
+			}
+			break
+		}
 		g, err := l.store.Take(ctx, global.Request{
 			Algorithm:  r.algo,
 			Key:        global.Key(l.cfg.KeyPrefix, r.Name, user),
@@ -487,6 +603,12 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 		if err != nil {
 			if errors.Is(err, global.ErrClosed) {
 				return Decision{}, ErrClosed
+			}
+			if redisFailed(err) {
+				if res, err = l.fallback(r, user, ms, n, err); err == nil {
+					break
+				}
+				return Decision{}, err
 			}
 			l.redisErrors.Add(1)
 			return Decision{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
@@ -570,6 +692,28 @@ type Stats struct {
 	// ActiveKeys is the number of hybrid keys with activity since the last
 	// sync pass.
 	ActiveKeys int64
+
+	// Decisions that the failure policies made while Redis could not
+	// answer: FailLocal's admissions and denials, FailOpen's admissions,
+	// FailClosed's denials. (FailError's errors are in RedisErrors.)
+	FallbackLocalAllowed, FallbackLocalDenied, FallbackOpen, FallbackClosed int64
+	// Timeouts are calls to Redis that did not answer within Timeout.
+	Timeouts int64
+	// NotSent are decisions whose caller gave up (its context ended) before
+	// their call went to Redis: Redis never counted them. Abandoned are
+	// those whose caller gave up after the call was sent (its context, or
+	// Timeout): Redis may have counted them.
+	NotSent, Abandoned int64
+	// BreakerState is the circuit breaker's state now; BreakerOpened counts
+	// the times it opened; BreakerRejected the calls it kept from Redis.
+	BreakerState                   string
+	BreakerOpened, BreakerRejected int64
+	// PendingKeys are the keys with admissions made without Redis that wait
+	// to be credited to it. PendingDropped are admissions never credited
+	// because MaxPendingKeys was reached (or Close found Redis down);
+	// PendingExpired those whose window was over before Redis answered (they
+	// no longer count); PendingFlushed those credited.
+	PendingKeys, PendingDropped, PendingExpired, PendingFlushed int64
 }
 
 // Stats returns the decision counters. It reads a few atomic counters and
@@ -583,11 +727,21 @@ func (l *Limiter) Stats() Stats {
 		StrictDenied:  l.strictDenied.Load(),
 		RedisErrors:   l.redisErrors.Load(),
 	}
+	st.FallbackLocalAllowed, st.FallbackLocalDenied = l.fallbacks.localAllowed.Load(), l.fallbacks.localDenied.Load()
+	st.FallbackOpen, st.FallbackClosed = l.fallbacks.open.Load(), l.fallbacks.closed.Load()
+	st.PendingKeys, st.PendingDropped = l.pending.len(), l.pending.dropped.Load()
+	st.PendingExpired, st.PendingFlushed = l.pending.expired.Load(), l.pending.flushed.Load()
+	if l.store != nil {
+		c := l.store.Counters()
+		st.Timeouts, st.NotSent, st.Abandoned = c.Timeouts, c.Dropped, c.Abandoned
+		st.BreakerOpened, st.BreakerRejected = c.BreakerOpened, c.Rejected
+		st.BreakerState = l.store.Breaker().State.String()
+		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
+		st.Instances = l.syncer.Instances()
+	}
 	if h := l.hybrid; h != nil {
 		st.LocalAllowed, st.LocalDenied = h.localAllowed.Load(), h.localDenied.Load()
 		st.Remote, st.RemoteAllowed, st.RemoteDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
-		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
-		st.Instances = h.instances()
 		st.ActiveKeys = int64(h.registry.Len())
 	}
 	return st
@@ -604,13 +758,15 @@ func (l *Limiter) Sync(ctx context.Context) error {
 	if l.syncer == nil {
 		return nil
 	}
-	h := l.hybrid
-	h.gate.RLock()
-	defer h.gate.RUnlock()
-	if h.closed {
-		return ErrClosed
+	if h := l.hybrid; h != nil {
+		h.gate.RLock()
+		defer h.gate.RUnlock()
+		if h.closed {
+			return ErrClosed
+		}
 	}
 	if err := l.syncer.Pass(ctx); err != nil {
+		l.health.summary(l.cfg.Now())
 		return fmt.Errorf("ratelimit: sync: %w", err)
 	}
 	return nil
@@ -626,18 +782,24 @@ func (l *Limiter) Close() error {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.syncer.Stop()
-			h := l.hybrid
-			h.gate.Lock() // waits for the Redis calls of decisions and Syncs under way
-			h.closed = true
-			h.gate.Unlock()
-			h.closing.Store(true)
+			if h := l.hybrid; h != nil {
+				h.gate.Lock() // waits for the Redis calls of decisions and Syncs under way
+				h.closed = true
+				h.gate.Unlock()
+				h.closing.Store(true)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err = l.syncer.Pass(ctx)
 			if lerr := l.store.Leave(ctx, l.cfg.KeyPrefix+":instances", l.cfg.InstanceID); err == nil {
 				err = lerr
 			}
 			cancel()
-			l.hybrid.cache.Close()
+			if n := l.pending.dropAll(); n > 0 {
+				l.cfg.Logger.Warn("ratelimit: close: admissions made without redis were never credited to it", "admissions", n)
+			}
+			if h := l.hybrid; h != nil {
+				h.cache.Close()
+			}
 		}
 		if l.store != nil {
 			l.store.Close()
@@ -650,6 +812,14 @@ func (l *Limiter) Close() error {
 		return fmt.Errorf("ratelimit: close: %w", err)
 	}
 	return nil
+}
+
+// onPass runs at the end of each sync pass that reached Redis: it credits
+// the admissions made without Redis, and logs the outage summary.
+func (l *Limiter) onPass(ctx context.Context, now int64) error {
+	err := l.flush(ctx, now)
+	l.health.summary(time.UnixMilli(now))
+	return err
 }
 
 // localState is one key's state under a Local rule; only the field of the

@@ -151,7 +151,7 @@ func TestConcurrentInstances(t *testing.T) {
 			var lims []*Limiter
 			for range instances {
 				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
-				defer cl.Close()
+				t.Cleanup(func() { _ = cl.Close() }) // after the Limiter's Close
 				lims = append(lims, newStrict(t, cl, prefix, rule))
 			}
 			require.Equal(t, want, hammer(t, lims, rule.Name, now, goroutines, attempts))

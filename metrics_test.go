@@ -59,7 +59,7 @@ ratelimit_sync_passes_total{outcome="ok"} 1
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "ratelimit_decisions_total", "ratelimit_sync_passes_total"))
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
-	require.Equal(t, 11, n, "series")
+	require.Equal(t, 26, n, "series")
 
 	require.NoError(t, l.Close())
 	n, err = testutil.GatherAndCount(reg)

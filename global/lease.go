@@ -169,10 +169,21 @@ func (s *Store) Lease(ctx context.Context, r LeaseRequest) (LeaseResult, error) 
 // per-call cost once per call rather than once per key. A key whose
 // commands fail fails alone; a call that fails as a whole (a timeout, a
 // lost connection) fails every request in it.
+//
+// Like every call to Redis, it goes through the circuit breaker: while the
+// breaker is open every request fails at once with ErrBreakerOpen. Each
+// pipeline is bounded by the Store's SyncTimeout.
 func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, []error) {
 	res := make([]LeaseResult, len(rs))
 	errs := make([]error, len(rs))
 	if len(rs) == 0 {
+		return res, errs
+	}
+	ok, t := s.breaker.allow()
+	if !ok {
+		for i := range errs {
+			errs[i] = ErrBreakerOpen
+		}
 		return res, errs
 	}
 	sharded := s.sharded.Load()
@@ -186,12 +197,15 @@ func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResul
 		ops[i] = b
 	}
 	var again []int // requests of calls that mixed slots on a cluster-mode server
-	for i, cmd := range s.pipeline(ctx, ops) {
+	for i, cmd := range s.bounded(ctx, t, ops) {
 		if !sharded && isCrossSlot(cmd.Err()) {
 			again = append(again, groups[i]...)
 			continue
 		}
 		replies, err := leaseReplies(cmd, len(groups[i]))
+		if unavailable(cmd.Err()) {
+			err = fmt.Errorf("global: script: %w", classify(cmd.Err()))
+		}
 		for j, k := range groups[i] {
 			if err != nil {
 				errs[k] = err
@@ -262,15 +276,43 @@ func hashTag(key string) string {
 
 // Heartbeat records instance id as alive at now (ms) in the registry at key
 // and returns how many instances were seen within ttl ms, this one included.
+// It goes through the circuit breaker, and is the probe of a half-open
+// one when it comes first.
 func (s *Store) Heartbeat(ctx context.Context, key, id string, now, ttl int64) (int64, error) {
-	n, err := heartbeatScript.Run(ctx, s.rdb, []string{key}, now, ttl, id).Int64()
+	ok, t := s.breaker.allow()
+	if !ok {
+		return 0, ErrBreakerOpen
+	}
+	cmd := s.bounded(ctx, t, []op{heartbeat{key: key, id: id, now: now, ttl: ttl}})[0]
+	n, err := cmd.Int64()
 	if err != nil {
+		if unavailable(cmd.Err()) {
+			err = classify(cmd.Err())
+		}
 		return 0, fmt.Errorf("global: heartbeat: %w", err)
 	}
 	return n, nil
 }
 
+// heartbeat is one call of the heartbeat script.
+type heartbeat struct {
+	key, id  string
+	now, ttl int64
+}
+
+func (h heartbeat) script() *redis.Script { return heartbeatScript }
+
+func (h heartbeat) keysArgs() ([]string, []any) { return []string{h.key}, []any{h.now, h.ttl, h.id} }
+
 // Leave removes instance id from the registry at key.
 func (s *Store) Leave(ctx context.Context, key, id string) error {
-	return s.rdb.ZRem(ctx, key, id).Err()
+	ok, t := s.breaker.allow()
+	if !ok {
+		return ErrBreakerOpen
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.SyncTimeout)
+	defer cancel()
+	err := classify(s.rdb.ZRem(ctx, key, id).Err())
+	s.recordErr(err, t)
+	return err
 }

@@ -47,6 +47,21 @@ type Options struct {
 	// LeaseKeysPerCall caps the keys LeaseBatch sends in one call of the
 	// lease script. Default 32; 1 sends a call per key.
 	LeaseKeysPerCall int
+	// Timeout is the longest a caller of Take or Lease waits for Redis; the
+	// call then fails with ErrUnavailable. Sync calls (LeaseBatch,
+	// Heartbeat) get SyncTimeout. Default 1 s.
+	Timeout time.Duration
+	// SyncTimeout bounds each pipeline of LeaseBatch and each Heartbeat.
+	// Default: Timeout.
+	SyncTimeout time.Duration
+	// Breaker tunes the circuit breaker in front of Redis.
+	Breaker BreakerOptions
+	// Now is the breaker's clock. Default time.Now.
+	Now func() time.Time
+	// OnBreakerChange, if not nil, is told of each change of the breaker's
+	// state. It runs on the goroutine that caused the change and must
+	// return quickly.
+	OnBreakerChange func(BreakerStatus)
 }
 
 // Store runs the strict scripts on Redis. Concurrent Take calls are
@@ -62,12 +77,55 @@ type Store struct {
 	opts    Options
 	sharded atomic.Bool // keys live on several slots: a script call takes keys of one hash tag only
 
+	breaker *breaker
+
 	mu      sync.Mutex
 	queue   []*call
 	running int // pipelines under way, ≤ opts.MaxInFlight
 	closed  bool
 	wg      sync.WaitGroup // drain goroutines
+
+	timeouts, dropped, abandoned atomic.Int64 // for Counters
 }
+
+// Counters counts calls that did not end with Redis's answer to their
+// caller.
+type Counters struct {
+	// Timeouts are calls whose caller stopped waiting at Timeout.
+	Timeouts int64
+	// Dropped are calls never sent: their caller had given up (its context
+	// ended) before a pipeline took them.
+	Dropped int64
+	// Abandoned are calls already sent when their caller gave up (its own
+	// context, or Timeout): Redis may have counted them.
+	Abandoned int64
+	// Rejected are calls the open breaker refused.
+	Rejected int64
+	// BreakerOpened counts the times the breaker opened.
+	BreakerOpened int64
+}
+
+// Counters returns the Store's counters.
+func (s *Store) Counters() Counters {
+	return Counters{
+		Timeouts:      s.timeouts.Load(),
+		Dropped:       s.dropped.Load(),
+		Abandoned:     s.abandoned.Load(),
+		Rejected:      s.breaker.rejected.Load(),
+		BreakerOpened: s.breaker.opened.Load(),
+	}
+}
+
+// Breaker returns the circuit breaker's status.
+func (s *Store) Breaker() BreakerStatus { return s.breaker.get() }
+
+// RetryAfter returns how long the open breaker refuses calls from now, 0
+// when it lets them through.
+func (s *Store) RetryAfter() time.Duration { return s.breaker.retryAfter() }
+
+// Available reports whether the breaker lets a call through now, without
+// taking the probe of a half-open breaker.
+func (s *Store) Available() bool { return BreakerState(s.breaker.state.Load()) == Closed }
 
 // ErrClosed is returned by Take after Close.
 var ErrClosed = errors.New("global: store closed")
@@ -84,12 +142,21 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.LeaseKeysPerCall <= 0 {
 		opts.LeaseKeysPerCall = 32
 	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Second
+	}
+	if opts.SyncTimeout <= 0 {
+		opts.SyncTimeout = opts.Timeout
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	// Only a client of one node (single, or failover through sentinels)
 	// may mix keys of many slots in one script call; a client type this
 	// package does not know is taken to be sharded.
 	// (A single-node client of a server in cluster mode learns it from
 	// the first CROSSSLOT error: see LeaseBatch.)
-	s := &Store{rdb: rdb, opts: opts}
+	s := &Store{rdb: rdb, opts: opts, breaker: newBreaker(opts.Breaker, opts.Now, opts.OnBreakerChange)}
 	_, single := rdb.(*redis.Client)
 	s.sharded.Store(!single)
 	return s
@@ -99,24 +166,33 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 // finds them. Take works without it (it falls back to EVAL on NOSCRIPT),
 // but the first calls then pay twice.
 func (s *Store) Load(ctx context.Context) error {
-	all := append(scripts[:], leaseScript, heartbeatScript)
+	all := append(scripts[:], leaseScript, heartbeatScript, creditScript)
 	load := func(ctx context.Context, c *redis.Client) error {
 		for _, sc := range all {
 			if err := sc.Load(ctx, c).Err(); err != nil {
-				return fmt.Errorf("global: loading scripts: %w", err)
+				return fmt.Errorf("global: loading scripts: %w", classify(err))
 			}
 		}
 		return nil
 	}
 	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, load)
+		return s.loaded(cc.ForEachMaster(ctx, load))
 	}
 	for _, sc := range all {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
-			return fmt.Errorf("global: loading scripts: %w", err)
+			return s.loaded(fmt.Errorf("global: loading scripts: %w", classify(err)))
 		}
 	}
 	return nil
+}
+
+// loaded opens the breaker when Load found Redis unavailable, so that a
+// Limiter started without Redis starts degraded and probes for it.
+func (s *Store) loaded(err error) error {
+	if unavailable(err) {
+		s.breaker.trip(err)
+	}
+	return err
 }
 
 // op is one script invocation.
@@ -135,17 +211,30 @@ type coalesced interface {
 
 // call is one queued script invocation.
 type call struct {
-	ctx  context.Context
-	op   coalesced
-	res  []int64
-	err  error
-	done chan struct{} // buffered(1); receives once when res and err are set
+	ctx    context.Context
+	op     coalesced
+	ticket ticket       // the breaker's
+	state  atomic.Int32 // queued, sent or given up: who wins decides whether it is sent
+	res    []int64
+	err    error
+	done   chan struct{} // buffered(1); receives once when res and err are set
 }
+
+// A call's states. The caller gives up on a queued call by moving it to
+// gaveUp, and a pipeline takes it by moving it to sent: exactly one wins,
+// so a call whose caller left before it went out is never sent.
+const (
+	queued int32 = iota
+	sent
+	gaveUp
+)
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
-// Take runs req's script. It returns ctx's error if ctx ends first; the
-// request may still be counted by Redis then.
+// Take runs req's script. It returns ctx's error if ctx ends first, or an
+// error wrapping ErrUnavailable after Timeout or when the breaker is open;
+// Redis may have counted the request then only if it was already sent
+// (Counters.Abandoned).
 func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
 	v, err := s.do(ctx, req)
 	if err != nil {
@@ -157,10 +246,20 @@ func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
 	return Result{Allowed: v[0] == 1, Remaining: v[1], RetryAfter: v[2], ResetAfter: v[3]}, nil
 }
 
-// do runs o through the coalescer and returns the script's integers.
+// do runs o through the coalescer and returns the script's integers. The
+// pipelines go out on goroutines of their own, so that the caller waits at
+// most until its context ends or Timeout passes, whatever Redis does.
 func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
+	if err := ctx.Err(); err != nil {
+		s.dropped.Add(1)
+		return nil, err
+	}
+	ok, t := s.breaker.allow()
+	if !ok {
+		return nil, ErrBreakerOpen
+	}
 	c := callPool.Get().(*call)
-	c.ctx, c.op = ctx, o
+	c.ctx, c.op, c.ticket = ctx, o, t
 
 	s.mu.Lock()
 	if s.closed {
@@ -169,27 +268,15 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		return nil, ErrClosed
 	}
 	s.queue = append(s.queue, c)
-	lead := s.running < s.opts.MaxInFlight
-	var batch []*call
-	if lead {
+	if s.running < s.opts.MaxInFlight {
 		s.running++
-		batch = s.takeBatchLocked()
+		s.wg.Add(1)
+		go s.drain()
 	}
 	s.mu.Unlock()
 
-	if lead {
-		s.send(batch)
-		s.mu.Lock()
-		if len(s.queue) > 0 {
-			// Hand the slot to a drainer, so this caller returns now.
-			s.wg.Add(1)
-			go s.drain()
-		} else {
-			s.running--
-		}
-		s.mu.Unlock()
-	}
-
+	timer := time.NewTimer(s.opts.Timeout)
+	defer timer.Stop()
 	select {
 	case <-c.done:
 		res, err := c.res, c.err
@@ -197,7 +284,23 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		callPool.Put(c)
 		return res, err
 	case <-ctx.Done():
-		return nil, ctx.Err() // c is abandoned to its pipeline, not reused
+		s.giveUp(c)
+		return nil, ctx.Err()
+	case <-timer.C:
+		s.timeouts.Add(1)
+		s.breaker.failure(errTimeout, t)
+		s.giveUp(c)
+		return nil, errTimeout
+	}
+}
+
+// giveUp abandons c to its pipeline (it is not reused): unsent, it will
+// not be sent; sent, it is counted as abandoned.
+func (s *Store) giveUp(c *call) {
+	if c.state.CompareAndSwap(queued, gaveUp) {
+		s.dropped.Add(1)
+	} else {
+		s.abandoned.Add(1)
 	}
 }
 
@@ -229,7 +332,8 @@ func (s *Store) takeBatchLocked() []*call {
 	return batch
 }
 
-// send runs one batch and completes each call in it.
+// send runs one batch and completes each call in it. Calls whose caller
+// has already given up are left out.
 func (s *Store) send(batch []*call) {
 	if d := s.opts.BatchDelay; d > 0 && len(batch) < s.opts.MaxBatch {
 		time.Sleep(d)
@@ -241,25 +345,101 @@ func (s *Store) send(batch []*call) {
 		s.queue = s.queue[:rest]
 		s.mu.Unlock()
 	}
-	// The pipeline serves many callers: it keeps the first one's values
-	// (tracing) but none of their deadlines; the client's own read and
-	// write timeouts bound it.
-	ctx := context.WithoutCancel(batch[0].ctx)
-	if len(batch) == 1 {
-		c := batch[0]
-		c.res, c.err = c.op.ints(run(ctx, s.rdb, c.op))
-		c.done <- struct{}{}
+	live := batch[:0]
+	for _, c := range batch {
+		if c.state.CompareAndSwap(queued, sent) {
+			live = append(live, c)
+		}
+	}
+	if len(live) == 0 {
 		return
 	}
+	batch = live
+	// The pipeline serves many callers: it keeps the first one's values
+	// (tracing) but none of their deadlines, only the Store's Timeout (which
+	// ends the network wait only with a client whose ContextTimeoutEnabled
+	// is set; callers stop waiting at Timeout either way).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), s.opts.Timeout)
+	defer cancel()
 	ops := make([]op, len(batch))
 	for i, c := range batch {
 		ops[i] = c.op
 	}
-	for i, cmd := range s.pipeline(ctx, ops) {
+	var t ticket
+	for _, c := range batch {
+		t = max(t, c.ticket)
+	}
+	var cmds []*redis.Cmd
+	if len(batch) == 1 {
+		cmds = []*redis.Cmd{run(ctx, s.rdb, batch[0].op)}
+	} else {
+		cmds = s.pipeline(ctx, ops)
+	}
+	s.record(cmds, t)
+	for i, cmd := range cmds {
 		c := batch[i]
-		c.res, c.err = c.op.ints(cmd)
+		if err := cmd.Err(); unavailable(err) {
+			c.err = fmt.Errorf("global: script: %w", classify(err))
+		} else {
+			c.res, c.err = c.op.ints(cmd)
+		}
 		c.done <- struct{}{}
 	}
+}
+
+// record tells the breaker how Redis answered a pipeline: a failure if any
+// command met an unavailable Redis, else a success.
+func (s *Store) record(cmds []*redis.Cmd, t ticket) {
+	for _, cmd := range cmds {
+		if err := cmd.Err(); unavailable(err) {
+			s.breaker.failure(classify(err), t)
+			return
+		}
+	}
+	s.breaker.success(t)
+}
+
+// recordErr tells the breaker how Redis answered one command.
+func (s *Store) recordErr(err error, t ticket) {
+	if unavailable(err) {
+		s.breaker.failure(err, t)
+	} else {
+		s.breaker.success(t)
+	}
+}
+
+// bounded sends ops in one pipeline on a goroutine of its own and returns
+// their commands, or, if ctx ends or SyncTimeout passes first, commands
+// that carry that error. A pipeline given up on may still run: its calls
+// must be safe to lose (the lease script's are, see LeaseRequest.Op).
+func (s *Store) bounded(parent context.Context, t ticket, ops []op) []*redis.Cmd {
+	ctx, cancel := context.WithTimeout(parent, s.opts.SyncTimeout)
+	defer cancel()
+	done := make(chan []*redis.Cmd, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		cmds := s.pipeline(ctx, ops)
+		s.record(cmds, t)
+		done <- cmds
+	}()
+	select {
+	case cmds := <-done:
+		return cmds
+	case <-ctx.Done():
+	}
+	err := ctx.Err()
+	if parent.Err() == nil { // the Store's own deadline, not the caller's
+		err = errTimeout
+		s.timeouts.Add(1)
+		s.breaker.failure(err, t)
+	}
+	cmds := make([]*redis.Cmd, len(ops))
+	for i := range cmds {
+		cmds[i] = redis.NewCmd(ctx)
+		cmds[i].SetErr(err)
+	}
+	return cmds
 }
 
 // pipeline sends ops in one pipeline (one per node on a cluster) and
@@ -273,8 +453,27 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 		cmds[i] = o.script().EvalSha(ctx, pipe, keys, args...)
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	var again []int
 	for i, cmd := range cmds {
 		if isNoScript(cmd.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return cmds
+	}
+	// The server lost its scripts (a restart, a failover): load them once
+	// and send those ops again in one pipeline, not one EVAL each.
+	if len(again) > 1 && s.Load(ctx) == nil {
+		pipe := s.rdb.Pipeline()
+		for _, i := range again {
+			keys, args := ops[i].keysArgs()
+			cmds[i] = ops[i].script().EvalSha(ctx, pipe, keys, args...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	for _, i := range again {
+		if isNoScript(cmds[i].Err()) {
 			cmds[i] = run(ctx, s.rdb, ops[i])
 		}
 	}

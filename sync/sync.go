@@ -31,7 +31,9 @@ type Planner interface {
 	Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) (keep bool)
 }
 
-// Config configures a Reconciler. Every field is required.
+// Config configures a Reconciler. Every field is required, but that
+// Registry, Cache and Planner are nil together when there are no hybrid
+// keys (the passes then only beat the heart and call OnPass).
 type Config struct {
 	Store    *global.Store
 	Registry *local.Registry
@@ -47,6 +49,10 @@ type Config struct {
 	// OnTake, if not nil, is called on each state as a pass takes it from
 	// the Registry, under the Registry's lock.
 	OnTake func(*local.State)
+	// OnPass, if not nil, runs in every pass whose heartbeat Redis
+	// answered, before the keys' requests, with the pass's clock (ms); its
+	// error joins the pass's.
+	OnPass func(ctx context.Context, now int64) error
 }
 
 // Reconciler runs sync passes, on demand (Pass) or every Interval (Start).
@@ -113,10 +119,29 @@ func (r *Reconciler) pass(ctx context.Context) error {
 
 	ttl := 3 * r.cfg.Interval.Milliseconds()
 	if n, err := r.cfg.Store.Heartbeat(ctx, r.cfg.InstancesKey, r.cfg.ID, now, max(ttl, 1)); err != nil {
+		if errors.Is(err, global.ErrUnavailable) {
+			// Redis is down, or the breaker holds calls back: the keys keep
+			// their leases and their unreported requests for a later pass.
+			return err
+		}
 		errs = append(errs, err)
 	} else {
 		r.instances.Store(max(n, 1))
 	}
+	if r.cfg.OnPass != nil {
+		if err := r.cfg.OnPass(ctx, now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.cfg.Registry != nil {
+		errs = append(errs, r.keys(ctx, now)...)
+	}
+	return errors.Join(errs...)
+}
+
+// keys runs the pass's part for the registered hybrid keys.
+func (r *Reconciler) keys(ctx context.Context, now int64) []error {
+	var errs []error
 	r.cfg.Cache.Forget()
 
 	states := r.cfg.Registry.Take(r.cfg.OnTake)
@@ -161,7 +186,7 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	if failed > 1 {
 		errs = append(errs, fmt.Errorf("sync: %d of %d key requests failed", failed, len(states)))
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // Start runs Pass every Interval on a goroutine of its own until Stop.

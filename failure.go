@@ -1,0 +1,480 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
+)
+
+// This file is what the Limiter does when Redis cannot answer: the rules'
+// failure policies, the pending admissions that Redis is told of when it
+// returns, and the health the Limiter reports.
+
+// ErrUnavailable is wrapped by the errors of decisions that needed Redis
+// and could not reach it, under the FailError policy (the others decide
+// without it). Callers branch on it with errors.Is.
+var ErrUnavailable = errors.New("ratelimit: redis unavailable")
+
+// FailurePolicy is what a rule decides when Redis cannot: it is down, it
+// does not answer within Config.Timeout, or the circuit breaker holds calls
+// back. The zero value means the default, FailLocal.
+type FailurePolicy uint8
+
+const (
+	// FailLocal keeps enforcing in this process, with the rule's own
+	// algorithm, at Limit ÷ the number of live instances last seen (at
+	// least 1), so that the fleet as a whole stays near the limit. A
+	// hybrid key spends what its lease still holds first. The default.
+	FailLocal FailurePolicy = iota + 1
+	// FailOpen allows every request.
+	FailOpen
+	// FailClosed denies every request, with a RetryAfter of the breaker's
+	// remaining backoff (at least 1 s).
+	FailClosed
+	// FailError returns an error wrapping ErrUnavailable, for callers that
+	// decide themselves.
+	FailError
+	numPolicies
+)
+
+// String returns the policy's name.
+func (p FailurePolicy) String() string {
+	switch p {
+	case 0:
+		return "default"
+	case FailLocal:
+		return "fail_local"
+	case FailOpen:
+		return "fail_open"
+	case FailClosed:
+		return "fail_closed"
+	case FailError:
+		return "fail_error"
+	}
+	return fmt.Sprintf("FailurePolicy(%d)", uint8(p))
+}
+
+// BreakerConfig tunes the circuit breaker in front of Redis. After Failures
+// failed or timed-out calls in a row it opens: calls go straight to the
+// rules' failure policies, without waiting on Redis, for a backoff; then one
+// probe goes through (half-open), and its success closes the breaker, its
+// failure reopens it for twice the backoff, up to MaxBackoff. Sync passes
+// back off with it. The zero value of each field means its default.
+type BreakerConfig struct {
+	// Failures in a row that open the breaker. Default 5.
+	Failures int
+	// Backoff is the first open period. Default 100 ms.
+	Backoff time.Duration
+	// MaxBackoff caps the open period. Default 5 s.
+	MaxBackoff time.Duration
+	// Jitter spreads each open period by up to this fraction either way,
+	// so that instances do not probe together. Default 0.2; negative: none.
+	Jitter float64
+	// ProbeTimeout is how long a probe may go unanswered before it counts
+	// as failed. Default 1 s.
+	ProbeTimeout time.Duration
+}
+
+// HealthState is what a Limiter believes about Redis.
+type HealthState uint8
+
+const (
+	// Healthy: Redis answers; nothing is owed to it.
+	Healthy HealthState = iota
+	// Degraded: Redis does not answer; decisions follow the rules' failure
+	// policies.
+	Degraded
+	// Recovering: a probe is under way, or Redis answers again and the
+	// admissions made without it are still being credited.
+	Recovering
+)
+
+// String returns the state's name.
+func (s HealthState) String() string {
+	switch s {
+	case Healthy:
+		return "healthy"
+	case Degraded:
+		return "degraded"
+	case Recovering:
+		return "recovering"
+	}
+	return fmt.Sprintf("HealthState(%d)", uint8(s))
+}
+
+// Health is what a Limiter believes about Redis now.
+type Health struct {
+	State HealthState
+	// Since is when the Limiter entered State.
+	Since time.Time
+	// Reason is, unless Healthy, the failure that degraded the Limiter.
+	Reason error
+	// Pending counts the keys with admissions made without Redis and not
+	// yet credited to it.
+	Pending int64
+}
+
+// Health returns what the Limiter believes about Redis now. A Limiter
+// without Redis rules is always Healthy.
+func (l *Limiter) Health() Health {
+	if l.store == nil {
+		return Health{State: Healthy, Since: l.health.started}
+	}
+	l.health.mu.Lock()
+	defer l.health.mu.Unlock()
+	h := l.health.cur
+	h.Pending = l.pending.len()
+	return h
+}
+
+// healthTracker turns the breaker's transitions and the pending
+// admissions into the Limiter's Health, tells Config.OnHealthChange and
+// logs the changes.
+type healthTracker struct {
+	l       *Limiter
+	started time.Time
+
+	mu         sync.Mutex
+	cur        Health
+	breaker    global.BreakerState
+	lastReport time.Time // of the outage summary
+	downSince  time.Time // when the outage was first logged
+	logged     HealthState
+}
+
+// onBreaker is the Store's OnBreakerChange.
+func (t *healthTracker) onBreaker(st global.BreakerStatus) {
+	t.mu.Lock()
+	t.breaker = st.State
+	t.mu.Unlock()
+	t.update(st.Reason, st.Since)
+}
+
+// update recomputes the Health from the breaker and the pending
+// admissions, and reports a change.
+func (t *healthTracker) update(reason error, at time.Time) {
+	t.mu.Lock()
+	next := Healthy
+	switch {
+	case t.breaker == global.Open:
+		next = Degraded
+	case t.breaker == global.HalfOpen, t.l.pending.len() > 0 && t.cur.State != Healthy:
+		next = Recovering
+	}
+	if next == t.cur.State {
+		t.mu.Unlock()
+		return
+	}
+	if next == Healthy {
+		reason = nil
+	} else if reason == nil {
+		reason = t.cur.Reason
+	}
+	t.cur = Health{State: next, Since: at, Reason: reason}
+	h := t.cur
+	// Log the outage's start and end; the probes in between go to Debug,
+	// and the summary per LogInterval says what the outage costs.
+	log := t.l.cfg.Logger
+	switch {
+	case next == Degraded && t.logged == Healthy:
+		t.logged = Degraded
+		t.lastReport, t.downSince = at, at
+		log.Warn("ratelimit: redis unavailable, decisions follow the failure policies", "err", reason)
+	case next == Healthy:
+		t.logged = Healthy
+		log.Info("ratelimit: redis available again", "down_for", at.Sub(t.downSince))
+	default:
+		log.Debug("ratelimit: health", "state", next.String(), "err", reason)
+	}
+	t.mu.Unlock()
+	h.Pending = t.l.pending.len()
+	if f := t.l.cfg.OnHealthChange; f != nil {
+		f(h)
+	}
+}
+
+// summary logs, at most once per LogInterval while Redis is unavailable,
+// what the policies decided meanwhile.
+func (t *healthTracker) summary(now time.Time) {
+	t.mu.Lock()
+	if t.cur.State == Healthy || now.Sub(t.lastReport) < t.l.cfg.LogInterval {
+		t.mu.Unlock()
+		return
+	}
+	t.lastReport = now
+	t.mu.Unlock()
+	st := t.l.Stats()
+	t.l.cfg.Logger.Warn("ratelimit: redis still unavailable",
+		"fallback_local_allowed", st.FallbackLocalAllowed, "fallback_local_denied", st.FallbackLocalDenied,
+		"fallback_open", st.FallbackOpen, "fallback_closed", st.FallbackClosed,
+		"pending_keys", st.PendingKeys, "pending_dropped", st.PendingDropped)
+}
+
+// fallbackCounts counts the decisions the failure policies made.
+type fallbackCounts struct {
+	localAllowed, localDenied, open, closed atomic.Int64
+}
+
+// fallback decides a request that Redis could not: cause says why.
+func (l *Limiter) fallback(r *rule, user string, ms, n int64, cause error) (result, error) {
+	switch r.OnFailure {
+	case FailError:
+		l.redisErrors.Add(1)
+		return result{}, fmt.Errorf("%w: rule %q: %w", ErrUnavailable, r.Name, cause)
+	case FailOpen:
+		l.fallbacks.open.Add(1)
+		l.pending.add(r, user, ms, n)
+		return result{allowed: true, remaining: r.Limit - n}, nil
+	case FailClosed:
+		l.fallbacks.closed.Add(1)
+		wait := max(l.store.RetryAfter(), time.Second).Milliseconds()
+		return result{retryAfter: wait, resetAfter: wait}, nil
+	}
+	limit := max(r.Limit/max(l.instances(), 1), 1)
+	var res result
+	if n > limit {
+		// More than this instance's share: it can never pass here.
+		res = result{retryAfter: r.window, resetAfter: r.window}
+	} else {
+		r.fallback.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, limit, n) })
+	}
+	if res.allowed {
+		l.fallbacks.localAllowed.Add(1)
+		l.pending.add(r, user, ms, n)
+	} else {
+		l.fallbacks.localDenied.Add(1)
+	}
+	return res, nil
+}
+
+// instances returns the number of live instances last seen.
+func (l *Limiter) instances() int64 {
+	if l.syncer == nil {
+		return 1
+	}
+	return l.syncer.Instances()
+}
+
+// redisFailed sorts an error of a call to Redis: a failure the rule's
+// policy decides (ok), or an error to return.
+func redisFailed(err error) (policy bool) {
+	return errors.Is(err, global.ErrUnavailable)
+}
+
+// pending holds the admissions decided without Redis (by FailLocal and
+// FailOpen) until a sync pass credits them to Redis, per key and window,
+// so that once Redis answers again its counts include what the fleet
+// admitted in the windows still live. It holds at most max keys; the
+// admissions of further keys are counted in dropped and lost to Redis.
+type pending struct {
+	max int
+
+	mu    sync.Mutex
+	m     map[pendingKey]*pendingDelta
+	retry []pendingRetry // credits whose call failed, to send again as they were
+
+	size                      atomic.Int64
+	dropped, flushed, expired atomic.Int64 // admissions
+}
+
+type pendingKey struct {
+	r    *rule
+	user string
+}
+
+// pendingDelta is one key's admissions in its newest window (idx, cur)
+// and the one before (prev); last is the newest admission's time (ms). op
+// names its credit once one was sent: a credit whose answer was lost may
+// have been applied, so it goes again under the same name (and changes
+// nothing if it was).
+type pendingDelta struct {
+	idx, cur, prev, last int64
+	op                   string
+}
+
+// pendingRetry is a credit to send again.
+type pendingRetry struct {
+	k pendingKey
+	d *pendingDelta
+}
+
+// add records n admissions of user under r at ms.
+func (p *pending) add(r *rule, user string, ms, n int64) {
+	k := pendingKey{r, user}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, ok := p.m[k]
+	if !ok {
+		if len(p.m) >= p.max {
+			p.dropped.Add(n)
+			return
+		}
+		d = &pendingDelta{idx: ms / r.window}
+		p.m[k] = d
+		p.size.Store(int64(len(p.m) + len(p.retry)))
+	}
+	p.expired.Add(d.addAt(ms/r.window, n, ms))
+}
+
+// addAt adds n admissions of window idx, the newest at last, and returns
+// how many of the delta's admissions fell out of its two windows.
+func (d *pendingDelta) addAt(idx, n, last int64) (lost int64) {
+	switch {
+	case idx == d.idx:
+		d.cur += n
+	case idx == d.idx+1:
+		lost = d.prev
+		d.idx, d.prev, d.cur = idx, d.cur, n
+	case idx > d.idx+1:
+		lost = d.prev + d.cur
+		d.idx, d.prev, d.cur = idx, 0, n
+	case idx == d.idx-1:
+		d.prev += n
+	default:
+		lost = n
+	}
+	d.last = max(d.last, last)
+	return lost
+}
+
+func (p *pending) len() int64 { return p.size.Load() }
+
+// has reports whether user has admissions under r waiting to be credited.
+// It costs an atomic load when nothing is pending.
+func (p *pending) has(r *rule, user string) bool {
+	if p.size.Load() == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[pendingKey{r, user}]
+	return ok
+}
+
+// errPending sends to the failure policy a key whose admissions made
+// without Redis are not yet credited to it: Redis would judge it on counts
+// that miss them, until the next sync pass credits them.
+var errPending = fmt.Errorf("%w: admissions made without redis are not yet credited", global.ErrUnavailable)
+
+// take removes and returns every pending delta: the credits to send again
+// first, then the others.
+func (p *pending) take() []pendingRetry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.retry
+	p.retry = nil
+	for k, d := range p.m {
+		out = append(out, pendingRetry{k, d})
+	}
+	if len(p.m) > 0 {
+		p.m = make(map[pendingKey]*pendingDelta)
+	}
+	p.size.Store(0)
+	return out
+}
+
+// restore puts back a delta whose credit failed, to be sent again as it
+// was (under its name).
+func (p *pending) restore(k pendingKey, d *pendingDelta) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.m[k]; !ok {
+		p.m[k] = d
+	} else {
+		p.retry = append(p.retry, pendingRetry{k, d}) // new admissions since: a credit of their own
+	}
+	p.size.Store(int64(len(p.m) + len(p.retry)))
+}
+
+// dropAll empties the pending admissions (Close, when Redis could not take
+// them) and returns how many were dropped.
+func (p *pending) dropAll() int64 {
+	var n int64
+	for _, e := range p.take() {
+		n += e.d.cur + e.d.prev
+	}
+	p.dropped.Add(n)
+	return n
+}
+
+// creditBatch caps the credits of one pipeline.
+const creditBatch = 1000
+
+// flush credits the pending admissions to Redis (a sync pass's OnPass).
+// Those of windows that are over by now are dropped, counted.
+func (l *Limiter) flush(ctx context.Context, now int64) error {
+	all := l.pending.take()
+	if len(all) == 0 {
+		return nil
+	}
+	batch := make([]pendingRetry, 0, min(len(all), creditBatch))
+	credits := make([]global.Credit, 0, cap(batch))
+	var errs []error
+	send := func() {
+		applied, cerrs := l.store.CreditBatch(ctx, credits)
+		for i, e := range batch {
+			switch n := e.d.cur + e.d.prev; {
+			case cerrs[i] != nil:
+				if len(errs) == 0 {
+					errs = append(errs, cerrs[i])
+				}
+				l.pending.restore(e.k, e.d)
+			case applied[i]:
+				l.pending.flushed.Add(n)
+			default:
+				l.pending.expired.Add(n)
+			}
+		}
+		batch, credits = batch[:0], credits[:0]
+	}
+	for _, e := range all {
+		r, d := e.k.r, e.d
+		live := now/r.window - 1 // the oldest window that still counts
+		if d.idx < live || d.idx == live && r.Algorithm == FixedWindow {
+			l.pending.expired.Add(d.cur + d.prev)
+			continue
+		}
+		if d.op == "" {
+			if d.idx-1 < live || r.Algorithm == FixedWindow {
+				l.pending.expired.Add(d.prev)
+				d.prev = 0
+			}
+			d.op = global.NewOp()
+		}
+		batch = append(batch, e)
+		credits = append(credits, global.Credit{
+			Algorithm: r.algo,
+			Key:       global.Key(l.cfg.KeyPrefix, r.Name, e.k.user),
+			Window:    r.window,
+			Limit:     r.Limit,
+			Idx:       d.idx,
+			Cur:       d.cur,
+			Prev:      d.prev,
+			Last:      d.last,
+			Hybrid:    r.Mode == Hybrid,
+			Op:        d.op,
+		})
+		if len(credits) == creditBatch {
+			send()
+		}
+	}
+	if len(credits) > 0 {
+		send()
+	}
+	l.health.update(nil, l.cfg.Now())
+	if len(errs) > 0 {
+		return fmt.Errorf("crediting admissions made without redis: %w", errs[0])
+	}
+	return nil
+}
+
+// newFallbackTable returns the table of a rule's FailLocal decisions.
+func newFallbackTable(window int64) *local.Table[localState] {
+	return local.NewTable[localState](2 * window)
+}

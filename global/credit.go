@@ -1,0 +1,89 @@
+package global
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/credit.lua
+	creditLua    string
+	creditScript = redis.NewScript(creditLua)
+)
+
+// Credit adds admissions that were decided without Redis to one key's
+// counts: those of window index Idx (Cur) and of the window before it
+// (Prev), the newest at Last (ms). The sliding and fixed windows add them
+// to their counters; the token bucket fills by them, less what has drained
+// since Last; the sliding log adds them as entries at Last. Admissions of a
+// window that is over by then are dropped.
+type Credit struct {
+	Algorithm Algorithm
+	Key       string // base key, from Key
+	Window    int64  // ms
+	Limit     int64
+	Idx       int64 // window index of Cur: Last / Window
+	Cur, Prev int64
+	Last      int64
+	// Hybrid bumps the key's version, so that hybrid instances adopt the
+	// new counts at their next call.
+	Hybrid bool
+	// Op names the call, so that a re-sent copy changes nothing. Required;
+	// use NewOp.
+	Op string
+}
+
+func (c Credit) script() *redis.Script { return creditScript }
+
+func (c Credit) keysArgs() ([]string, []any) {
+	kind, second := "w", c.Key
+	switch c.Algorithm {
+	case TokenBucket:
+		kind = "b"
+	case SlidingLog:
+		kind, second = "l", c.Key+":m"
+	}
+	version := "0"
+	if c.Hybrid {
+		version = "1"
+	}
+	return []string{c.Key, second, c.Key + ":op:" + c.Op},
+		[]any{kind, c.Window, c.Limit, c.Idx, c.Cur, c.Prev, c.Last, version}
+}
+
+// CreditBatch runs the credits in one pipeline (one per node on a cluster),
+// through the breaker and bounded by SyncTimeout like LeaseBatch. applied
+// reports, per credit, whether Redis still had a live window for it.
+func (s *Store) CreditBatch(ctx context.Context, cs []Credit) (applied []bool, errs []error) {
+	applied = make([]bool, len(cs))
+	errs = make([]error, len(cs))
+	if len(cs) == 0 {
+		return applied, errs
+	}
+	ok, t := s.breaker.allow()
+	if !ok {
+		for i := range errs {
+			errs[i] = ErrBreakerOpen
+		}
+		return applied, errs
+	}
+	ops := make([]op, len(cs))
+	for i, c := range cs {
+		ops[i] = c
+	}
+	for i, cmd := range s.bounded(ctx, t, ops) {
+		n, err := cmd.Int64()
+		if err != nil {
+			if unavailable(cmd.Err()) {
+				err = classify(cmd.Err())
+			}
+			errs[i] = fmt.Errorf("global: credit: %w", err)
+			continue
+		}
+		applied[i] = n == 1
+	}
+	return applied, errs
+}

@@ -1,0 +1,64 @@
+package global
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrUnavailable wraps every error that means Redis could not answer: a
+// refused or lost connection, a call past its deadline, a server that is
+// loading, read-only or down, or an open circuit breaker. Errors that Redis
+// answered (a script error, a foreign value under a key) do not wrap it.
+var ErrUnavailable = errors.New("global: redis unavailable")
+
+// ErrBreakerOpen is returned, wrapping ErrUnavailable, for a call that the
+// circuit breaker refused without sending it.
+var ErrBreakerOpen = fmt.Errorf("%w: circuit breaker open", ErrUnavailable)
+
+var errProbeTimeout = errors.New("global: breaker probe unanswered")
+
+// errTimeout is a call that the Store's Timeout ended.
+var errTimeout = fmt.Errorf("%w: no answer within the timeout", ErrUnavailable)
+
+// unavailable reports whether err means Redis could not answer, as opposed
+// to an answer that is an error. Replies that are errors say Redis is up,
+// but for the few that say it cannot serve now.
+func unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		for _, p := range unavailablePrefixes {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	// Not a reply: a dial, read or write error, a pool timeout, EOF.
+	return !errors.Is(err, context.Canceled)
+}
+
+// unavailablePrefixes are the error replies of a server that cannot serve
+// for now: still loading its data, a replica promoted too late, a cluster
+// without quorum, a script running too long, a slot in migration.
+var unavailablePrefixes = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOREPLICAS"}
+
+// classify wraps err in ErrUnavailable when it means Redis could not
+// answer. err must come from the client (a command's Err), not from
+// decoding an answer.
+func classify(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || !unavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}

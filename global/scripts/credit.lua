@@ -1,0 +1,94 @@
+-- Credit: add admissions decided without Redis (while it was unreachable, or
+-- before it lost its data) to a key's counts, for every algorithm, once.
+-- KEYS[1]  the key (layout of the algorithm's script)
+-- KEYS[2]  the sliding log's hash ("...:m"), else KEYS[1] again
+-- KEYS[3]  the operation key: a re-sent copy of a call answers what the
+--          first one did and changes nothing
+-- ARGV     kind ("w": sliding or fixed window, strict or hybrid; "b": token
+--          bucket; "l": sliding log), window_ms, limit, idx (the window
+--          index of the newer admissions), n_cur (admitted in window idx),
+--          n_prev (admitted in window idx-1), last_ms (the newest of them),
+--          version ("1": bump the hybrid version so instances adopt the
+--          counts)
+-- Returns  1 if the credit was applied (in whole or in part), 0 if every
+--          admission it carried belongs to a window that is over
+local function fdiv(x, y)
+  local q = math.floor(x / y)
+  if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
+  return q
+end
+local function int(x) return string.format('%.0f', x) end
+
+local done = redis.call('GET', KEYS[3])
+if done then return tonumber(done) end
+
+local kind = ARGV[1]
+local w = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local idx = tonumber(ARGV[4])
+local ncur = tonumber(ARGV[5])
+local nprev = tonumber(ARGV[6])
+local last = tonumber(ARGV[7])
+local applied = 0
+
+if kind == 'w' then
+  local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't', 'v')
+  local sidx = tonumber(st[1])
+  local c, p = tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  local t = tonumber(st[4]) or 0
+  if sidx == nil or sidx < idx then
+    if sidx == idx - 1 then p = c else p = 0 end
+    c, sidx = 0, idx
+  end
+  if sidx == idx then
+    c, p, applied = c + ncur, p + nprev, 1
+  elseif sidx == idx + 1 then
+    p, applied = p + ncur, 1
+  end
+  if applied == 1 then
+    local fields = {'w', int(sidx), 'c', int(c), 'p', int(p), 't', int(math.max(t, last))}
+    if ARGV[8] == '1' then
+      fields[#fields + 1] = 'v'
+      fields[#fields + 1] = int((tonumber(st[5]) or 0) + 1)
+    end
+    redis.call('HSET', KEYS[1], unpack(fields))
+    redis.call('PEXPIRE', KEYS[1], 2 * w)
+  end
+elseif kind == 'b' then
+  -- A token is w units; limit units drain per ms (token_bucket.lua).
+  local st = redis.call('HMGET', KEYS[1], 'l', 't')
+  local level, t = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+  local now = math.max(t, last)
+  level = math.max(level - (now - t) * limit, 0)
+  local add = (ncur + nprev) * w - (now - last) * limit
+  if add > 0 then
+    level, applied = level + math.min(add, limit * w), 1
+    redis.call('HSET', KEYS[1], 'l', int(level), 't', int(now))
+    redis.call('PEXPIRE', KEYS[1], 2 * w)
+  end
+else
+  -- The sliding log: the admissions as members at last_ms, at most limit.
+  local t = tonumber(redis.call('HGET', KEYS[2], 't')) or 0
+  local now = math.max(t, last)
+  local n = math.min(ncur + nprev, limit)
+  if last > now - w and n > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
+    local seq = redis.call('HINCRBY', KEYS[2], 's', n) - n
+    local args = {}
+    for i = 1, n do
+      args[#args + 1] = int(last)
+      args[#args + 1] = int(seq + i)
+      if #args >= 1000 or i == n then
+        redis.call('ZADD', KEYS[1], unpack(args))
+        args = {}
+      end
+    end
+    redis.call('HSET', KEYS[2], 't', int(now))
+    redis.call('PEXPIRE', KEYS[1], 2 * w)
+    redis.call('PEXPIRE', KEYS[2], 2 * w)
+    applied = 1
+  end
+end
+
+redis.call('SET', KEYS[3], applied, 'PX', 2 * w)
+return applied
