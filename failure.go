@@ -310,6 +310,14 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d, ok := p.m[k]
+	if ok && d.op != "" {
+		// d's credit went out once and goes again under its name, which
+		// Redis ignores if the first one was applied: newer admissions need
+		// a credit of their own.
+		p.retry = append(p.retry, pendingRetry{k, d})
+		delete(p.m, k)
+		ok = false
+	}
 	if !ok {
 		if len(p.m) >= p.max {
 			p.dropped.Add(n)
@@ -458,6 +466,7 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 			Prev:      d.prev,
 			Last:      d.last,
 			Hybrid:    r.Mode == Hybrid,
+			Known:     l.known(r, e.k.user),
 			Op:        d.op,
 		})
 		if len(credits) == creditBatch {
@@ -472,6 +481,24 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 		return fmt.Errorf("crediting admissions made without redis: %w", errs[0])
 	}
 	return nil
+}
+
+// known returns what this instance knows of a hybrid key's counts in
+// Redis, or nothing for other rules and keys it does not hold.
+func (l *Limiter) known(r *rule, user string) global.Known {
+	if r.Mode != Hybrid {
+		return global.Known{}
+	}
+	h := l.hybrid
+	s := h.cache.State(h.cache.Get(user, r.hybridIndex))
+	if s == nil {
+		return global.Known{}
+	}
+	var req global.LeaseRequest
+	s.Lock()
+	know(s, &req)
+	s.Unlock()
+	return req.Known
 }
 
 // newFallbackTable returns the table of a rule's FailLocal decisions.

@@ -445,3 +445,75 @@ func TestFaultDeadlines(t *testing.T) {
 	require.Zero(t, redisCount(t, c, global.Key("dl", "r", "ghost"), clock.Now(), time.Minute), "no ghost admissions")
 	require.Equal(t, int64(1), redisCount(t, c, global.Key("dl", "r", "after"), clock.Now(), time.Minute))
 }
+
+// TestFaultRestartKeepsBudgets: Redis restarts empty in the middle of a
+// window. Hybrid keys start again from what the instances knew of them (the
+// lease script restores a key that is missing while its caller knew it in
+// a live window), so the users get no fresh budget: over the window each is
+// admitted at most its limit, and Redis ends up counting exactly what the
+// fleet admitted. (A strict key has no such knowledge in process: it starts
+// again from zero; see docs/design.md.)
+func TestFaultRestartKeepsBudgets(t *testing.T) {
+	const (
+		instances = 3
+		users     = 50
+		limit     = 30
+	)
+	proc := redistest.StartProc(t)
+	clock := &vclock{t: windowStart.Add(time.Second)}
+	rule := Rule{Name: "hy", Limit: limit, Window: time.Minute, Mode: Hybrid}
+	var lims []*Limiter
+	for range instances {
+		rdb := redis.NewClient(&redis.Options{Addr: proc.Addr(), ContextTimeoutEnabled: true}) // retries a lost connection
+		t.Cleanup(func() { _ = rdb.Close() })
+		l, err := New(Config{Redis: rdb, Rules: []Rule{rule}, KeyPrefix: "rs", Now: clock.Now, ManualSync: true, Timeout: time.Second})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		lims = append(lims, l)
+	}
+	ctx := context.Background()
+	syncAll := func() {
+		for _, l := range lims {
+			require.NoError(t, l.Sync(ctx))
+		}
+	}
+	admitted := make([]int64, users)
+	run := func(perInstance int) {
+		for u := range users {
+			for i, l := range lims {
+				for range perInstance {
+					d, err := l.Allow(ctx, rule.Name, fmt.Sprint("user", u), clock.Now())
+					require.NoError(t, err, "instance %d", i)
+					if d.Allowed {
+						admitted[u]++
+					}
+				}
+			}
+		}
+	}
+	syncAll()
+	run(5) // 15 of 30 each
+	syncAll()
+	clock.Advance(time.Second)
+	run(1)
+	syncAll()
+	for u := range users {
+		require.Equal(t, int64(18), admitted[u])
+	}
+
+	proc.Kill()
+	proc.Restart(t)
+	run(10) // 30 more asked of each user: 12 remain
+	syncAll()
+	clock.Advance(time.Second)
+	run(4)
+	for _, l := range lims {
+		require.NoError(t, l.Close())
+	}
+	c := proc.Client(t)
+	for u := range users {
+		require.Equal(t, int64(limit), admitted[u], "user%d: no fresh budget after the restart", u)
+		require.Equal(t, admitted[u], redisCount(t, c, global.Key("rs", rule.Name, fmt.Sprint("user", u)), clock.Now(), time.Minute),
+			"user%d: Redis counts what was admitted", u)
+	}
+}

@@ -221,6 +221,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		h.takeReturns(s, &req)
 	}
 	nameReturns(&req)
+	know(s, &req)
 	s.Unlock()
 
 	h.remote.Add(1)
@@ -253,7 +254,10 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		h.remoteAllowed.Add(1)
 	} else {
 		h.remoteDenied.Add(1)
-		out.retryAfter = h.retryAfter(r, prev, cur, elapsed, n)
+		// Redis denied on its counts: judge the wait on them too, never on
+		// a local view that would admit (a wait of 0 would be a lie).
+		out.retryAfter = max(h.retryAfter(r, prev, cur, elapsed, n),
+			h.retryAfter(r, prev, res.Cur-res.Granted, elapsed, n), 1)
 	}
 	out.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
 	out.resetAfter = h.resetAfter(r, prev, res.Cur, elapsed)
@@ -297,6 +301,25 @@ func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
 func nameReturns(req *global.LeaseRequest) {
 	if req.Returns[0].N > 0 || req.Returns[1].N > 0 {
 		req.Op = global.NewOp()
+	}
+}
+
+// know tells req what s knows of the key's counts, as Redis counts them
+// before req's returns: should Redis have lost the key, it starts again from
+// there (see global.Known). It requires the lock.
+func know(s *local.State, req *global.LeaseRequest) {
+	k := global.Known{Window: s.Window, Prev: s.Prev, Cur: s.Cur}
+	for _, ret := range req.Returns {
+		switch ret.Window {
+		case s.Window:
+			k.Cur += ret.N
+		case s.Window - 1:
+			k.Prev += ret.N
+		}
+	}
+	if k.Prev > 0 || k.Cur > 0 {
+		k.Version = max(s.Version, 1)
+		req.Known = k
 	}
 }
 
@@ -353,7 +376,7 @@ func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res glo
 	s.Roll(idx)
 	// Answers can arrive out of order (a sync pass and a decision's call
 	// for the same key): counts come from the newest; grants all count.
-	if res.Version > s.Version {
+	if res.Version > s.Version || res.Restored {
 		s.Version = res.Version
 		s.Prev, s.Cur = res.Prev, res.Cur
 		s.AllPrev, s.AllCur = res.PrevAttempts, res.CurAttempts
@@ -399,6 +422,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	}
 	h.takeReturns(s, &req)
 	nameReturns(&req)
+	know(s, &req)
 	send := req.Want > 0 || req.Attempts > 0 || req.Returns[0].N > 0 || req.Returns[1].N > 0
 	return req, send, send || s.Lease > 0
 }

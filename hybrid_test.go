@@ -553,3 +553,54 @@ func TestHybridChurnExact(t *testing.T) {
 	t.Logf("admitted %d decisions; stats allowed %d; %+v", total.Load(), sum, st)
 	require.Equal(t, total.Load(), sum, "admitted decisions in Stats")
 }
+
+// TestHybridKeyResetAdoptsNewCounts: a key that vanishes from Redis (an
+// operator's DEL, an eviction) and is created again by another instance
+// answers higher versions than it ever had, so an instance that knew the
+// old key adopts the new counts at its next call: its denial says there is
+// nothing left and carries a wait, never RetryAfter 0.
+func TestHybridKeyResetAdoptsNewCounts(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "reset", Limit: 1000, Window: time.Hour}
+	now := base
+	clock := func() time.Time { return now }
+	var lims []*Limiter
+	for range 2 {
+		cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		t.Cleanup(func() { _ = cl.Close() })
+		l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: clock, ManualSync: true})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		lims = append(lims, l)
+	}
+	a, b := lims[0], lims[1]
+	for range 40 { // a's state climbs 40 versions
+		d, err := a.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		now = now.Add(100 * time.Millisecond)
+		require.NoError(t, a.Sync(ctx))
+	}
+	require.NoError(t, c.Del(ctx, global.Key(prefix, rule.Name, "u")).Err())
+	d, err := b.AllowN(ctx, rule.Name, "u", now, rule.Limit) // b knew nothing: a fresh key, all of it taken
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	var denied *Decision
+	for range 200 { // a spends what it still holds, then asks Redis
+		d, err := a.Allow(ctx, rule.Name, "u", now)
+		require.NoError(t, err)
+		if !d.Allowed {
+			denied = &d
+			break
+		}
+	}
+	require.NotNil(t, denied, "Redis counts the whole limit")
+	require.Zero(t, denied.Remaining)
+	require.Positive(t, denied.RetryAfter, "a denial carries a wait")
+	d, err = a.Allow(ctx, rule.Name, "u", now)
+	require.NoError(t, err)
+	require.False(t, d.Allowed, "a adopted Redis's counts: it denies locally now")
+	require.Positive(t, d.RetryAfter)
+}

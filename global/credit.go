@@ -31,6 +31,9 @@ type Credit struct {
 	// Hybrid bumps the key's version, so that hybrid instances adopt the
 	// new counts at their next call.
 	Hybrid bool
+	// Known is a hybrid instance's last knowledge of the key: should Redis
+	// have lost it, it starts again from there (see LeaseRequest.Known).
+	Known Known
 	// Op names the call, so that a re-sent copy changes nothing. Required;
 	// use NewOp.
 	Op string
@@ -51,7 +54,8 @@ func (c Credit) keysArgs() ([]string, []any) {
 		version = "1"
 	}
 	return []string{c.Key, second, c.Key + ":op:" + c.Op},
-		[]any{kind, c.Window, c.Limit, c.Idx, c.Cur, c.Prev, c.Last, version}
+		[]any{kind, c.Window, c.Limit, c.Idx, c.Cur, c.Prev, c.Last, version,
+			c.Known.Window, c.Known.Prev, c.Known.Cur, c.Known.Version}
 }
 
 // CreditBatch runs the credits in one pipeline (one per node on a cluster),

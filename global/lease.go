@@ -34,12 +34,21 @@ type LeaseRequest struct {
 	Returns  [2]Return // unspent leases given back
 	Attempts int64
 	Fixed    bool // fixed window: the previous window carries no weight
+	// Known is what the caller last learned of the key's counts. If the
+	// key is missing while Known names a window that is still live, Redis
+	// lost it, and the key starts again from Known.
+	Known Known
 	// Op, when not empty, names this call so that a re-sent copy (go-redis
 	// retries a call whose answer timed out) changes nothing: required
 	// whenever Returns gives tokens back, since applying a return twice
 	// would count fewer tokens than are admitted. Use NewOp.
 	Op string
 }
+
+// Known is a caller's last knowledge of a key: its counts of window index
+// Window and the one before, its own unspent leases included, as of
+// Version (0: it knows nothing).
+type Known struct{ Window, Prev, Cur, Version int64 }
 
 // NewOp returns a fresh operation name for a LeaseRequest.
 func NewOp() string { return strconv.FormatUint(rand.Uint64(), 36) }
@@ -58,11 +67,14 @@ type LeaseResult struct {
 	CurAttempts  int64 // and current window
 	Now          int64 // the time the counts are as of: Now, or the newest time the key has seen
 	Version      int64 // the key's version after this call: later calls answer higher versions (within a window)
+	// Restored: the key was missing (Redis lost it) and started again
+	// from the request's Known counts. Its versions start again too.
+	Restored bool
 }
 
 func (r LeaseRequest) script() *redis.Script { return leaseScript }
 
-// keysArgs returns the request's two keys and twelve arguments in the lease
+// keysArgs returns the request's two keys and sixteen arguments in the lease
 // script's layout: the key, and its operation key (or the key again, in its
 // place, when the request has no Op).
 func (r LeaseRequest) keysArgs() ([]string, []any) {
@@ -75,10 +87,11 @@ func (r LeaseRequest) keysArgs() ([]string, []any) {
 		opKey, hasOp = r.Key+":op:"+r.Op, "1"
 	}
 	return []string{r.Key, opKey}, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
-		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, hasOp}
+		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, hasOp,
+		r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version}
 }
 
-// ints returns the answer to a call of one key: its 8 integers, or its
+// ints returns the answer to a call of one key: its 9 integers, or its
 // error.
 func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
 	replies, err := leaseReplies(cmd, 1)
@@ -94,7 +107,7 @@ type leaseBatch []LeaseRequest
 
 func (b leaseBatch) script() *redis.Script { return leaseScript }
 
-// leaseReply is the lease script's answer for one key: 8 integers, or the
+// leaseReply is the lease script's answer for one key: 9 integers, or the
 // error of that key alone.
 type leaseReply struct {
 	v   []int64
@@ -136,7 +149,7 @@ func leaseReplies(cmd *redis.Cmd, want int) ([]leaseReply, error) {
 
 func (b leaseBatch) keysArgs() ([]string, []any) {
 	keys := make([]string, 0, 2*len(b))
-	args := make([]any, 0, 12*len(b))
+	args := make([]any, 0, 16*len(b))
 	for _, r := range b {
 		k, a := r.keysArgs()
 		keys = append(keys, k...)
@@ -145,15 +158,16 @@ func (b leaseBatch) keysArgs() ([]string, []any) {
 	return keys, args
 }
 
-// leaseResult decodes one key's 8 integers.
+// leaseResult decodes one key's 9 integers.
 func leaseResult(v []int64, err error) (LeaseResult, error) {
 	if err != nil {
 		return LeaseResult{}, err
 	}
-	if len(v) != 8 {
-		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values for a key, want 8", len(v))
+	if len(v) != 9 {
+		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values for a key, want 9", len(v))
 	}
-	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5], Now: v[6], Version: v[7]}, nil
+	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5],
+		Now: v[6], Version: v[7], Restored: v[8] == 1}, nil
 }
 
 // Lease runs one LeaseRequest through the coalescer, like Take.

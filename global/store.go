@@ -83,7 +83,8 @@ type Store struct {
 	queue   []*call
 	running int // pipelines under way, ≤ opts.MaxInFlight
 	closed  bool
-	wg      sync.WaitGroup // drain goroutines
+	wg      sync.WaitGroup // drain goroutines, bounded pipelines
+	callers sync.WaitGroup // callers of do waiting for their answer
 
 	timeouts, dropped, abandoned atomic.Int64 // for Counters
 }
@@ -267,6 +268,8 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		callPool.Put(c)
 		return nil, ErrClosed
 	}
+	s.callers.Add(1) // under mu, so that Close, once it set closed, waits for every caller in
+	defer s.callers.Done()
 	s.queue = append(s.queue, c)
 	if s.running < s.opts.MaxInFlight {
 		s.running++
@@ -480,12 +483,14 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 	return cmds
 }
 
-// Close stops accepting calls and waits for the pipelines under way.
-// It is idempotent.
+// Close stops accepting calls and waits for the callers waiting for an
+// answer (each waits at most Timeout) and for the pipelines under way. It
+// is idempotent.
 func (s *Store) Close() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	s.callers.Wait() // each waits at most Timeout
 	s.wg.Wait()
 }
 

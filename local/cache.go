@@ -48,6 +48,8 @@ type Cache struct {
 
 	mu     sync.Mutex
 	recent map[uint64]*State // created since the last Forget
+
+	guard closeGuard // every call into ristretto passes it
 }
 
 // frontBucket is a set of Cache.front: four slots, a cache line each.
@@ -165,10 +167,28 @@ func (c *Cache) Get(user string, rule int) Ref {
 
 // lookup finds a key's state in ristretto.
 func (c *Cache) lookup(key, check uint64) Ref {
-	if s, ok := c.c.Get(key); ok && s.own.tag.Load() == check {
+	if s, ok := c.get(key); ok && s.own.tag.Load() == check {
 		return Ref{hot: s.home.Load(), s: s, key: key, check: check}
 	}
 	return Ref{key: key, check: check}
+}
+
+// get is ristretto's Get, but for a closed Cache, which holds nothing.
+func (c *Cache) get(key uint64) (*State, bool) {
+	if !c.guard.enter(key) {
+		return nil, false
+	}
+	defer c.guard.exit(key)
+	return c.c.Get(key)
+}
+
+// set is ristretto's Set, but for a closed Cache, which takes nothing.
+func (c *Cache) set(key uint64, s *State) bool {
+	if !c.guard.enter(key) {
+		return false
+	}
+	defer c.guard.exit(key)
+	return c.c.Set(key, s, 1)
 }
 
 // State returns the state r names, or nil if the key has none. (A slot may
@@ -212,13 +232,13 @@ func (c *Cache) Promote(s *State) {
 
 // Touch tells ristretto's admission policy of a use of s that the front
 // table served.
-func (c *Cache) Touch(s *State) { c.c.Get(s.own.key.Load()) }
+func (c *Cache) Touch(s *State) { c.get(s.own.key.Load()) }
 
 // GetOrCreate returns the state of user under rule, creating it (with
 // NewState(redisKey(), rule)) if needed.
 func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *State {
 	key, check := c.hash(user, rule)
-	if s, ok := c.c.Get(key); ok && s.own.tag.Load() == check {
+	if s, ok := c.get(key); ok && s.own.tag.Load() == check {
 		return s
 	}
 	c.mu.Lock()
@@ -231,7 +251,7 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 	s.own.key.Store(key)
 	s.own.tag.Store(check)
 	c.recent[key] = s
-	if !c.c.Set(key, s, 1) {
+	if !c.set(key, s) {
 		s.orphan() // dropped at once: it serves from recent until Forget
 		return s
 	}
@@ -249,14 +269,19 @@ func (c *Cache) Forget() {
 	for key, s := range c.recent {
 		if s.Orphaned() {
 			delete(c.recent, key)
-		} else if v, ok := c.c.Get(key); ok && v == s {
+		} else if v, ok := c.get(key); ok && v == s {
 			delete(c.recent, key)
 		}
 	}
 }
 
-// Close stops the cache's goroutines.
-func (c *Cache) Close() { c.c.Close() }
+// Close stops the cache's goroutines. It waits for the calls into
+// ristretto under way; calls after it find nothing and keep nothing. It is
+// safe while decisions run.
+func (c *Cache) Close() {
+	c.guard.close()
+	c.c.Close()
+}
 
 // Wait waits for ristretto to apply the Sets buffered so far (for tests).
 func (c *Cache) Wait() { c.c.Wait() }

@@ -9,7 +9,10 @@
 --          index of the newer admissions), n_cur (admitted in window idx),
 --          n_prev (admitted in window idx-1), last_ms (the newest of them),
 --          version ("1": bump the hybrid version so instances adopt the
---          counts)
+--          counts), known_window, known_prev, known_cur, known_version (a
+--          hybrid instance's last knowledge of the key, as in lease.lua: a
+--          key missing while known in a live window was lost, and starts
+--          again from it)
 -- Returns  1 if the credit was applied (in whole or in part), 0 if every
 --          admission it carried belongs to a window that is over
 local function fdiv(x, y)
@@ -36,6 +39,13 @@ if kind == 'w' then
   local sidx = tonumber(st[1])
   local c, p = tonumber(st[2]) or 0, tonumber(st[3]) or 0
   local t = tonumber(st[4]) or 0
+  local kv = tonumber(ARGV[12]) or 0
+  if sidx == nil and kv > 0 then
+    local kw = tonumber(ARGV[9])
+    if kw == idx or kw == idx - 1 or kw == idx + 1 then
+      sidx, c, p = kw, tonumber(ARGV[11]), tonumber(ARGV[10])
+    end
+  end
   if sidx == nil or sidx < idx then
     if sidx == idx - 1 then p = c else p = 0 end
     c, sidx = 0, idx
@@ -48,8 +58,13 @@ if kind == 'w' then
   if applied == 1 then
     local fields = {'w', int(sidx), 'c', int(c), 'p', int(p), 't', int(math.max(t, last))}
     if ARGV[8] == '1' then
+      local v = tonumber(st[5])
+      if v == nil then -- as lease.lua starts a new key's versions
+        local now = redis.call('TIME')
+        v = tonumber(now[1]) * 1000000 + tonumber(now[2])
+      end
       fields[#fields + 1] = 'v'
-      fields[#fields + 1] = int((tonumber(st[5]) or 0) + 1)
+      fields[#fields + 1] = int(math.max(v, kv) + 1)
     end
     redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('PEXPIRE', KEYS[1], 2 * w)
