@@ -262,3 +262,51 @@ func Example_hybrid() {
 	// Output:
 	// admitted 1000 of 1500; decided locally 1494, in Redis 6
 }
+
+// Each rule says what it decides when Redis cannot answer. Here Redis is
+// down from the start (a closed miniredis): New still succeeds, the
+// Limiter starts degraded, and the rules' policies decide, with no error.
+func ExampleRule_onFailure() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	mr.Close() // Redis is down
+
+	lim, err := ratelimit.New(ratelimit.Config{
+		Redis: rdb,
+		Rules: []ratelimit.Rule{
+			{Name: "search", Limit: 2, Window: time.Minute}, // FailLocal, the default: enforced in process
+			{Name: "login", Limit: 5, Window: time.Minute, Mode: ratelimit.Strict, OnFailure: ratelimit.FailClosed},
+			{Name: "export", Limit: 5, Window: time.Minute, Mode: ratelimit.Strict, OnFailure: ratelimit.FailError},
+		},
+		Now:     func() time.Time { return t0 },
+		Timeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+	fmt.Println("health:", lim.Health().State)
+
+	ctx := context.Background()
+	for range 3 {
+		d, _ := lim.Allow(ctx, "search", "user-42", t0)
+		fmt.Println("search allowed:", d.Allowed)
+	}
+	d, _ := lim.Allow(ctx, "login", "user-42", t0)
+	fmt.Println("login allowed:", d.Allowed, "retry after:", d.RetryAfterSeconds(), "s")
+	_, err = lim.Allow(ctx, "export", "user-42", t0)
+	fmt.Println("export:", errors.Is(err, ratelimit.ErrUnavailable))
+	fmt.Println("fallbacks:", lim.Stats().FallbackLocalAllowed, "allowed locally,", lim.Stats().FallbackLocalDenied, "denied locally")
+	// Output:
+	// health: degraded
+	// search allowed: true
+	// search allowed: true
+	// search allowed: false
+	// login allowed: false retry after: 1 s
+	// export: true
+	// fallbacks: 2 allowed locally, 1 denied locally
+}

@@ -146,6 +146,7 @@ type healthTracker struct {
 	lastReport time.Time // of the outage summary
 	downSince  time.Time // when the outage was first logged
 	logged     HealthState
+	reported   Stats // as of the last summary, which logs what changed since
 }
 
 // onBreaker is the Store's OnBreakerChange.
@@ -185,6 +186,7 @@ func (t *healthTracker) update(reason error, at time.Time) {
 	case next == Degraded && t.logged == Healthy:
 		t.logged = Degraded
 		t.lastReport, t.downSince = at, at
+		t.reported = t.l.Stats()
 		log.Warn("ratelimit: redis unavailable, decisions follow the failure policies", "err", reason)
 	case next == Healthy:
 		t.logged = Healthy
@@ -207,13 +209,18 @@ func (t *healthTracker) summary(now time.Time) {
 		t.mu.Unlock()
 		return
 	}
+	since := now.Sub(t.lastReport)
 	t.lastReport = now
+	down := now.Sub(t.downSince)
+	st, was := t.l.Stats(), t.reported
+	t.reported = st
 	t.mu.Unlock()
-	st := t.l.Stats()
-	t.l.cfg.Logger.Warn("ratelimit: redis still unavailable",
-		"fallback_local_allowed", st.FallbackLocalAllowed, "fallback_local_denied", st.FallbackLocalDenied,
-		"fallback_open", st.FallbackOpen, "fallback_closed", st.FallbackClosed,
-		"pending_keys", st.PendingKeys, "pending_dropped", st.PendingDropped)
+	t.l.cfg.Logger.Warn("ratelimit: redis still unavailable", "down_for", down, "last", since,
+		"fallback_local_allowed", st.FallbackLocalAllowed-was.FallbackLocalAllowed,
+		"fallback_local_denied", st.FallbackLocalDenied-was.FallbackLocalDenied,
+		"fallback_open", st.FallbackOpen-was.FallbackOpen, "fallback_closed", st.FallbackClosed-was.FallbackClosed,
+		"redis_errors", st.RedisErrors-was.RedisErrors,
+		"pending_keys", st.PendingKeys, "pending_dropped", st.PendingDropped-was.PendingDropped)
 }
 
 // fallbackCounts counts the decisions the failure policies made.

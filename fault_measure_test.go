@@ -151,7 +151,10 @@ func TestFaultMeasure(t *testing.T) {
 			}
 			time.Sleep(100 * time.Microsecond)
 		}
-		before := sumStats(lims)
+		beforeInst := make([]Stats, len(lims))
+		for i, l := range lims {
+			beforeInst[i] = l.Stats()
+		}
 		stage.Store(stageMeasure)
 		start := time.Now()
 		releaseOnce.Do(func() { close(release) })
@@ -178,7 +181,13 @@ func TestFaultMeasure(t *testing.T) {
 			res.recovery = time.Since(undone)
 		}
 		waitPasses(lims, 2, 5*time.Second) // fold the local counts, credit the fallbacks
-		res.stats = subStats(sumStats(lims), before)
+		for i, l := range lims {
+			d := subStats(l.Stats(), beforeInst[i])
+			res.stats = addStats(res.stats, d, 1)
+			if o := owed(d); o != 0 {
+				res.notes = append(res.notes, fmt.Sprintf("%s: instance %d: owed %d; delta %+v", ph.name, i, o, d))
+			}
+		}
 		for _, w := range workers {
 			res.add(w)
 			res.wall[w.rule] = max(res.wall[w.rule], w.last.Sub(start))
@@ -203,8 +212,8 @@ const (
 	measureFor        = 2 * time.Second        // recorded stage of each phase, at most
 	measureCap        = 12_000                 // recorded decisions per goroutine, at most
 	measurePaceHybrid = 5_000                  // decisions per second per goroutine, at most
-	measurePaceStrict = 250
-	measureLimit      = 1_000_000 // per minute, both rules
+	measurePaceStrict = 250                    // the strict rule's: what the run without fault sustains
+	measureLimit      = 1_000_000              // per minute, both rules
 )
 
 // Stages of a phase's load.
@@ -317,6 +326,7 @@ type phaseResult struct {
 	firstErr [numRuleIdx]error
 	stats    Stats // deltas over the recorded stage and the recovery
 	health   [3]HealthState
+	notes    []string
 	recovery time.Duration // from removing the fault to all Healthy; -1: not within the bound
 }
 
@@ -373,15 +383,6 @@ func waitPasses(lims []*Limiter, n int64, bound time.Duration) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-}
-
-// sumStats adds up the counters of the Limiters.
-func sumStats(lims []*Limiter) Stats {
-	var s Stats
-	for _, l := range lims {
-		s = addStats(s, l.Stats(), 1)
-	}
-	return s
 }
 
 func subStats(a, b Stats) Stats { return addStats(a, b, -1) }
@@ -453,9 +454,9 @@ func formatMeasure(results []phaseResult) string {
 				name, r.name, r.n, r.rate, r.err, r.deny, r.local, r.remote, r.fallbck, q[0], q[1], q[2], q[3])
 		}
 	}
-	fmt.Fprintf(&b, "\n%-17s %6s %6s %6s %5s %6s %6s %6s %6s %6s %5s %6s %6s %-8s %s\n",
+	fmt.Fprintf(&b, "\n%-17s %6s %6s %6s %5s %6s %6s %6s %6s %6s %5s %6s %5s %6s %-8s %s\n",
 		"phase (+recovery)", "wall", "st.loc", "remfl", "tmout", "notsnt", "aband", "brkop", "brkrej",
-		"pflush", "pexp", "pdrop", "syncfl", "health", "recovery")
+		"pflush", "pexp", "pdrop", "owed", "syncfl", "health", "recovery")
 	for _, p := range results {
 		st := p.stats
 		var h []string
@@ -466,16 +467,28 @@ func formatMeasure(results []phaseResult) string {
 		if p.recovery >= 0 {
 			rec = p.recovery.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(&b, "%-17s %6s %6d %6d %5d %6d %6d %6d %6d %6d %5d %6d %6d %-8s %s\n",
+		fmt.Fprintf(&b, "%-17s %6s %6d %6d %5d %6d %6d %6d %6d %6d %5d %6d %5d %6d %-8s %s\n",
 			p.name, max(p.wall[0], p.wall[1]).Round(10*time.Millisecond), st.LocalAllowed+st.LocalDenied,
 			st.Remote-st.RemoteAllowed-st.RemoteDenied, st.Timeouts, st.NotSent, st.Abandoned,
 			st.BreakerOpened, st.BreakerRejected, st.PendingFlushed, st.PendingExpired, st.PendingDropped,
-			st.SyncFailures, strings.Join(h, "/"), rec)
+			owed(st), st.SyncFailures, strings.Join(h, "/"), rec)
 	}
 	b.WriteString("hy:lease*: warm keys decided from the lease, or by Redis where it answered in time (no fault, slow close);\n" +
 		"st.loc: Stats' LocalAllowed+LocalDenied delta; remfl: hybrid calls to Redis that failed (in fallbk);\n" +
+		"owed: fallback admissions less those flushed, expired or dropped (0: all accounted for; < 0: more credited than admitted);\n" +
 		"health: each instance's at the phase's end (h healthy, d degraded, r recovering); recovery: from removing the fault.\n")
+	for _, p := range results {
+		for _, n := range p.notes {
+			b.WriteString(n + "\n")
+		}
+	}
 	return b.String()
+}
+
+// owed returns the fallback admissions of st (a delta) not accounted for
+// by its pending counters.
+func owed(st Stats) int64 {
+	return st.FallbackLocalAllowed + st.FallbackOpen - st.PendingFlushed - st.PendingExpired - st.PendingDropped
 }
 
 // quantiles returns p50, p99, p99.9 and max of d, formatted; it sorts d.

@@ -148,12 +148,16 @@ type Config struct {
 	// InstanceID names this instance in the Redis registry of live
 	// instances. Default: random.
 	InstanceID string
-	// Logger receives the sync loop's errors. Default: discarded.
+	// Logger receives the sync loop's errors and the outages of Redis: a
+	// line when one starts and when it ends, a summary per LogInterval in
+	// between. Default: discarded.
 	Logger *slog.Logger
 	// Registerer, when set, gets the Limiter's Prometheus metrics
 	// (ratelimit_decisions_total, ratelimit_redis_errors_total,
 	// ratelimit_sync_passes_total, ratelimit_instances,
-	// ratelimit_active_keys), read from Stats when scraped; Close
+	// ratelimit_active_keys, and the failure ones: fallback decisions,
+	// timeouts, calls given up, the breaker, health, pending admissions:
+	// see README), read from Stats when scraped; Close
 	// unregisters them. Wrap it (prometheus.WrapRegistererWith) to label
 	// several Limiters apart.
 	Registerer prometheus.Registerer
@@ -736,6 +740,8 @@ func (l *Limiter) Stats() Stats {
 		st.Timeouts, st.NotSent, st.Abandoned = c.Timeouts, c.Dropped, c.Abandoned
 		st.BreakerOpened, st.BreakerRejected = c.BreakerOpened, c.Rejected
 		st.BreakerState = l.store.Breaker().State.String()
+	}
+	if l.syncer != nil { // nil only while New builds the Limiter
 		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
 		st.Instances = l.syncer.Instances()
 	}
