@@ -154,6 +154,7 @@ func TestFaultMeasure(t *testing.T) {
 		beforeInst := make([]Stats, len(lims))
 		for i, l := range lims {
 			beforeInst[i] = l.Stats()
+			res.startHealth[i] = l.Health().State
 		}
 		stage.Store(stageMeasure)
 		start := time.Now()
@@ -182,10 +183,14 @@ func TestFaultMeasure(t *testing.T) {
 		}
 		waitPasses(lims, 2, 5*time.Second) // fold the local counts, credit the fallbacks
 		for i, l := range lims {
-			d := subStats(l.Stats(), beforeInst[i])
-			res.stats = addStats(res.stats, d, 1)
-			if o := owed(d); o != 0 {
-				res.notes = append(res.notes, fmt.Sprintf("%s: instance %d: owed %d; delta %+v", ph.name, i, o, d))
+			st := l.Stats()
+			res.stats = addStats(res.stats, subStats(st, beforeInst[i]), 1)
+			// Since New: every fallback admission must be accounted for once
+			// the instance is Healthy and its passes ran.
+			res.owed += owed(st)
+			res.pendingKeys += st.PendingKeys
+			if o := owed(st); o != 0 || st.PendingKeys != 0 {
+				res.notes = append(res.notes, fmt.Sprintf("%s: instance %d: owed %d, pending keys %d; stats %+v", ph.name, i, o, st.PendingKeys, st))
 			}
 		}
 		for _, w := range workers {
@@ -324,10 +329,15 @@ type phaseResult struct {
 	n, errs  [numRuleIdx]int64
 	denied   [numRuleIdx]int64
 	firstErr [numRuleIdx]error
-	stats    Stats // deltas over the recorded stage and the recovery
-	health   [3]HealthState
-	notes    []string
-	recovery time.Duration // from removing the fault to all Healthy; -1: not within the bound
+	stats    Stats          // deltas over the recorded stage and the recovery
+	health   [3]HealthState // at the end of the recorded stage
+	// at its start, when the warm stage may have degraded an instance
+	// (a loaded machine: Timeout is 50 ms)
+	startHealth [3]HealthState
+	owed        int64 // fallback admissions since New not accounted for, at the end of the recovery
+	pendingKeys int64 // then
+	notes       []string
+	recovery    time.Duration // from removing the fault to all Healthy; -1: not within the bound
 }
 
 func (p *phaseResult) add(w *measureWorker) {
@@ -454,29 +464,30 @@ func formatMeasure(results []phaseResult) string {
 				name, r.name, r.n, r.rate, r.err, r.deny, r.local, r.remote, r.fallbck, q[0], q[1], q[2], q[3])
 		}
 	}
-	fmt.Fprintf(&b, "\n%-17s %6s %6s %6s %5s %6s %6s %6s %6s %6s %5s %6s %5s %6s %-8s %s\n",
+	fmt.Fprintf(&b, "\n%-17s %6s %6s %6s %5s %6s %6s %6s %6s %6s %5s %6s %5s %6s %-11s %s\n",
 		"phase (+recovery)", "wall", "st.loc", "remfl", "tmout", "notsnt", "aband", "brkop", "brkrej",
 		"pflush", "pexp", "pdrop", "owed", "syncfl", "health", "recovery")
 	for _, p := range results {
 		st := p.stats
-		var h []string
-		for _, s := range p.health {
+		var h0, h []string
+		for i, s := range p.health {
+			h0 = append(h0, p.startHealth[i].String()[:1])
 			h = append(h, s.String()[:1])
 		}
 		rec := "not in 20s"
 		if p.recovery >= 0 {
 			rec = p.recovery.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(&b, "%-17s %6s %6d %6d %5d %6d %6d %6d %6d %6d %5d %6d %5d %6d %-8s %s\n",
+		fmt.Fprintf(&b, "%-17s %6s %6d %6d %5d %6d %6d %6d %6d %6d %5d %6d %5d %6d %-11s %s\n",
 			p.name, max(p.wall[0], p.wall[1]).Round(10*time.Millisecond), st.LocalAllowed+st.LocalDenied,
 			st.Remote-st.RemoteAllowed-st.RemoteDenied, st.Timeouts, st.NotSent, st.Abandoned,
 			st.BreakerOpened, st.BreakerRejected, st.PendingFlushed, st.PendingExpired, st.PendingDropped,
-			owed(st), st.SyncFailures, strings.Join(h, "/"), rec)
+			p.owed, st.SyncFailures, strings.Join(h0, "/")+">"+strings.Join(h, "/"), rec)
 	}
 	b.WriteString("hy:lease*: warm keys decided from the lease, or by Redis where it answered in time (no fault, slow close);\n" +
 		"st.loc: Stats' LocalAllowed+LocalDenied delta; remfl: hybrid calls to Redis that failed (in fallbk);\n" +
-		"owed: fallback admissions less those flushed, expired or dropped (0: all accounted for; < 0: more credited than admitted);\n" +
-		"health: each instance's at the phase's end (h healthy, d degraded, r recovering); recovery: from removing the fault.\n")
+		"owed: fallback admissions since New less those flushed, expired or dropped, after the recovery (0: all accounted for);\n" +
+		"health: each instance's at the recorded stage's start > end (h healthy, d degraded, r recovering); recovery: from removing the fault.\n")
 	for _, p := range results {
 		for _, n := range p.notes {
 			b.WriteString(n + "\n")
@@ -485,7 +496,7 @@ func formatMeasure(results []phaseResult) string {
 	return b.String()
 }
 
-// owed returns the fallback admissions of st (a delta) not accounted for
+// owed returns the fallback admissions counted in st not accounted for
 // by its pending counters.
 func owed(st Stats) int64 {
 	return st.FallbackLocalAllowed + st.FallbackOpen - st.PendingFlushed - st.PendingExpired - st.PendingDropped

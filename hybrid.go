@@ -192,7 +192,10 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 	if h.closed {
 		return result{}, ErrClosed
 	}
-	if h.l.pending.has(r, user) {
+	switch {
+	case h.l.store.Refuses(): // straight to the policy, nothing to undo
+		return result{}, global.ErrBreakerOpen
+	case h.l.pending.has(r, user):
 		return result{}, errPending
 	}
 	w := r.window

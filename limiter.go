@@ -588,9 +588,17 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	case Local:
 		r.table.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
 	default:
-		if l.pending.has(r, user) {
-			res, err = l.fallback(r, user, ms, n, errPending)
-			if err != nil {
+		// Straight to the policy, without building a call, when the breaker
+		// refuses calls or the key's fallback admissions are not credited.
+		var cause error
+		switch {
+		case l.store.Refuses():
+			cause = global.ErrBreakerOpen
+		case l.pending.has(r, user):
+			cause = errPending
+		}
+		if cause != nil {
+			if res, err = l.fallback(r, user, ms, n, cause); err != nil {
 				return Decision{}, err
 			}
 			break

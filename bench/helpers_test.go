@@ -54,11 +54,15 @@ func redisAddr() string {
 }
 
 // newClient returns a default go-redis client (default PoolSize) of the
-// bench Redis, with a round-trip counter hooked in, closed at cleanup.
-// Without a Redis it skips, or fails when CI is set.
-func newClient(tb testing.TB) (*redis.Client, *rtCounter) {
+// bench Redis, with opts applied, a round-trip counter hooked in, closed
+// at cleanup. Without a Redis it skips, or fails when CI is set.
+func newClient(tb testing.TB, opts ...func(*redis.Options)) (*redis.Client, *rtCounter) {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	o := &redis.Options{Addr: redisAddr()}
+	for _, f := range opts {
+		f(o)
+	}
+	c := redis.NewClient(o)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -41,6 +42,13 @@ func BenchmarkAllow(b *testing.B) {
 		{"strict", func(b *testing.B, rdb *redis.Client, p string) op {
 			return newStrict(b, rdb, p, hugeLimit, benchWindow, ratelimit.PipelineConfig{})
 		}},
+		// strict_ctx: the same on a client with ContextTimeoutEnabled, whose
+		// lone calls the Limiter sends on the caller's goroutine (with a
+		// default client it hands each to a goroutine, so that its Timeout
+		// holds whatever the network does).
+		{"strict_ctx", func(b *testing.B, rdb *redis.Client, p string) op {
+			return newStrict(b, rdb, p, hugeLimit, benchWindow, ratelimit.PipelineConfig{})
+		}},
 		{"redis_rate", func(b *testing.B, rdb *redis.Client, p string) op {
 			return newRedisRate(b, rdb, p, hugeLimit, benchWindow)
 		}},
@@ -52,7 +60,11 @@ func BenchmarkAllow(b *testing.B) {
 	for _, conc := range []string{"serial", fmt.Sprint(benchConc)} {
 		for _, im := range impls {
 			b.Run("conc="+conc+"/impl="+im.name, func(b *testing.B) {
-				rdb, rt := newClient(b)
+				var opts []func(*redis.Options)
+				if im.name == "strict_ctx" {
+					opts = append(opts, func(o *redis.Options) { o.ContextTimeoutEnabled = true })
+				}
+				rdb, rt := newClient(b, opts...)
 				do := im.make(b, rdb, newPrefix(b, rdb))
 				if conc == "serial" {
 					runSerial(b, do, rt)
@@ -236,4 +248,65 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 	}
 	i := (len(sorted)*p + 99) / 100 // ceil(n·p/100), 1-based
 	return sorted[max(i, 1)-1]
+}
+
+// BenchmarkFallbackDecision: a strict decision while Redis is down and the
+// circuit breaker open (it never probes here), under each failure policy,
+// against golang.org/x/time/rate's Allow: what a decision costs when the
+// policy decides without waiting on Redis. FailLocal and FailOpen also
+// record the admission to credit it to Redis later.
+func BenchmarkFallbackDecision(b *testing.B) {
+	type allowFn func() bool
+	dead := func(b *testing.B) *redis.Client {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		addr := l.Addr().String()
+		_ = l.Close() // nothing listens there now: connection refused
+		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		b.Cleanup(func() { _ = rdb.Close() })
+		return rdb
+	}
+	policy := func(p ratelimit.FailurePolicy) func(b *testing.B) allowFn {
+		return func(b *testing.B) allowFn {
+			l, err := ratelimit.New(ratelimit.Config{
+				Redis:   dead(b),
+				Rules:   []ratelimit.Rule{{Name: "r", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Strict, OnFailure: p}},
+				Breaker: ratelimit.BreakerConfig{Backoff: time.Hour, MaxBackoff: time.Hour},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = l.Close() })
+			rl, err := l.Rule("r")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			return func() bool {
+				_, err := rl.Allow(ctx, "user", time.Now())
+				return err == nil // FailClosed denies: a decision all the same
+			}
+		}
+	}
+	impls := []struct {
+		name string
+		make func(b *testing.B) allowFn
+	}{
+		{"fail_local", policy(ratelimit.FailLocal)},
+		{"fail_open", policy(ratelimit.FailOpen)},
+		{"fail_closed", policy(ratelimit.FailClosed)},
+		{"x_time_rate", func(*testing.B) allowFn {
+			lim := rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
+			return lim.Allow
+		}},
+	}
+	for _, conc := range []string{"serial", "gomaxprocs"} {
+		for _, im := range impls {
+			b.Run("conc="+conc+"/impl="+im.name, func(b *testing.B) {
+				runLocal(b, conc, im.make(b))
+			})
+		}
+	}
 }

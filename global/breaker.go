@@ -97,6 +97,7 @@ type breaker struct {
 
 	state    atomic.Uint32 // BreakerState
 	failures atomic.Int64  // in a row, while Closed
+	until    atomic.Int64  // status.Until in Unix ns, for retryAfter without the lock
 
 	mu      sync.Mutex
 	status  BreakerStatus
@@ -218,6 +219,7 @@ func (b *breaker) openLocked(now time.Time, err error) *BreakerStatus {
 	b.backoff = min(2*b.backoff, b.opts.MaxBackoff)
 	st := b.setLocked(Open, now, err)
 	b.status.Until = now.Add(d)
+	b.until.Store(b.status.Until.UnixNano())
 	if st != nil {
 		st.Until = b.status.Until
 	}
@@ -261,13 +263,8 @@ func (b *breaker) get() BreakerStatus {
 // retryAfter returns how long an Open breaker stays open from now (0 when
 // it lets calls through).
 func (b *breaker) retryAfter() time.Duration {
-	if BreakerState(b.state.Load()) == Closed {
+	if BreakerState(b.state.Load()) != Open {
 		return 0
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.status.State != Open {
-		return 0
-	}
-	return max(b.status.Until.Sub(b.now()), 0)
+	return max(time.Duration(b.until.Load()-b.now().UnixNano()), 0)
 }

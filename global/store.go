@@ -78,6 +78,10 @@ type Store struct {
 	sharded atomic.Bool // keys live on several slots: a script call takes keys of one hash tag only
 
 	breaker *breaker
+	// ctxTimeouts: the client ends its network waits at the context's
+	// deadline, so a pipeline's context gets Timeout (else the deadline
+	// would only cost an allocation).
+	ctxTimeouts bool
 
 	mu      sync.Mutex
 	queue   []*call
@@ -124,9 +128,22 @@ func (s *Store) Breaker() BreakerStatus { return s.breaker.get() }
 // when it lets them through.
 func (s *Store) RetryAfter() time.Duration { return s.breaker.retryAfter() }
 
-// Available reports whether the breaker lets a call through now, without
-// taking the probe of a half-open breaker.
-func (s *Store) Available() bool { return BreakerState(s.breaker.state.Load()) == Closed }
+// Refuses reports whether the breaker refuses a call now (it is half-open,
+// its probe out, or open with backoff left), and counts the call refused
+// if so. It takes no probe: a caller that finds it false makes its call,
+// which may be the probe; one that finds it true need not build its call.
+func (s *Store) Refuses() bool {
+	switch BreakerState(s.breaker.state.Load()) {
+	case Closed:
+		return false
+	case Open:
+		if s.breaker.retryAfter() == 0 {
+			return false
+		}
+	}
+	s.breaker.rejected.Add(1)
+	return true
+}
 
 // ErrClosed is returned by Take after Close.
 var ErrClosed = errors.New("global: store closed")
@@ -158,6 +175,14 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	// (A single-node client of a server in cluster mode learns it from
 	// the first CROSSSLOT error: see LeaseBatch.)
 	s := &Store{rdb: rdb, opts: opts, breaker: newBreaker(opts.Breaker, opts.Now, opts.OnBreakerChange)}
+	switch c := rdb.(type) {
+	case *redis.Client:
+		s.ctxTimeouts = c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		s.ctxTimeouts = c.Options().ContextTimeoutEnabled
+	default:
+		s.ctxTimeouts = true
+	}
 	_, single := rdb.(*redis.Client)
 	s.sharded.Store(!single)
 	return s
@@ -219,6 +244,7 @@ type call struct {
 	res    []int64
 	err    error
 	done   chan struct{} // buffered(1); receives once when res and err are set
+	timer  *time.Timer   // the caller's Timeout, reused with the call
 }
 
 // A call's states. The caller gives up on a queued call by moving it to
@@ -248,7 +274,8 @@ func (s *Store) Take(ctx context.Context, req Request) (Result, error) {
 }
 
 // do runs o through the coalescer and returns the script's integers. The
-// pipelines go out on goroutines of their own, so that the caller waits at
+// pipelines go out on goroutines of their own (but a lone call with a
+// client that honours deadlines: see alone), so that the caller waits at
 // most until its context ends or Timeout passes, whatever Redis does.
 func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 	if err := ctx.Err(); err != nil {
@@ -273,20 +300,31 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 	s.queue = append(s.queue, c)
 	if s.running < s.opts.MaxInFlight {
 		s.running++
+		if s.ctxTimeouts && len(s.queue) == 1 && s.opts.BatchDelay == 0 {
+			s.queue = s.queue[:0]
+			s.mu.Unlock()
+			return s.alone(ctx, c)
+		}
 		s.wg.Add(1)
 		go s.drain()
 	}
 	s.mu.Unlock()
 
-	timer := time.NewTimer(s.opts.Timeout)
-	defer timer.Stop()
+	if c.timer == nil {
+		c.timer = time.NewTimer(s.opts.Timeout) // kept with the pooled call
+	} else {
+		c.timer.Reset(s.opts.Timeout)
+	}
+	timer := c.timer
 	select {
 	case <-c.done:
+		timer.Stop() // before the call goes back to the pool, where another caller may Reset it
 		res, err := c.res, c.err
-		*c = call{done: c.done}
+		*c = call{done: c.done, timer: timer}
 		callPool.Put(c)
 		return res, err
 	case <-ctx.Done():
+		timer.Stop()
 		s.giveUp(c)
 		return nil, ctx.Err()
 	case <-timer.C:
@@ -295,6 +333,49 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		s.giveUp(c)
 		return nil, errTimeout
 	}
+}
+
+// alone sends c, a call that found no other queued and a pipeline slot
+// free, on the caller's goroutine: a lone call pays one round trip and no
+// handoff to a goroutine (whose wake-up cost a serial strict decision 39 %
+// on this VM: bench/RESULTS.md). Only for a client whose network waits end
+// at the context's deadline, so that the caller still returns at its own
+// deadline or at Timeout. It frees the slot, or hands it to a drainer if
+// calls queued meanwhile.
+func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
+	c.state.Store(sent)
+	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	cmd := run(cctx, s.rdb, c.op)
+	cancel()
+	s.mu.Lock()
+	if len(s.queue) > 0 {
+		s.wg.Add(1)
+		go s.drain()
+	} else {
+		s.running--
+	}
+	s.mu.Unlock()
+
+	err := cmd.Err()
+	switch {
+	case err != nil && ctx.Err() != nil: // the caller's own deadline or cancellation
+		s.abandoned.Add(1)
+		return nil, ctx.Err()
+	case err != nil && cctx.Err() != nil: // Timeout
+		s.timeouts.Add(1)
+		s.breaker.failure(errTimeout, c.ticket)
+		return nil, errTimeout
+	}
+	s.recordErr(err, c.ticket)
+	var res []int64
+	if unavailable(err) {
+		err = fmt.Errorf("global: script: %w", classify(err))
+	} else {
+		res, err = c.op.ints(cmd)
+	}
+	*c = call{done: c.done, timer: c.timer}
+	callPool.Put(c)
+	return res, err
 }
 
 // giveUp abandons c to its pipeline (it is not reused): unsent, it will
@@ -362,32 +443,42 @@ func (s *Store) send(batch []*call) {
 	// (tracing) but none of their deadlines, only the Store's Timeout (which
 	// ends the network wait only with a client whose ContextTimeoutEnabled
 	// is set; callers stop waiting at Timeout either way).
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), s.opts.Timeout)
-	defer cancel()
-	ops := make([]op, len(batch))
-	for i, c := range batch {
-		ops[i] = c.op
+	ctx := context.WithoutCancel(batch[0].ctx)
+	if s.ctxTimeouts {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
+		defer cancel()
 	}
 	var t ticket
 	for _, c := range batch {
 		t = max(t, c.ticket)
 	}
-	var cmds []*redis.Cmd
 	if len(batch) == 1 {
-		cmds = []*redis.Cmd{run(ctx, s.rdb, batch[0].op)}
-	} else {
-		cmds = s.pipeline(ctx, ops)
+		c := batch[0]
+		cmd := run(ctx, s.rdb, c.op)
+		s.recordErr(cmd.Err(), t)
+		s.complete(c, cmd)
+		return
 	}
+	ops := make([]op, len(batch))
+	for i, c := range batch {
+		ops[i] = c.op
+	}
+	cmds := s.pipeline(ctx, ops)
 	s.record(cmds, t)
 	for i, cmd := range cmds {
-		c := batch[i]
-		if err := cmd.Err(); unavailable(err) {
-			c.err = fmt.Errorf("global: script: %w", classify(err))
-		} else {
-			c.res, c.err = c.op.ints(cmd)
-		}
-		c.done <- struct{}{}
+		s.complete(batch[i], cmd)
 	}
+}
+
+// complete hands cmd's answer to c's caller.
+func (s *Store) complete(c *call, cmd *redis.Cmd) {
+	if err := cmd.Err(); unavailable(err) {
+		c.err = fmt.Errorf("global: script: %w", classify(err))
+	} else {
+		c.res, c.err = c.op.ints(cmd)
+	}
+	c.done <- struct{}{}
 }
 
 // record tells the breaker how Redis answered a pipeline: a failure if any
