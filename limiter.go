@@ -105,6 +105,20 @@ func (m Mode) String() string {
 // costs no more than one spent later.
 func (a Algorithm) supportsHybrid() bool { return a == SlidingWindow || a == FixedWindow }
 
+// Bounds on the arguments, so that every value the algorithms form stays
+// exact in Lua's doubles and every wait fits a time.Duration:
+const (
+	// maxTimestamp: a request's time in ms (year 37 648); times, and the
+	// window starts and ends formed from them, stay below 2^53.
+	maxTimestamp = 1 << 50
+	// maxWindow: a window; a wait is at most about two windows, far below
+	// the 292 years a time.Duration holds.
+	maxWindow = 100 * 365 * 24 * time.Hour
+	// maxLocalKeys: Config.MaxLocalKeys (16 Mi keys, some 6 GiB of hybrid
+	// state); ristretto sizes its counters from it at New.
+	maxLocalKeys = 1 << 24
+)
+
 // Rule is one limit: at most Limit requests per Window for each user.
 type Rule struct {
 	// Name identifies the rule in Allow calls and in Redis keys, e.g.
@@ -113,7 +127,8 @@ type Rule struct {
 	// Limit is the number of requests admitted per Window. Must be > 0.
 	Limit int64
 	// Window is the period of the limit; at least 1 ms, whole
-	// milliseconds. Limit × Window in ms must not exceed 2^50.
+	// milliseconds, at most 100 years. Limit × Window in ms must not exceed
+	// 2^50.
 	Window time.Duration
 	// Algorithm defaults to SlidingWindow.
 	Algorithm Algorithm
@@ -140,7 +155,7 @@ type Config struct {
 	// ManualSync stops the Limiter from running its own sync loop: the
 	// caller runs every pass with Sync (deterministic tests, simulations).
 	ManualSync bool
-	// MaxLocalKeys bounds the (user, rule) keys whose hybrid state this process keeps
+	// MaxLocalKeys bounds the (user, rule) keys whose hybrid state this process keeps, at most 2^24
 	// (a ristretto cache; less used users are evicted, which only costs them
 	// a Redis call on their next request). Default 1<<17; the cache takes
 	// about 20 bytes of admission counters per key on top of the states.
@@ -446,8 +461,8 @@ func (c *Config) fill() error {
 	if c.MaxLocalKeys == 0 {
 		c.MaxLocalKeys = 1 << 17
 	}
-	if c.MaxLocalKeys < 0 {
-		return fmt.Errorf("%w: Config.MaxLocalKeys %d is negative", ErrInvalidArgument, c.MaxLocalKeys)
+	if c.MaxLocalKeys < 0 || c.MaxLocalKeys > maxLocalKeys {
+		return fmt.Errorf("%w: Config.MaxLocalKeys %d is outside [1, 2^24]", ErrInvalidArgument, c.MaxLocalKeys)
 	}
 	if c.InstanceID == "" {
 		c.InstanceID = fmt.Sprintf("%016x", rand.Uint64())
@@ -499,6 +514,8 @@ func (r Rule) validate() error {
 		return fmt.Errorf("field Mode %d is unknown", r.Mode)
 	case r.OnFailure >= numPolicies:
 		return fmt.Errorf("field OnFailure %d is unknown", r.OnFailure)
+	case r.Window > maxWindow:
+		return fmt.Errorf("field Window %v exceeds 100 years", r.Window)
 	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
 		return fmt.Errorf("fields Limit %d × Window %v exceed 2^50 ms", r.Limit, r.Window)
 	}
@@ -652,6 +669,9 @@ func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (int64, er
 	ms := now.UnixMilli()
 	if ms <= 0 {
 		return 0, fmt.Errorf("%w: timestamp %v is not after the epoch", ErrInvalidArgument, now)
+	}
+	if ms > maxTimestamp {
+		return 0, fmt.Errorf("%w: timestamp %v is past 2^50 ms after the epoch", ErrInvalidArgument, now)
 	}
 	if skew := l.cfg.MaxSkew.Milliseconds(); skew > 0 {
 		ref, slack := l.clockMs()

@@ -282,9 +282,37 @@ func TestKeyLayout(t *testing.T) {
 		{"GET /v1/orders", "alice", "rl:{alice}:GET /v1/orders"},
 		{"GET /v1/orders/{id}", "}bob{", "rl:{%7Dbob%7B}:GET /v1/orders/%7Bid%7D"},
 		{"r", "100%", "rl:{100%25}:r"},
+		{"x:m", "u", "rl:{u}:x%3Am"},
+		{"x", "u:v", "rl:{u:v}:x"},
 	} {
 		if got := global.Key("rl", tc.rule, tc.user); got != tc.want {
 			t.Errorf("Key(rl, %q, %q) = %q, want %q", tc.rule, tc.user, got, tc.want)
+		}
+	}
+}
+
+// TestDerivedKeysNeverCollide: the keys derived from a base key (the
+// sliding log's ":m", a lease or credit's ":op:<id>") are never the base
+// key of another rule, whatever the rule names; and base keys are one to
+// one.
+func TestDerivedKeysNeverCollide(t *testing.T) {
+	names := []string{"x", "x:m", "x:op:1", "x%3Am", "m", ":m", "x:", "{x}:m", "x:%", "op"}
+	users := []string{"u", "u:m", "}u{", "%"}
+	base := map[string][2]string{}
+	for _, r := range names {
+		for _, u := range users {
+			k := global.Key("rl", r, u)
+			if prev, dup := base[k]; dup {
+				t.Fatalf("Key(%q, %q) = Key(%q, %q) = %q", r, u, prev[0], prev[1], k)
+			}
+			base[k] = [2]string{r, u}
+		}
+	}
+	for k, ru := range base {
+		for _, derived := range []string{k + ":m", k + ":op:1"} {
+			if other, dup := base[derived]; dup {
+				t.Errorf("%q (derived from rule %q, user %q) is the base key of rule %q, user %q", derived, ru[0], ru[1], other[0], other[1])
+			}
 		}
 	}
 }
@@ -311,6 +339,14 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"brace prefix", Config{Rules: []Rule{ok}, KeyPrefix: "a{b"}, "KeyPrefix"},
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
 		{"tiny sync", Config{Rules: []Rule{ok}, SyncInterval: time.Microsecond}, "SyncInterval"},
+		{"huge local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: 1 << 40}, "MaxLocalKeys"},
+		{"negative local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: -1}, "MaxLocalKeys"},
+		{"200-year window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: 200 * 365 * 24 * time.Hour, Mode: Local}}}, "exceeds 100 years"},
+		{"negative timeout", Config{Rules: []Rule{ok}, Timeout: -time.Second}, "Timeout"},
+		{"negative pending", Config{Rules: []Rule{ok}, MaxPendingKeys: -1}, "MaxPendingKeys"},
+		{"negative breaker", Config{Rules: []Rule{ok}, Breaker: BreakerConfig{Backoff: -1}}, "Breaker"},
+		{"jitter above 1", Config{Rules: []Rule{ok}, Breaker: BreakerConfig{Jitter: 2}}, "Jitter"},
+		{"bad policy", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, OnFailure: 9, Mode: Local}}}, "OnFailure 9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, err := New(tc.cfg)
@@ -366,6 +402,7 @@ func TestAllowRejectsBadInput(t *testing.T) {
 				{"before epoch", "r", "u", time.UnixMilli(-5), 1, ErrInvalidArgument},
 				{"far past", "r", "u", base.Add(-time.Hour), 1, ErrInvalidArgument},
 				{"far future", "r", "u", base.Add(time.Hour), 1, ErrInvalidArgument},
+				{"past 2^50 ms", "r", "u", time.UnixMilli(1<<50 + 1), 1, ErrInvalidArgument},
 			} {
 				d, err := l.AllowN(ctx, tc.rule, tc.user, tc.now, tc.n)
 				require.ErrorIs(t, err, tc.want, tc.name)
@@ -493,5 +530,26 @@ func TestErrorsAreDistinct(t *testing.T) {
 				t.Errorf("errors.Is(%v, %v) = %v", a, b, errors.Is(a, b))
 			}
 		}
+	}
+}
+
+// TestAllowRejectsTimestampsPast2To50: with the skew check off, a
+// timestamp past 2^50 ms is still an error in every mode (beyond it Lua's
+// doubles and Go's integers would disagree), and one just below is
+// decided.
+func TestAllowRejectsTimestampsPast2To50(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	for _, mode := range []Mode{Hybrid, Strict, Local} {
+		l, err := New(Config{Redis: c, KeyPrefix: prefix, MaxSkew: -1, ManualSync: true,
+			Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
+		require.NoError(t, err)
+		_, err = l.Allow(context.Background(), "r", "u", time.UnixMilli(1<<50+1))
+		require.ErrorIs(t, err, ErrInvalidArgument, mode.String())
+		require.ErrorContains(t, err, "2^50")
+		d, err := l.Allow(context.Background(), "r", "u", time.UnixMilli(1<<50))
+		require.NoError(t, err, mode.String())
+		require.True(t, d.Allowed, mode.String())
+		require.NoError(t, l.Close())
 	}
 }

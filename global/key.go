@@ -9,28 +9,33 @@ import "strings"
 // The braces are a cluster hash tag, so every key of one user lands in one
 // slot and a multi-rule script may touch them together. Braces and '%' in
 // user and rule are percent-escaped, which keeps the tag intact and the
-// mapping one-to-one. prefix must not contain braces.
+// mapping one-to-one; so is ':' in the rule, so that the keys derived from
+// a base key by a suffix (":m", ":op:<id>") are never another rule's base
+// key. prefix must not contain braces.
 func Key(prefix, rule, user string) string {
-	return prefix + ":{" + escape(user) + "}:" + escape(rule)
+	return prefix + ":{" + escape(user, "{}%") + "}:" + escape(rule, "{}%:")
 }
 
-// escape percent-encodes '{', '}' and '%'. The common case allocates nothing.
-func escape(s string) string {
-	if !strings.ContainsAny(s, "{}%") {
+// escape percent-encodes the bytes of s that are in special ('{', '}',
+// '%' and ':' at most). The common case allocates nothing.
+func escape(s, special string) string {
+	if !strings.ContainsAny(s, special) {
 		return s
 	}
 	var b strings.Builder
 	b.Grow(len(s) + 8)
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '{':
-			b.WriteString("%7B")
-		case '}':
-			b.WriteString("%7D")
-		case '%':
-			b.WriteString("%25")
-		default:
+		switch c := s[i]; {
+		case strings.IndexByte(special, c) < 0:
 			b.WriteByte(c)
+		case c == '{':
+			b.WriteString("%7B")
+		case c == '}':
+			b.WriteString("%7D")
+		case c == '%':
+			b.WriteString("%25")
+		case c == ':':
+			b.WriteString("%3A")
 		}
 	}
 	return b.String()
