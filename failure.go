@@ -229,7 +229,8 @@ type fallbackCounts struct {
 }
 
 // fallback decides a request that Redis could not: cause says why.
-func (l *Limiter) fallback(r *rule, user string, ms, n int64, cause error) (result, error) {
+// earliest is as check returns it.
+func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause error) (result, error) {
 	switch r.OnFailure {
 	case FailError:
 		l.redisErrors.Add(1)
@@ -249,7 +250,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, n int64, cause error) (resu
 		// More than this instance's share: it can never pass here.
 		res = result{retryAfter: r.window, resetAfter: r.window}
 	} else {
-		r.fallback.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, limit, n) })
+		r.fallback.Do(user, ms, earliest-2*r.window, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, limit, n) })
 	}
 	if res.allowed {
 		l.fallbacks.localAllowed.Add(1)

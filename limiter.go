@@ -582,7 +582,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if l.closed.Load() {
 		return Decision{}, ErrClosed
 	}
-	ms, err := l.check(r, user, now, n)
+	ms, earliest, err := l.check(r, user, now, n)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -592,7 +592,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 		res, err = l.hybrid.decide(ctx, r, user, ms, n)
 		if err != nil {
 			if redisFailed(err) {
-				if res, err = l.fallback(r, user, ms, n, err); err == nil {
+				if res, err = l.fallback(r, user, ms, earliest, n, err); err == nil {
 					break
 				}
 				return Decision{}, err
@@ -603,7 +603,9 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 			return Decision{}, err
 		}
 	case Local:
-		r.table.Do(user, ms, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
+		// An entry is dead once no request to come can fall in its windows.
+		dead := earliest - 2*r.window
+		r.table.Do(user, ms, dead, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
 	default:
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
@@ -615,7 +617,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 			cause = errPending
 		}
 		if cause != nil {
-			if res, err = l.fallback(r, user, ms, n, cause); err != nil {
+			if res, err = l.fallback(r, user, ms, earliest, n, cause); err != nil {
 				return Decision{}, err
 			}
 			break
@@ -634,7 +636,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 				return Decision{}, ErrClosed
 			}
 			if redisFailed(err) {
-				if res, err = l.fallback(r, user, ms, n, err); err == nil {
+				if res, err = l.fallback(r, user, ms, earliest, n, err); err == nil {
 					break
 				}
 				return Decision{}, err
@@ -652,35 +654,40 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	return res.decision(), nil
 }
 
-// check validates a request's arguments and returns its time in ms.
-func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (int64, error) {
+// check validates a request's arguments and returns its time in ms, and
+// the earliest time a request still to come may carry: the clock less
+// MaxSkew (and the clock's staleness), or, with the skew check off, the
+// request's own time.
+func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (ms, earliest int64, err error) {
 	switch {
 	case user == "":
-		return 0, fmt.Errorf("%w: empty", ErrInvalidKey)
+		return 0, 0, fmt.Errorf("%w: empty", ErrInvalidKey)
 	case len(user) > l.cfg.MaxKeyBytes:
-		return 0, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidKey, len(user), l.cfg.MaxKeyBytes)
+		return 0, 0, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidKey, len(user), l.cfg.MaxKeyBytes)
 	case n <= 0:
-		return 0, fmt.Errorf("%w: n = %d, want ≥ 1", ErrInvalidArgument, n)
+		return 0, 0, fmt.Errorf("%w: n = %d, want ≥ 1", ErrInvalidArgument, n)
 	case n > r.Limit:
-		return 0, fmt.Errorf("%w: n = %d exceeds rule %q's limit %d and could never pass", ErrInvalidArgument, n, r.Name, r.Limit)
+		return 0, 0, fmt.Errorf("%w: n = %d exceeds rule %q's limit %d and could never pass", ErrInvalidArgument, n, r.Name, r.Limit)
 	case now.IsZero():
-		return 0, fmt.Errorf("%w: zero timestamp", ErrInvalidArgument)
+		return 0, 0, fmt.Errorf("%w: zero timestamp", ErrInvalidArgument)
 	}
-	ms := now.UnixMilli()
+	ms = now.UnixMilli()
 	if ms <= 0 {
-		return 0, fmt.Errorf("%w: timestamp %v is not after the epoch", ErrInvalidArgument, now)
+		return 0, 0, fmt.Errorf("%w: timestamp %v is not after the epoch", ErrInvalidArgument, now)
 	}
 	if ms > maxTimestamp {
-		return 0, fmt.Errorf("%w: timestamp %v is past 2^50 ms after the epoch", ErrInvalidArgument, now)
+		return 0, 0, fmt.Errorf("%w: timestamp %v is past 2^50 ms after the epoch", ErrInvalidArgument, now)
 	}
+	earliest = ms
 	if skew := l.cfg.MaxSkew.Milliseconds(); skew > 0 {
 		ref, slack := l.clockMs()
 		if d := ms - ref; d > skew+slack || d < -skew-slack {
-			return 0, fmt.Errorf("%w: timestamp %v is %v from the clock, more than MaxSkew %v",
+			return 0, 0, fmt.Errorf("%w: timestamp %v is %v from the clock, more than MaxSkew %v",
 				ErrInvalidArgument, now, time.Duration(d)*time.Millisecond, l.cfg.MaxSkew)
 		}
+		earliest = min(ms, ref-skew-slack)
 	}
-	return ms, nil
+	return ms, earliest, nil
 }
 
 // clockMs returns the reference time (ms) for validating timestamps, and

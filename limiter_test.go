@@ -553,3 +553,29 @@ func TestAllowRejectsTimestampsPast2To50(t *testing.T) {
 		require.NoError(t, l.Close())
 	}
 }
+
+// TestLocalFutureStampsKeepOthersState: a Local rule's table sweeps idle
+// entries on the clock's timeline, not on the requests' stamps: a flood of
+// new users stamped 4 minutes ahead (inside MaxSkew) does not wipe the
+// state of a user at its limit, who stays denied within its window.
+func TestLocalFutureStampsKeepOthersState(t *testing.T) {
+	now := base
+	l, err := New(Config{Rules: []Rule{{Name: "loc", Limit: 5, Window: time.Second, Mode: Local}}, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	for i := range 6 {
+		d, err := l.Allow(ctx, "loc", "victim", now)
+		require.NoError(t, err)
+		require.Equal(t, i < 5, d.Allowed)
+	}
+	for i := range 64 * 300 { // enough new keys to make every shard sweep
+		_, err := l.Allow(ctx, "loc", fmt.Sprint("other-", i), now.Add(4*time.Minute))
+		require.NoError(t, err)
+	}
+	for range 5 {
+		d, err := l.Allow(ctx, "loc", "victim", now.Add(time.Millisecond))
+		require.NoError(t, err)
+		require.False(t, d.Allowed, "the victim got a fresh budget within its window")
+	}
+}

@@ -18,18 +18,18 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestTableExpires(t *testing.T) {
 	tb := NewTable[int](100)
 	for i := range 1000 {
-		tb.Do(fmt.Sprint(i), 1000, func(v *int) { *v++ })
+		tb.Do(fmt.Sprint(i), 1000, 1000-tb.ttl, func(v *int) { *v++ })
 	}
 	if got := tb.Len(); got != 1000 {
 		t.Fatalf("Len() = %d, want 1000", got)
 	}
 	// Within the TTL the value survives; after it, a use starts from zero.
-	tb.Do("1", 1100, func(v *int) {
+	tb.Do("1", 1100, 1100-tb.ttl, func(v *int) {
 		if *v != 1 {
 			t.Errorf("value at ttl = %d, want 1", *v)
 		}
 	})
-	tb.Do("2", 1101, func(v *int) {
+	tb.Do("2", 1101, 1101-tb.ttl, func(v *int) {
 		if *v != 0 {
 			t.Errorf("value after ttl = %d, want 0", *v)
 		}
@@ -45,7 +45,7 @@ func TestTableExpires(t *testing.T) {
 func TestTableBoundedByTTL(t *testing.T) {
 	tb := NewTable[int](10)
 	for i := range 100_000 {
-		tb.Do(fmt.Sprint(i), int64(i), func(*int) {})
+		tb.Do(fmt.Sprint(i), int64(i), int64(i)-tb.ttl, func(*int) {})
 	}
 	if got := tb.Len(); got > 64*(64+2*11) {
 		t.Fatalf("Len() = %d after 100000 one-off keys with a TTL of 10 keys", got)

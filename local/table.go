@@ -42,9 +42,13 @@ func NewTable[V any](ttl int64) *Table[V] {
 }
 
 // Do calls f with key's value, creating a zero value first if the key is
-// absent or expired, and marks the key used at now (ms). f runs under the
-// key's shard lock: it must be short and must not call back into the Table.
-func (t *Table[V]) Do(key string, now int64, f func(*V)) {
+// absent or expired (last used more than the TTL before now), and marks the
+// key used at now (ms). A shard that grows sweeps out the entries last used
+// before dead (ms): the caller's bound on the requests still to come, which
+// must not follow now (a request stamped in the future must not expire
+// other keys early). f runs under the key's shard lock: it must be short
+// and must not call back into the Table.
+func (t *Table[V]) Do(key string, now, dead int64, f func(*V)) {
 	s := &t.shards[maphash.String(t.seed, key)&(numShards-1)]
 	s.mu.Lock()
 	e, ok := s.m[key]
@@ -52,7 +56,7 @@ func (t *Table[V]) Do(key string, now int64, f func(*V)) {
 		if !ok {
 			s.inserts++
 			if s.inserts >= len(s.m)/2+64 {
-				s.sweepLocked(now, t.ttl)
+				s.sweepLocked(dead)
 			}
 		}
 		e = &entry[V]{}
@@ -63,10 +67,10 @@ func (t *Table[V]) Do(key string, now int64, f func(*V)) {
 	s.mu.Unlock()
 }
 
-// sweepLocked deletes the entries idle for more than ttl at now.
-func (s *shard[V]) sweepLocked(now, ttl int64) {
+// sweepLocked deletes the entries last used before dead.
+func (s *shard[V]) sweepLocked(dead int64) {
 	for k, e := range s.m {
-		if now-e.used > ttl {
+		if e.used < dead {
 			delete(s.m, k)
 		}
 	}
@@ -90,7 +94,7 @@ func (t *Table[V]) Sweep(now int64) {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		s.sweepLocked(now, t.ttl)
+		s.sweepLocked(now - t.ttl)
 		s.mu.Unlock()
 	}
 }
