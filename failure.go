@@ -147,6 +147,9 @@ type healthTracker struct {
 	downSince  time.Time // when the outage was first logged
 	logged     HealthState
 	reported   Stats // as of the last summary, which logs what changed since
+
+	hookMu sync.Mutex  // serialises OnHealthChange
+	told   HealthState // the state OnHealthChange heard last; under hookMu
 }
 
 // onBreaker is the Store's OnBreakerChange.
@@ -178,7 +181,6 @@ func (t *healthTracker) update(reason error, at time.Time) {
 		reason = t.cur.Reason
 	}
 	t.cur = Health{State: next, Since: at, Reason: reason}
-	h := t.cur
 	// Log the outage's start and end; the probes in between go to Debug,
 	// and the summary per LogInterval says what the outage costs.
 	log := t.l.cfg.Logger
@@ -195,10 +197,29 @@ func (t *healthTracker) update(reason error, at time.Time) {
 		log.Debug("ratelimit: health", "state", next.String(), "err", reason)
 	}
 	t.mu.Unlock()
-	h.Pending = t.l.pending.len()
-	if f := t.l.cfg.OnHealthChange; f != nil {
-		f(h)
+	t.tell()
+}
+
+// tell gives OnHealthChange the Health as it is now, if its state is not
+// the one it was last told: callers serialise here, and each tells the
+// latest state, so the hook never ends on a stale one and never hears the
+// same state twice in a row.
+func (t *healthTracker) tell() {
+	f := t.l.cfg.OnHealthChange
+	if f == nil {
+		return
 	}
+	t.hookMu.Lock()
+	defer t.hookMu.Unlock()
+	t.mu.Lock()
+	h := t.cur
+	t.mu.Unlock()
+	if h.State == t.told {
+		return
+	}
+	t.told = h.State
+	h.Pending = t.l.pending.len()
+	f(h)
 }
 
 // summary logs, at most once per LogInterval while Redis is unavailable,
@@ -278,16 +299,19 @@ func redisFailed(err error) (policy bool) {
 // pending holds the admissions decided without Redis (by FailLocal and
 // FailOpen) until a sync pass credits them to Redis, per key and window,
 // so that once Redis answers again its counts include what the fleet
-// admitted in the windows still live. It holds at most max keys; the
-// admissions of further keys are counted in dropped and lost to Redis.
+// admitted in the windows still live. A key stays pending (has) from its
+// first such admission until Redis has applied every credit of it, those
+// in flight included. It holds at most max keys; the admissions of further
+// keys are counted in dropped and lost to Redis.
 type pending struct {
 	max int
 
 	mu    sync.Mutex
-	m     map[pendingKey]*pendingDelta
-	retry []pendingRetry // credits whose call failed, to send again as they were
+	m     map[pendingKey]*pendingDelta // admissions not yet sent
+	retry []pendingRetry               // credits whose call failed, to send again as they were
+	keys  map[pendingKey]int           // every key's deltas, wherever they are (m, retry, in flight)
 
-	size                      atomic.Int64
+	size                      atomic.Int64 // len(keys)
 	dropped, flushed, expired atomic.Int64 // admissions
 }
 
@@ -306,10 +330,14 @@ type pendingDelta struct {
 	op                   string
 }
 
-// pendingRetry is a credit to send again.
+// pendingRetry is a delta on its way to Redis, or back.
 type pendingRetry struct {
 	k pendingKey
 	d *pendingDelta
+}
+
+func newPending(max int) *pending {
+	return &pending{max: max, m: make(map[pendingKey]*pendingDelta), keys: make(map[pendingKey]int)}
 }
 
 // add records n admissions of user under r at ms.
@@ -327,13 +355,14 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 		ok = false
 	}
 	if !ok {
-		if len(p.m) >= p.max {
+		if p.keys[k] == 0 && len(p.keys) >= p.max {
 			p.dropped.Add(n)
 			return
 		}
 		d = &pendingDelta{idx: ms / r.window}
 		p.m[k] = d
-		p.size.Store(int64(len(p.m) + len(p.retry)))
+		p.keys[k]++
+		p.size.Store(int64(len(p.keys)))
 	}
 	p.expired.Add(d.addAt(ms/r.window, n, ms))
 }
@@ -359,18 +388,18 @@ func (d *pendingDelta) addAt(idx, n, last int64) (lost int64) {
 	return lost
 }
 
+// len returns the keys pending.
 func (p *pending) len() int64 { return p.size.Load() }
 
-// has reports whether user has admissions under r waiting to be credited.
-// It costs an atomic load when nothing is pending.
+// has reports whether user has admissions under r not yet applied by
+// Redis, sent or not. It costs an atomic load when nothing is pending.
 func (p *pending) has(r *rule, user string) bool {
 	if p.size.Load() == 0 {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, ok := p.m[pendingKey{r, user}]
-	return ok
+	return p.keys[pendingKey{r, user}] > 0
 }
 
 // errPending sends to the failure policy a key whose admissions made
@@ -378,8 +407,8 @@ func (p *pending) has(r *rule, user string) bool {
 // that miss them, until the next sync pass credits them.
 var errPending = fmt.Errorf("%w: admissions made without redis are not yet credited", global.ErrUnavailable)
 
-// take removes and returns every pending delta: the credits to send again
-// first, then the others.
+// take returns the deltas to send: the credits to send again first, then
+// the others. Their keys stay pending until done or restore.
 func (p *pending) take() []pendingRetry {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -391,12 +420,22 @@ func (p *pending) take() []pendingRetry {
 	if len(p.m) > 0 {
 		p.m = make(map[pendingKey]*pendingDelta)
 	}
-	p.size.Store(0)
 	return out
 }
 
-// restore puts back a delta whose credit failed, to be sent again as it
-// was (under its name).
+// done settles a delta that take returned: Redis applied it, or its window
+// is over.
+func (p *pending) done(k pendingKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys[k]--; p.keys[k] <= 0 {
+		delete(p.keys, k)
+	}
+	p.size.Store(int64(len(p.keys)))
+}
+
+// restore puts back a delta that take returned and whose credit failed,
+// to be sent again as it was (under its name).
 func (p *pending) restore(k pendingKey, d *pendingDelta) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -405,7 +444,6 @@ func (p *pending) restore(k pendingKey, d *pendingDelta) {
 	} else {
 		p.retry = append(p.retry, pendingRetry{k, d}) // new admissions since: a credit of their own
 	}
-	p.size.Store(int64(len(p.m) + len(p.retry)))
 }
 
 // dropAll empties the pending admissions (Close, when Redis could not take
@@ -414,6 +452,7 @@ func (p *pending) dropAll() int64 {
 	var n int64
 	for _, e := range p.take() {
 		n += e.d.cur + e.d.prev
+		p.done(e.k)
 	}
 	p.dropped.Add(n)
 	return n
@@ -435,17 +474,25 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 	send := func() {
 		applied, cerrs := l.store.CreditBatch(ctx, credits)
 		for i, e := range batch {
-			switch n := e.d.cur + e.d.prev; {
-			case cerrs[i] != nil:
-				if len(errs) == 0 {
-					errs = append(errs, cerrs[i])
-				}
+			n := e.d.cur + e.d.prev
+			switch {
+			case cerrs[i] != nil && len(errs) == 0:
+				errs = append(errs, cerrs[i])
+			}
+			switch {
+			case cerrs[i] != nil && errors.Is(cerrs[i], global.ErrUnavailable):
 				l.pending.restore(e.k, e.d)
+				continue
+			case cerrs[i] != nil:
+				// Redis answered with an error (a foreign value under the
+				// key): sending it again would fail again.
+				l.pending.dropped.Add(n)
 			case applied[i]:
 				l.pending.flushed.Add(n)
 			default:
 				l.pending.expired.Add(n)
 			}
+			l.pending.done(e.k)
 		}
 		batch, credits = batch[:0], credits[:0]
 	}
@@ -454,6 +501,7 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 		live := now/r.window - 1 // the oldest window that still counts
 		if d.idx < live || d.idx == live && r.Algorithm == FixedWindow {
 			l.pending.expired.Add(d.cur + d.prev)
+			l.pending.done(e.k)
 			continue
 		}
 		if d.op == "" {

@@ -13,10 +13,6 @@ func pendRule(name string, w time.Duration) *rule {
 	return &rule{Rule: Rule{Name: name, Limit: 100, Window: w}, window: w.Milliseconds()}
 }
 
-func newPending(max int) *pending {
-	return &pending{max: max, m: make(map[pendingKey]*pendingDelta)}
-}
-
 // pendGet returns the delta of (r, user) in p's map, or nil.
 func pendGet(p *pending, r *rule, user string) *pendingDelta {
 	p.mu.Lock()
@@ -152,15 +148,24 @@ func TestPendingMaxKeys(t *testing.T) {
 				wantDelta(t, fmt.Sprint("in", i), pendGet(p, r, fmt.Sprint("in", i)), pendingDelta{idx: 2, cur: 5, prev: 3, last: 2_100})
 			}
 			wantCounts(t, p, int64(max), 9, 0)
-			// Once taken, there is room again.
-			if got := len(p.take()); got != max {
+			// Once taken and settled, there is room again; taken but
+			// unsettled (in flight), the keys still count.
+			taken := p.take()
+			if got := len(taken); got != max {
 				t.Fatalf("take returned %d, want %d", got, max)
+			}
+			p.add(r, "out1", 2_900, 1)
+			if p.has(r, "out1") {
+				t.Fatal("no room while the taken keys are in flight, yet the key is pending")
+			}
+			for _, e := range taken {
+				p.done(e.k)
 			}
 			p.add(r, "out1", 3_000, 1)
 			if !p.has(r, "out1") {
 				t.Fatal("room after take, yet the key is not pending")
 			}
-			wantCounts(t, p, 1, 9, 0)
+			wantCounts(t, p, 1, 10, 0)
 		})
 	}
 }
@@ -178,9 +183,14 @@ func TestPendingTake(t *testing.T) {
 	if len(first) != 3 {
 		t.Fatalf("take returned %d, want 3", len(first))
 	}
-	wantCounts(t, p, 0, 0, 0)
-	if p.has(r, "a") {
-		t.Fatal("has after take")
+	wantCounts(t, p, 3, 0, 0) // in flight: still pending
+	if !p.has(r, "a") {
+		t.Fatal("a key in flight is not pending")
+	}
+	for _, e := range first {
+		if e.k.user == "c" {
+			p.done(e.k) // c's credit was applied
+		}
 	}
 	// Two fail and come back as retries; b gets new admissions meanwhile,
 	// before its restore, and d is new.
@@ -198,7 +208,7 @@ func TestPendingTake(t *testing.T) {
 		p.restore(e.k, e.d)
 	}
 	// a went back into the map (nothing new for it), b into the retry list.
-	wantCounts(t, p, 4, 0, 0)
+	wantCounts(t, p, 3, 0, 0) // a, b, d (c settled)
 	got := p.take()
 	if len(got) != 4 {
 		t.Fatalf("take returned %d entries, want 4: %+v", len(got), got)
@@ -212,6 +222,9 @@ func TestPendingTake(t *testing.T) {
 	}
 	if want := map[string]int64{"a": 1, "b": 7, "d": 1}; fmt.Sprint(seen) != fmt.Sprint(want) {
 		t.Fatalf("the other entries = %v, want %v", seen, want)
+	}
+	for _, e := range got {
+		p.done(e.k)
 	}
 	wantCounts(t, p, 0, 0, 0)
 	if got := p.take(); len(got) != 0 {
@@ -228,7 +241,7 @@ func TestPendingRestore(t *testing.T) {
 		wantTaken int
 	}{
 		{"key gone", false, 1, 1},
-		{"key re-added", true, 2, 2},
+		{"key re-added", true, 1, 2}, // one key, two credits
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPending(10)
@@ -320,9 +333,15 @@ func TestPendingHas(t *testing.T) {
 			t.Errorf("%s: has = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	p.take()
+	taken := p.take()
+	if !p.has(r, "u") {
+		t.Fatal("a key in flight is not pending")
+	}
+	for _, e := range taken {
+		p.done(e.k)
+	}
 	if p.has(r, "u") {
-		t.Fatal("has after take")
+		t.Fatal("has after the credit was applied")
 	}
 }
 
@@ -352,7 +371,7 @@ func TestPendingDropAll(t *testing.T) {
 			p.restore(e.k, e.d)
 		}
 	}
-	wantCounts(t, p, 4, 10, 0)
+	wantCounts(t, p, 3, 10, 0) // a, b (two credits), c
 	if got, want := p.dropAll(), int64(2+3+4+1+6); got != want {
 		t.Fatalf("dropAll = %d, want %d", got, want)
 	}

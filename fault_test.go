@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,6 +133,7 @@ func TestFaultKillRestart(t *testing.T) {
 		l, err := New(Config{
 			Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: "kill", Now: clock.Now,
 			ManualSync: true, Timeout: 50 * time.Millisecond,
+			SyncInterval:   time.Second, // each credit pipeline gets a second: -race on 2 cores is slow
 			Breaker:        BreakerConfig{Failures: 3, Backoff: time.Second, Jitter: -1},
 			OnHealthChange: health[i].record,
 		})
@@ -653,4 +655,135 @@ func TestFaultResetsAndSlowClose(t *testing.T) {
 		require.Equal(t, n, got, user)
 	}
 	require.LessOrEqual(t, twice, int64(3))
+}
+
+// TestFaultKeyStaysLocalUntilCredited: a key whose fallback admissions are
+// being credited (1 500 keys: two credit pipelines, 150 ms each) stays
+// with its policy until Redis has applied its credit, so Redis never
+// judges it on counts that miss them: no user gets a second request in a
+// window whose limit (1) FailLocal already gave it.
+func TestFaultKeyStaysLocalUntilCredited(t *testing.T) {
+	const users = 1500 // > creditBatch: the second credit pipeline waits for the first's answer
+	proc := redistest.StartProc(t)
+	proxy := redistest.StartProxy(t, proc.Addr())
+	rdb := faultClient(t, proxy.Addr())
+	clock := &vclock{t: windowStart.Add(time.Second)}
+	l, err := New(Config{Redis: rdb, KeyPrefix: "fl", Now: clock.Now, ManualSync: true,
+		Rules:   []Rule{{Name: "r", Limit: 1, Window: time.Minute, Algorithm: FixedWindow, Mode: Strict}},
+		Breaker: BreakerConfig{Jitter: -1}})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	require.NoError(t, l.Sync(ctx)) // K = 1
+	name := func(i int) string { return fmt.Sprint("u", i) }
+	proxy.Disable()
+	for i := range users {
+		d, err := l.Allow(ctx, "r", name(i), clock.Now())
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "FailLocal admits each user's ⌊1/1⌋ = 1")
+	}
+	proxy.Enable(t)
+	var warm sync.WaitGroup // refill the pool so that the decisions below need no dial
+	for range 64 {
+		warm.Go(func() { _ = rdb.Ping(ctx).Err() })
+	}
+	warm.Wait()
+	proxy.Latency(150 * time.Millisecond)
+	clock.Advance(10 * time.Second)
+	syncDone := make(chan error, 1)
+	go func() { syncDone <- l.Sync(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Stats().PendingFlushed == 0 && time.Now().Before(deadline) { // the first credits landed, the rest are out
+		time.Sleep(time.Millisecond)
+	}
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for i := range users {
+		wg.Go(func() {
+			if d, err := l.Allow(ctx, "r", name(i), clock.Now()); err == nil && d.Allowed {
+				admitted.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, <-syncDone)
+	require.Zero(t, admitted.Load(), "each user was admitted its limit (1) in this window by FailLocal")
+	c := proc.Client(t)
+	for i := range users {
+		require.Equal(t, int64(1), redisCount(t, c, global.Key("fl", "r", name(i)), clock.Now(), time.Minute), name(i))
+	}
+}
+
+// TestFaultLostProbeIsReleased: the probe of a half-open breaker whose
+// caller gives up before Redis answers is released: the next call probes,
+// Redis answers, and the breaker closes; it does not stay half-open with
+// every decision a fallback, nor count a healthy Redis as a failed probe.
+func TestFaultLostProbeIsReleased(t *testing.T) {
+	proc := redistest.StartProc(t)
+	proxy := redistest.StartProxy(t, proc.Addr())
+	clock := &vclock{t: windowStart.Add(time.Second)}
+	// A client that retries a dead pooled connection (after the restart),
+	// so that the probes meet Redis, not the pool's leftovers.
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ContextTimeoutEnabled: true, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	l, err := New(Config{Redis: rdb, KeyPrefix: "lp", Now: clock.Now, ManualSync: true,
+		Rules:   []Rule{{Name: "r", Limit: 1000, Window: time.Minute, Mode: Strict}},
+		Breaker: BreakerConfig{Jitter: -1}})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	proc.Kill()
+	for i := range 10 {
+		_, err := l.Allow(ctx, "r", fmt.Sprint("u", i), clock.Now())
+		require.NoError(t, err)
+	}
+	require.Equal(t, "open", l.Stats().BreakerState)
+	proc.Restart(t)
+	proxy.Latency(300 * time.Millisecond)
+	clock.Advance(200 * time.Millisecond) // past the 100 ms backoff
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = l.Allow(cctx, "r", "probe", clock.Now()) // takes the probe; its caller leaves
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "%+v %+v", l.Stats(), l.store.Breaker())
+	proxy.Clear() // Redis healthy from here on
+	opened := l.Stats().BreakerOpened
+	before := l.Stats()
+	for range 10 {
+		_, err := l.Allow(ctx, "r", "v", clock.Now())
+		require.NoError(t, err)
+	}
+	st := l.Stats()
+	require.Equal(t, "closed", st.BreakerState)
+	require.Equal(t, Recovering, l.Health().State, "the outage's admissions wait for the pass's credit")
+	require.Equal(t, int64(10), st.StrictAllowed-before.StrictAllowed, "Redis decided")
+	require.Equal(t, opened, st.BreakerOpened, "no failed probe counted")
+	require.NoError(t, l.Sync(ctx))
+	require.Equal(t, Healthy, l.Health().State)
+}
+
+// TestFaultTimedOutCallIsAbandoned: a call sent to Redis that times out is
+// counted in Stats.Abandoned (Redis may have counted it), with a client
+// that ends its waits at deadlines and with one that does not.
+func TestFaultTimedOutCallIsAbandoned(t *testing.T) {
+	for _, ctxTimeouts := range []bool{false, true} {
+		t.Run(fmt.Sprint("ContextTimeoutEnabled=", ctxTimeouts), func(t *testing.T) {
+			proc := redistest.StartProc(t)
+			proxy := redistest.StartProxy(t, proc.Addr())
+			rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1, ContextTimeoutEnabled: ctxTimeouts})
+			defer rdb.Close()
+			clock := &vclock{t: windowStart.Add(time.Second)}
+			l, err := New(Config{Redis: rdb, KeyPrefix: "ab", Now: clock.Now, ManualSync: true, Timeout: 100 * time.Millisecond,
+				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Minute, Algorithm: FixedWindow, Mode: Strict}}})
+			require.NoError(t, err)
+			defer l.Close()
+			proxy.Latency(400 * time.Millisecond)
+			d, err := l.Allow(context.Background(), "r", "u", clock.Now())
+			require.NoError(t, err)
+			require.True(t, d.Allowed, "FailLocal")
+			st := l.Stats()
+			require.Equal(t, int64(1), st.Timeouts)
+			require.Equal(t, int64(1), st.Abandoned)
+			require.Zero(t, st.NotSent)
+		})
+	}
 }

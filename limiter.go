@@ -284,8 +284,11 @@ type Limiter struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
+	syncGate   sync.RWMutex // Sync holds it shared; Close takes it to set syncClosed
+	syncClosed bool
+
 	health    healthTracker
-	pending   pending
+	pending   *pending
 	fallbacks fallbackCounts
 
 	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
@@ -315,7 +318,7 @@ func New(cfg Config) (*Limiter, error) {
 	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules))}
 	l.health = healthTracker{l: l, started: cfg.Now()}
 	l.health.cur = Health{State: Healthy, Since: l.health.started}
-	l.pending = pending{max: cfg.MaxPendingKeys, m: make(map[pendingKey]*pendingDelta)}
+	l.pending = newPending(cfg.MaxPendingKeys)
 	needRedis := false
 	for i, r := range cfg.Rules {
 		if err := r.validate(); err != nil {
@@ -799,6 +802,13 @@ func (l *Limiter) Sync(ctx context.Context) error {
 	if l.syncer == nil {
 		return nil
 	}
+	// The gate keeps Close from closing the Store under a pass (and a pass
+	// from running after Close's last one).
+	l.syncGate.RLock()
+	defer l.syncGate.RUnlock()
+	if l.syncClosed {
+		return ErrClosed
+	}
 	if h := l.hybrid; h != nil {
 		h.gate.RLock()
 		defer h.gate.RUnlock()
@@ -808,21 +818,29 @@ func (l *Limiter) Sync(ctx context.Context) error {
 	}
 	if err := l.syncer.Pass(ctx); err != nil {
 		l.health.summary(l.cfg.Now())
+		if errors.Is(err, global.ErrUnavailable) {
+			return fmt.Errorf("ratelimit: sync: %w: %w", ErrUnavailable, err)
+		}
 		return fmt.Errorf("ratelimit: sync: %w", err)
 	}
 	return nil
 }
 
 // Close stops the Limiter: it stops the sync loop, runs a last pass that
-// gives every lease back and reports every request, waits for the Redis
-// calls under way, and makes later calls return ErrClosed. It returns the
-// last pass's error. It is idempotent and does not close Config.Redis.
+// gives every lease back, reports every request and credits what the
+// failure policies admitted, waits for the decisions and Redis calls under
+// way, and makes later calls return ErrClosed. It returns the last pass's
+// error (wrapping ErrUnavailable when Redis did not answer). It is
+// idempotent and does not close Config.Redis.
 func (l *Limiter) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.syncer.Stop()
+			l.syncGate.Lock() // waits for the Syncs under way
+			l.syncClosed = true
+			l.syncGate.Unlock()
 			if h := l.hybrid; h != nil {
 				h.gate.Lock() // waits for the Redis calls of decisions and Syncs under way
 				h.closed = true
@@ -849,6 +867,9 @@ func (l *Limiter) Close() error {
 			l.cfg.Registerer.Unregister(l.collector)
 		}
 	})
+	if errors.Is(err, global.ErrUnavailable) {
+		return fmt.Errorf("ratelimit: close: %w: %w", ErrUnavailable, err)
+	}
 	if err != nil {
 		return fmt.Errorf("ratelimit: close: %w", err)
 	}

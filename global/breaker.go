@@ -105,6 +105,9 @@ type breaker struct {
 	probeAt time.Time     // when the probe of HalfOpen went out
 	probe   ticket        // the newest probe's
 
+	probing   atomic.Bool  // HalfOpen: a probe is out (else the next call is one)
+	probeAtNs atomic.Int64 // probeAt in Unix ns, for refusing without the lock
+
 	notifyMu    sync.Mutex // serialises onChange calls
 	delivered   int64      // the newest transition given to onChange; under notifyMu
 	transitions atomic.Int64
@@ -141,11 +144,22 @@ func (b *breaker) allow() (ok bool, t ticket) {
 		if !now.Before(b.status.Until) {
 			st = b.setLocked(HalfOpen, now, b.status.Reason)
 			b.probeAt = now
+			b.probeAtNs.Store(now.UnixNano())
+			b.probing.Store(true)
 			b.probe++
 			ok, t = true, b.probe
 		}
 	case HalfOpen:
-		if now.Sub(b.probeAt) > b.opts.ProbeTimeout {
+		switch {
+		case !b.probing.Load():
+			// The probe's caller left before it had an answer (release):
+			// this call is the probe now.
+			b.probeAt = now
+			b.probeAtNs.Store(now.UnixNano())
+			b.probing.Store(true)
+			b.probe++
+			ok, t = true, b.probe
+		case now.Sub(b.probeAt) > b.opts.ProbeTimeout:
 			// The probe was never answered: count it failed, and probe
 			// again after the next backoff.
 			st = b.openLocked(now, errProbeTimeout)
@@ -157,6 +171,33 @@ func (b *breaker) allow() (ok bool, t ticket) {
 	}
 	b.notify(st)
 	return ok, t
+}
+
+// release gives back the probe whose caller left before it had an
+// answer (its call was never sent, or its outcome will never be known):
+// the next call becomes the probe, at once, and the backoff stays as it is.
+func (b *breaker) release(t ticket) {
+	if t == 0 {
+		return
+	}
+	b.mu.Lock()
+	if b.status.State == HalfOpen && t == b.probe {
+		b.probing.Store(false)
+	}
+	b.mu.Unlock()
+}
+
+// refuses reports whether a call now would be refused, without taking a
+// probe: the breaker is open with backoff left, or half-open with its
+// probe out and not yet overdue.
+func (b *breaker) refuses() bool {
+	switch BreakerState(b.state.Load()) {
+	case Closed:
+		return false
+	case Open:
+		return b.retryAfter() > 0
+	}
+	return b.probing.Load() && time.Duration(b.now().UnixNano()-b.probeAtNs.Load()) <= b.opts.ProbeTimeout
 }
 
 // success records a call that Redis answered.

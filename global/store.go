@@ -133,13 +133,8 @@ func (s *Store) RetryAfter() time.Duration { return s.breaker.retryAfter() }
 // if so. It takes no probe: a caller that finds it false makes its call,
 // which may be the probe; one that finds it true need not build its call.
 func (s *Store) Refuses() bool {
-	switch BreakerState(s.breaker.state.Load()) {
-	case Closed:
+	if !s.breaker.refuses() {
 		return false
-	case Open:
-		if s.breaker.retryAfter() == 0 {
-			return false
-		}
 	}
 	s.breaker.rejected.Add(1)
 	return true
@@ -360,9 +355,11 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	switch {
 	case err != nil && ctx.Err() != nil: // the caller's own deadline or cancellation
 		s.abandoned.Add(1)
+		s.breaker.release(c.ticket) // what Redis did is unknown: no outcome for the breaker
 		return nil, ctx.Err()
-	case err != nil && cctx.Err() != nil: // Timeout
+	case err != nil && errors.Is(cctx.Err(), context.DeadlineExceeded): // Timeout (cancel above leaves it so if it came first)
 		s.timeouts.Add(1)
+		s.abandoned.Add(1) // sent: Redis may have counted it
 		s.breaker.failure(errTimeout, c.ticket)
 		return nil, errTimeout
 	}
@@ -383,6 +380,7 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 func (s *Store) giveUp(c *call) {
 	if c.state.CompareAndSwap(queued, gaveUp) {
 		s.dropped.Add(1)
+		s.breaker.release(c.ticket) // never sent: it tells nothing of Redis
 	} else {
 		s.abandoned.Add(1)
 	}
