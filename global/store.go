@@ -339,9 +339,16 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 // calls queued meanwhile.
 func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	c.state.Store(sent)
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	mine := time.Now().Add(s.opts.Timeout)
+	cctx, cancel := context.WithDeadline(ctx, mine)
 	cmd := run(cctx, s.rdb, c.op)
 	cancel()
+	// Which deadline ended the call: the network's deadline can fire before
+	// the context's own timer, so compare the clock with the deadlines.
+	now := time.Now()
+	theirs, hasTheirs := ctx.Deadline()
+	callerLeft := ctx.Err() != nil || hasTheirs && !now.Before(theirs) && !theirs.After(mine)
+	timedOut := !callerLeft && !now.Before(mine)
 	s.mu.Lock()
 	if len(s.queue) > 0 {
 		s.wg.Add(1)
@@ -353,11 +360,14 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 
 	err := cmd.Err()
 	switch {
-	case err != nil && ctx.Err() != nil: // the caller's own deadline or cancellation
+	case err != nil && callerLeft: // the caller's own deadline or cancellation
 		s.abandoned.Add(1)
 		s.breaker.release(c.ticket) // what Redis did is unknown: no outcome for the breaker
+		if ctx.Err() == nil {
+			return nil, context.DeadlineExceeded
+		}
 		return nil, ctx.Err()
-	case err != nil && errors.Is(cctx.Err(), context.DeadlineExceeded): // Timeout (cancel above leaves it so if it came first)
+	case err != nil && timedOut: // Timeout
 		s.timeouts.Add(1)
 		s.abandoned.Add(1) // sent: Redis may have counted it
 		s.breaker.failure(errTimeout, c.ticket)
