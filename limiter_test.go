@@ -340,6 +340,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
 		{"tiny sync", Config{Rules: []Rule{ok}, SyncInterval: time.Microsecond}, "SyncInterval"},
 		{"huge local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: 1 << 40}, "MaxLocalKeys"},
+		{"huge sliding log", Config{Rules: []Rule{{Name: "a", Limit: 1001, Window: time.Second, Algorithm: SlidingLog, Mode: Local}}}, "exceeds 1000 for sliding_log"},
 		{"negative local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: -1}, "MaxLocalKeys"},
 		{"200-year window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: 200 * 365 * 24 * time.Hour, Mode: Local}}}, "exceeds 100 years"},
 		{"negative timeout", Config{Rules: []Rule{ok}, Timeout: -time.Second}, "Timeout"},
@@ -577,5 +578,24 @@ func TestLocalFutureStampsKeepOthersState(t *testing.T) {
 		d, err := l.Allow(ctx, "loc", "victim", now.Add(time.Millisecond))
 		require.NoError(t, err)
 		require.False(t, d.Allowed, "the victim got a fresh budget within its window")
+	}
+}
+
+// TestSlidingLogCallsStayShort: a sliding-log call adds at most 100
+// entries (n = 101 is an error in every mode), and its Limit is at most
+// 1 000, so that no call holds Redis for long.
+func TestSlidingLogCallsStayShort(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	for _, mode := range []Mode{Strict, Local} {
+		l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base),
+			Rules: []Rule{{Name: "log", Limit: 1000, Window: time.Second, Algorithm: SlidingLog, Mode: mode}}})
+		require.NoError(t, err)
+		_, err = l.AllowN(context.Background(), "log", "u", base, 101)
+		require.ErrorIs(t, err, ErrInvalidArgument, mode.String())
+		d, err := l.AllowN(context.Background(), "log", "u", base, 100)
+		require.NoError(t, err, mode.String())
+		require.True(t, d.Allowed)
+		require.NoError(t, l.Close())
 	}
 }
