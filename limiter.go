@@ -480,7 +480,7 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Pipeline.MaxBatch < 0 || c.Pipeline.MaxInFlight < 0 || c.Pipeline.BatchDelay < 0 {
+	if c.Pipeline.MaxBatch < 0 || c.Pipeline.MaxInFlight < 0 || c.Pipeline.BatchDelay < 0 || c.Pipeline.LeaseKeysPerCall < 0 {
 		return fmt.Errorf("%w: Config.Pipeline has a negative field", ErrInvalidArgument)
 	}
 	if c.Timeout == 0 {
@@ -804,8 +804,10 @@ func (l *Limiter) Stats() Stats {
 
 // Sync runs one reconciliation pass now, on the calling goroutine: for
 // every hybrid key with activity it reports requests, returns unneeded
-// leases, renews leases and learns the global counts, in one pipeline per
-// Redis node. Strict and local rules have nothing to reconcile.
+// leases, renews leases and learns the global counts, in pipelines of up
+// to 1000 keys (split per node on a cluster), and credits to Redis what
+// the failure policies admitted without it. Strict and local rules have
+// nothing else to reconcile.
 func (l *Limiter) Sync(ctx context.Context) error {
 	if l.closed.Load() {
 		return ErrClosed

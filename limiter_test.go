@@ -340,6 +340,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
 		{"tiny sync", Config{Rules: []Rule{ok}, SyncInterval: time.Microsecond}, "SyncInterval"},
 		{"huge local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: 1 << 40}, "MaxLocalKeys"},
+		{"negative lease keys", Config{Rules: []Rule{ok}, Pipeline: PipelineConfig{LeaseKeysPerCall: -1}}, "Pipeline has a negative field"},
 		{"huge sliding log", Config{Rules: []Rule{{Name: "a", Limit: 1001, Window: time.Second, Algorithm: SlidingLog, Mode: Local}}}, "exceeds 1000 for sliding_log"},
 		{"negative local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: -1}, "MaxLocalKeys"},
 		{"200-year window", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: 200 * 365 * 24 * time.Hour, Mode: Local}}}, "exceeds 100 years"},

@@ -1,7 +1,7 @@
 // Package sync is the hybrid mode's reconciler: a loop that, every
 // interval, reports each active key's requests to Redis, gives back unspent
-// leases, reserves new ones and learns the keys' global counts, in one
-// pipeline per pass.
+// leases, reserves new ones and learns the keys' global counts, in
+// pipelines of up to MaxBatch keys, sent one after another.
 //
 // The package is named sync after its job; importers alias it
 // (`syncer "github.com/drl-go/distributed-rate-limiter/sync"`) so that it
