@@ -13,7 +13,6 @@ import (
 
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/time/rate"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
 )
@@ -63,8 +62,7 @@ func BenchmarkHybridDecision(b *testing.B) {
 			})
 		}
 		b.Run("conc="+conc+"/impl=x_time_rate", func(b *testing.B) {
-			lim := rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
-			runLocal(b, conc, lim.Allow)
+			runLocal(b, conc, newXTimeRate().Allow)
 		})
 	}
 }

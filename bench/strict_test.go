@@ -114,10 +114,7 @@ func BenchmarkLocalDecision(b *testing.B) {
 				return err == nil && d.Allowed
 			}
 		}},
-		{"x_time_rate", func(*testing.B) allowFn {
-			lim := rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
-			return lim.Allow
-		}},
+		{"x_time_rate", func(*testing.B) allowFn { return newXTimeRate().Allow }},
 	}
 	for _, conc := range []string{"serial", "gomaxprocs"} {
 		for _, im := range impls {
@@ -297,10 +294,7 @@ func BenchmarkFallbackDecision(b *testing.B) {
 		{"fail_local", policy(ratelimit.FailLocal)},
 		{"fail_open", policy(ratelimit.FailOpen)},
 		{"fail_closed", policy(ratelimit.FailClosed)},
-		{"x_time_rate", func(*testing.B) allowFn {
-			lim := rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
-			return lim.Allow
-		}},
+		{"x_time_rate", func(*testing.B) allowFn { return newXTimeRate().Allow }},
 	}
 	for _, conc := range []string{"serial", "gomaxprocs"} {
 		for _, im := range impls {
@@ -309,4 +303,10 @@ func BenchmarkFallbackDecision(b *testing.B) {
 			})
 		}
 	}
+}
+
+// newXTimeRate returns the baseline local limiter: golang.org/x/time/rate
+// at the bench rule's rate, with its limit as burst.
+func newXTimeRate() *rate.Limiter {
+	return rate.NewLimiter(rate.Limit(float64(hugeLimit)/benchWindow.Seconds()), hugeLimit)
 }

@@ -102,11 +102,10 @@ type breaker struct {
 	mu      sync.Mutex
 	status  BreakerStatus
 	backoff time.Duration // the next open period, before jitter
-	probeAt time.Time     // when the probe of HalfOpen went out
 	probe   ticket        // the newest probe's
 
 	probing   atomic.Bool  // HalfOpen: a probe is out (else the next call is one)
-	probeAtNs atomic.Int64 // probeAt in Unix ns, for refusing without the lock
+	probeAtNs atomic.Int64 // when the probe of HalfOpen went out, Unix ns (read without the lock)
 
 	notifyMu    sync.Mutex // serialises onChange calls
 	delivered   int64      // the newest transition given to onChange; under notifyMu
@@ -143,7 +142,6 @@ func (b *breaker) allow() (ok bool, t ticket) {
 	case Open:
 		if !now.Before(b.status.Until) {
 			st = b.setLocked(HalfOpen, now, b.status.Reason)
-			b.probeAt = now
 			b.probeAtNs.Store(now.UnixNano())
 			b.probing.Store(true)
 			b.probe++
@@ -154,12 +152,11 @@ func (b *breaker) allow() (ok bool, t ticket) {
 		case !b.probing.Load():
 			// The probe's caller left before it had an answer (release):
 			// this call is the probe now.
-			b.probeAt = now
 			b.probeAtNs.Store(now.UnixNano())
 			b.probing.Store(true)
 			b.probe++
 			ok, t = true, b.probe
-		case now.Sub(b.probeAt) > b.opts.ProbeTimeout:
+		case time.Duration(now.UnixNano()-b.probeAtNs.Load()) > b.opts.ProbeTimeout:
 			// The probe was never answered: count it failed, and probe
 			// again after the next backoff.
 			st = b.openLocked(now, errProbeTimeout)
