@@ -279,20 +279,21 @@ func (r *Registry) Add(s *State) {
 }
 
 // Take empties the registry and returns what it held, calling visit (if
-// not nil) on each state under the registry's lock first. The states may be
-// added again at once, by the decision path or by the caller.
+// not nil) on each state after its removal. Only the swap of the list holds
+// the registry's lock: visit (which may lock the state) runs outside it, so
+// a decision that adds a state never waits for a pass to visit every
+// active key. The states may be added again at once, by the decision path
+// (during their visit too) or by the caller.
 func (r *Registry) Take(visit func(*State)) []*State {
 	r.mu.Lock()
 	states := r.states
 	r.states = nil
-	if visit != nil {
-		for _, s := range states {
-			visit(s)
-		}
-	}
 	r.mu.Unlock()
 	for _, s := range states {
-		s.flags.And(^uint32(inRegistry))
+		s.flags.And(^uint32(inRegistry)) // before visit: an Add after it counts
+		if visit != nil {
+			visit(s)
+		}
 	}
 	return states
 }

@@ -47,7 +47,7 @@ type Config struct {
 	// MaxBatch caps the requests in one pipeline. Default 1000.
 	MaxBatch int
 	// OnTake, if not nil, is called on each state as a pass takes it from
-	// the Registry, under the Registry's lock.
+	// the Registry, before the pass plans it (outside the Registry's lock).
 	OnTake func(*local.State)
 	// OnPass, if not nil, runs in every pass whose heartbeat Redis
 	// answered, before the keys' requests, with the pass's clock (ms); its
