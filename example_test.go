@@ -255,8 +255,8 @@ func Example_hybrid() {
 	var local, remote int64
 	for _, g := range gateways {
 		st := g.Stats()
-		local += st.LocalAllowed + st.LocalDenied
-		remote += st.Remote
+		local += st.HybridInProcessAllowed + st.HybridInProcessDenied
+		remote += st.HybridRedis
 	}
 	fmt.Printf("admitted %d of 1500; decided locally %d, in Redis %d\n", admitted, local, remote)
 	// Output:

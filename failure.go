@@ -271,7 +271,10 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 		// More than this instance's share: it can never pass here.
 		res = result{retryAfter: r.window, resetAfter: r.window}
 	} else {
-		r.fallback.Do(user, ms, earliest-2*r.window, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, limit, n) })
+		r.fallback.Do(user, ms, earliest-2*r.window, func(s *localState) bool {
+			res = s.take(r.Algorithm, ms, r.window, limit, n)
+			return res.allowed
+		})
 	}
 	if res.allowed {
 		l.fallbacks.localAllowed.Add(1)

@@ -58,7 +58,7 @@ import (
 // fallbk is what FailLocal decided (the strict rule's share is its
 // decisions that Redis did not answer, the hybrid's the rest of Stats'
 // FallbackLocal*); local is the hybrid decisions left. Stats'
-// LocalAllowed+LocalDenied (st.loc in the second table) count them too,
+// HybridInProcessAllowed+HybridInProcessDenied (st.loc in the second table) count them too,
 // plus the warm stage's last interval, which no sync pass had folded yet
 // when the phase started.
 func TestFaultMeasure(t *testing.T) {
@@ -399,11 +399,11 @@ func subStats(a, b Stats) Stats { return addStats(a, b, -1) }
 
 // addStats returns a + sign·b over the counters TestFaultMeasure reports.
 func addStats(a, b Stats, sign int64) Stats {
-	a.LocalAllowed += sign * b.LocalAllowed
-	a.LocalDenied += sign * b.LocalDenied
-	a.Remote += sign * b.Remote
-	a.RemoteAllowed += sign * b.RemoteAllowed
-	a.RemoteDenied += sign * b.RemoteDenied
+	a.HybridInProcessAllowed += sign * b.HybridInProcessAllowed
+	a.HybridInProcessDenied += sign * b.HybridInProcessDenied
+	a.HybridRedis += sign * b.HybridRedis
+	a.HybridRedisAllowed += sign * b.HybridRedisAllowed
+	a.HybridRedisDenied += sign * b.HybridRedisDenied
 	a.StrictAllowed += sign * b.StrictAllowed
 	a.StrictDenied += sign * b.StrictDenied
 	a.RedisErrors += sign * b.RedisErrors
@@ -434,7 +434,7 @@ func formatMeasure(results []phaseResult) string {
 		st := p.stats
 		strictOK := st.StrictAllowed + st.StrictDenied
 		strictFb := p.n[ruleStrict] - p.errs[ruleStrict] - strictOK
-		remoteOK := st.RemoteAllowed + st.RemoteDenied
+		remoteOK := st.HybridRedisAllowed + st.HybridRedisDenied
 		hybridFb := st.FallbackLocalAllowed + st.FallbackLocalDenied + st.FallbackOpen + st.FallbackClosed - strictFb
 		hybridLocal := p.n[ruleHybrid] - p.errs[ruleHybrid] - remoteOK - hybridFb
 		rate := func(r int) string { return fmt.Sprintf("%.0f", float64(p.n[r])/p.wall[r].Seconds()) }
@@ -479,13 +479,13 @@ func formatMeasure(results []phaseResult) string {
 			rec = p.recovery.Round(time.Millisecond).String()
 		}
 		fmt.Fprintf(&b, "%-17s %6s %6d %6d %5d %6d %6d %6d %6d %6d %5d %6d %5d %6d %-11s %s\n",
-			p.name, max(p.wall[0], p.wall[1]).Round(10*time.Millisecond), st.LocalAllowed+st.LocalDenied,
-			st.Remote-st.RemoteAllowed-st.RemoteDenied, st.Timeouts, st.NotSent, st.Abandoned,
+			p.name, max(p.wall[0], p.wall[1]).Round(10*time.Millisecond), st.HybridInProcessAllowed+st.HybridInProcessDenied,
+			st.HybridRedis-st.HybridRedisAllowed-st.HybridRedisDenied, st.Timeouts, st.NotSent, st.Abandoned,
 			st.BreakerOpened, st.BreakerRejected, st.PendingFlushed, st.PendingExpired, st.PendingDropped,
 			p.owed, st.SyncFailures, strings.Join(h0, "/")+">"+strings.Join(h, "/"), rec)
 	}
 	b.WriteString("hy:lease*: warm keys decided from the lease, or by Redis where it answered in time (no fault, slow close);\n" +
-		"st.loc: Stats' LocalAllowed+LocalDenied delta; remfl: hybrid calls to Redis that failed (in fallbk);\n" +
+		"st.loc: Stats' HybridInProcessAllowed+HybridInProcessDenied delta; remfl: hybrid calls to Redis that failed (in fallbk);\n" +
 		"owed: fallback admissions since New less those flushed, expired or dropped, after the recovery (0: all accounted for);\n" +
 		"health: each instance's at the recorded stage's start > end (h healthy, d degraded, r recovering); recovery: from removing the fault.\n")
 	for _, p := range results {

@@ -73,7 +73,7 @@ func TestHybridConcurrentInstances(t *testing.T) {
 				lims = append(lims, l)
 				wg.Go(func() { // Stats while decisions and passes run (-race)
 					for range 20 {
-						if st := l.Stats(); st.LocalAllowed < 0 || st.LocalDenied < 0 {
+						if st := l.Stats(); st.HybridInProcessAllowed < 0 || st.HybridInProcessDenied < 0 {
 							t.Errorf("Stats() = %+v", st)
 						}
 					}
@@ -118,8 +118,8 @@ func TestHybridMostlyLocal(t *testing.T) {
 	}
 	st := l.Stats()
 	t.Logf("%+v", st)
-	require.Equal(t, int64(20_000), st.LocalAllowed+st.Remote)
-	require.LessOrEqual(t, st.Remote, int64(15), "decisions that went to Redis: %+v", st)
+	require.Equal(t, int64(20_000), st.HybridInProcessAllowed+st.HybridRedis)
+	require.LessOrEqual(t, st.HybridRedis, int64(15), "decisions that went to Redis: %+v", st)
 	require.Equal(t, int64(1), st.Instances)
 }
 
@@ -154,8 +154,8 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 	}
 	require.NoError(t, l.Sync(ctx))
 	after := l.Stats()
-	require.Equal(t, before.Remote, after.Remote, "denials over the limit must not call Redis")
-	require.Equal(t, before.LocalDenied+100, after.LocalDenied)
+	require.Equal(t, before.HybridRedis, after.HybridRedis, "denials over the limit must not call Redis")
+	require.Equal(t, before.HybridInProcessDenied+100, after.HybridInProcessDenied)
 	// The retry is admitted, and a millisecond earlier it is not.
 	d, err := l.Allow(ctx, rule.Name, "u", now.Add(899*time.Millisecond))
 	require.NoError(t, err)
@@ -372,10 +372,10 @@ func TestHybridStatsNeverGoDown(t *testing.T) {
 	})
 	var last Stats
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && (last.SyncPasses < 20 || last.LocalAllowed < 200) {
+	for time.Now().Before(deadline) && (last.SyncPasses < 20 || last.HybridInProcessAllowed < 200) {
 		st := l.Stats()
-		if st.LocalAllowed < last.LocalAllowed || st.LocalDenied < last.LocalDenied || st.Remote < last.Remote ||
-			st.RemoteAllowed < last.RemoteAllowed || st.SyncPasses < last.SyncPasses {
+		if st.HybridInProcessAllowed < last.HybridInProcessAllowed || st.HybridInProcessDenied < last.HybridInProcessDenied || st.HybridRedis < last.HybridRedis ||
+			st.HybridRedisAllowed < last.HybridRedisAllowed || st.SyncPasses < last.SyncPasses {
 			t.Errorf("Stats went down: %+v after %+v", st, last)
 			break
 		}
@@ -383,12 +383,12 @@ func TestHybridStatsNeverGoDown(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	require.Positive(t, last.LocalAllowed)
+	require.Positive(t, last.HybridInProcessAllowed)
 	require.Positive(t, last.SyncPasses)
 }
 
 // TestHybridStatsFoldAtSync: Stats reads no key; local decisions join
-// LocalAllowed at the next sync pass, all of them.
+// HybridInProcessAllowed at the next sync pass, all of them.
 func TestHybridStatsFoldAtSync(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
@@ -407,11 +407,11 @@ func TestHybridStatsFoldAtSync(t *testing.T) {
 	before := l.Stats()
 	allow(40)
 	mid := l.Stats()
-	require.Equal(t, before.LocalAllowed, mid.LocalAllowed, "counted before the pass: %+v", mid)
+	require.Equal(t, before.HybridInProcessAllowed, mid.HybridInProcessAllowed, "counted before the pass: %+v", mid)
 	require.NoError(t, l.Sync(ctx))
 	after := l.Stats()
-	require.Equal(t, int64(40), after.LocalAllowed+after.Remote-before.LocalAllowed-before.Remote, "%+v", after)
-	require.Equal(t, int64(90), after.LocalAllowed+after.RemoteAllowed)
+	require.Equal(t, int64(40), after.HybridInProcessAllowed+after.HybridRedis-before.HybridInProcessAllowed-before.HybridRedis, "%+v", after)
+	require.Equal(t, int64(90), after.HybridInProcessAllowed+after.HybridRedisAllowed)
 }
 
 // TestHybridBadNeighbourKey: a key whose Redis value is foreign fails its
@@ -548,7 +548,7 @@ func TestHybridChurnExact(t *testing.T) {
 	}
 	var sum int64
 	for _, x := range st {
-		sum += x.LocalAllowed + x.RemoteAllowed
+		sum += x.HybridInProcessAllowed + x.HybridRedisAllowed
 	}
 	t.Logf("admitted %d decisions; stats allowed %d; %+v", total.Load(), sum, st)
 	require.Equal(t, total.Load(), sum, "admitted decisions in Stats")

@@ -617,7 +617,10 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	case Local:
 		// An entry is dead once no request to come can fall in its windows.
 		dead := earliest - 2*r.window
-		r.table.Do(user, ms, dead, func(s *localState) { res = s.take(r.Algorithm, ms, r.window, r.Limit, n) })
+		r.table.Do(user, ms, dead, func(s *localState) bool {
+			res = s.take(r.Algorithm, ms, r.window, r.Limit, n)
+			return res.allowed
+		})
 	default:
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
@@ -726,13 +729,17 @@ func (r result) decision() Decision {
 
 // Stats counts a Limiter's decisions since New.
 type Stats struct {
-	// LocalAllowed and LocalDenied are hybrid decisions made in process,
-	// from a lease or from the known global counts, as of the last sync
-	// pass.
-	LocalAllowed, LocalDenied int64
-	// Remote are hybrid decisions that asked Redis (a key without lease),
-	// failed ones included; RemoteAllowed and RemoteDenied are the answers.
-	Remote, RemoteAllowed, RemoteDenied int64
+	// LocalModeAllowed and LocalModeDenied are the decisions of Local rules
+	// (Mode Local), all made in process.
+	LocalModeAllowed, LocalModeDenied int64
+	// HybridInProcessAllowed and HybridInProcessDenied are decisions of
+	// Hybrid rules made in process, from a lease or from the known global
+	// counts, as of the last sync pass.
+	HybridInProcessAllowed, HybridInProcessDenied int64
+	// HybridRedis are decisions of Hybrid rules that asked Redis (a key
+	// without lease), failed ones included; HybridRedisAllowed and
+	// HybridRedisDenied are the answers.
+	HybridRedis, HybridRedisAllowed, HybridRedisDenied int64
 	// StrictAllowed and StrictDenied are strict decisions.
 	StrictAllowed, StrictDenied int64
 	// RedisErrors are decisions that failed because Redis did.
@@ -770,10 +777,11 @@ type Stats struct {
 }
 
 // Stats returns the decision counters. It reads a few atomic counters and
-// visits no key, so a metrics scrape costs nothing with many keys. Local
-// hybrid decisions are counted in their key and added to LocalAllowed and
-// LocalDenied by the next sync pass: those two lag the decisions by at most
-// one SyncInterval (Sync, and Close, bring them up to date).
+// visits no key, so a metrics scrape costs nothing with many keys. Hybrid
+// decisions made in process are counted in their key and added to
+// HybridInProcessAllowed and HybridInProcessDenied by the next sync pass:
+// those two lag the decisions by at most one SyncInterval (Sync, and Close,
+// bring them up to date). Every other count is current.
 func (l *Limiter) Stats() Stats {
 	st := Stats{
 		StrictAllowed: l.strictAllowed.Load(),
@@ -790,13 +798,20 @@ func (l *Limiter) Stats() Stats {
 		st.BreakerOpened, st.BreakerRejected = c.BreakerOpened, c.Rejected
 		st.BreakerState = l.store.Breaker().State.String()
 	}
+	for _, r := range l.rules {
+		if r.table != nil {
+			a, d := r.table.Counts()
+			st.LocalModeAllowed += a
+			st.LocalModeDenied += d
+		}
+	}
 	if l.syncer != nil { // nil only while New builds the Limiter
 		st.SyncPasses, st.SyncFailures = l.syncer.Passes()
 		st.Instances = l.syncer.Instances()
 	}
 	if h := l.hybrid; h != nil {
-		st.LocalAllowed, st.LocalDenied = h.localAllowed.Load(), h.localDenied.Load()
-		st.Remote, st.RemoteAllowed, st.RemoteDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
+		st.HybridInProcessAllowed, st.HybridInProcessDenied = h.localAllowed.Load(), h.localDenied.Load()
+		st.HybridRedis, st.HybridRedisAllowed, st.HybridRedisDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.ActiveKeys = int64(h.registry.Len())
 	}
 	return st

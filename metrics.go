@@ -19,7 +19,7 @@ func newCollector(l *Limiter) *collector {
 	return &collector{
 		l: l,
 		decisions: prometheus.NewDesc("ratelimit_decisions_total",
-			"Decisions made, by mode (hybrid, strict), where (local: in process; redis: a script call) and result.",
+			"Decisions made, by mode (local, hybrid, strict), where (local: in process; redis: a script call) and result.",
 			[]string{"mode", "path", "result"}, nil),
 		redisErrors: prometheus.NewDesc("ratelimit_redis_errors_total",
 			"Decisions that failed because Redis did.", nil, nil),
@@ -72,10 +72,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	counter(c.decisions, st.LocalAllowed, "hybrid", "local", "allowed")
-	counter(c.decisions, st.LocalDenied, "hybrid", "local", "denied")
-	counter(c.decisions, st.RemoteAllowed, "hybrid", "redis", "allowed")
-	counter(c.decisions, st.RemoteDenied, "hybrid", "redis", "denied")
+	counter(c.decisions, st.LocalModeAllowed, "local", "local", "allowed")
+	counter(c.decisions, st.LocalModeDenied, "local", "local", "denied")
+	counter(c.decisions, st.HybridInProcessAllowed, "hybrid", "local", "allowed")
+	counter(c.decisions, st.HybridInProcessDenied, "hybrid", "local", "denied")
+	counter(c.decisions, st.HybridRedisAllowed, "hybrid", "redis", "allowed")
+	counter(c.decisions, st.HybridRedisDenied, "hybrid", "redis", "denied")
 	counter(c.decisions, st.StrictAllowed, "strict", "redis", "allowed")
 	counter(c.decisions, st.StrictDenied, "strict", "redis", "denied")
 	counter(c.redisErrors, st.RedisErrors)

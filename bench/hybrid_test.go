@@ -207,7 +207,7 @@ func BenchmarkResidentKeys(b *testing.B) {
 				}
 			}
 			runResident(b, decide)
-			if calls := l.Stats().Remote - before.Remote; calls > 0 {
+			if calls := l.Stats().HybridRedis - before.HybridRedis; calls > 0 {
 				b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
 			}
 		})

@@ -18,22 +18,27 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestTableExpires(t *testing.T) {
 	tb := NewTable[int](100)
 	for i := range 1000 {
-		tb.Do(fmt.Sprint(i), 1000, 1000-tb.ttl, func(v *int) { *v++ })
+		tb.Do(fmt.Sprint(i), 1000, 1000-tb.ttl, func(v *int) bool { *v++; return true })
 	}
 	if got := tb.Len(); got != 1000 {
 		t.Fatalf("Len() = %d, want 1000", got)
 	}
 	// Within the TTL the value survives; after it, a use starts from zero.
-	tb.Do("1", 1100, 1100-tb.ttl, func(v *int) {
+	tb.Do("1", 1100, 1100-tb.ttl, func(v *int) bool {
 		if *v != 1 {
 			t.Errorf("value at ttl = %d, want 1", *v)
 		}
+		return true
 	})
-	tb.Do("2", 1101, 1101-tb.ttl, func(v *int) {
+	tb.Do("2", 1101, 1101-tb.ttl, func(v *int) bool {
 		if *v != 0 {
 			t.Errorf("value after ttl = %d, want 0", *v)
 		}
+		return false
 	})
+	if a, d := tb.Counts(); a != 1001 || d != 1 {
+		t.Fatalf("Counts() = %d, %d, want 1001, 1", a, d)
+	}
 	tb.Sweep(1102)
 	if got := tb.Len(); got != 2 {
 		t.Fatalf("Len() after Sweep = %d, want 2 (keys 1 and 2)", got)
@@ -45,7 +50,7 @@ func TestTableExpires(t *testing.T) {
 func TestTableBoundedByTTL(t *testing.T) {
 	tb := NewTable[int](10)
 	for i := range 100_000 {
-		tb.Do(fmt.Sprint(i), int64(i), int64(i)-tb.ttl, func(*int) {})
+		tb.Do(fmt.Sprint(i), int64(i), int64(i)-tb.ttl, func(*int) bool { return true })
 	}
 	if got := tb.Len(); got > 64*(64+2*11) {
 		t.Fatalf("Len() = %d after 100000 one-off keys with a TTL of 10 keys", got)

@@ -21,9 +21,10 @@ type Table[V any] struct {
 }
 
 type shard[V any] struct {
-	mu      sync.Mutex
-	m       map[string]*entry[V]
-	inserts int // since the last sweep
+	mu              sync.Mutex
+	m               map[string]*entry[V]
+	inserts         int   // since the last sweep
+	allowed, denied int64 // Do's outcomes, as f reported them
 }
 
 type entry[V any] struct {
@@ -43,12 +44,13 @@ func NewTable[V any](ttl int64) *Table[V] {
 
 // Do calls f with key's value, creating a zero value first if the key is
 // absent or expired (last used more than the TTL before now), and marks the
-// key used at now (ms). A shard that grows sweeps out the entries last used
+// key used at now (ms). f reports whether it admitted the request: the
+// Table counts both outcomes (see Counts). A shard that grows sweeps out the entries last used
 // before dead (ms): the caller's bound on the requests still to come, which
 // must not follow now (a request stamped in the future must not expire
 // other keys early). f runs under the key's shard lock: it must be short
 // and must not call back into the Table.
-func (t *Table[V]) Do(key string, now, dead int64, f func(*V)) {
+func (t *Table[V]) Do(key string, now, dead int64, f func(*V) (allowed bool)) {
 	s := &t.shards[maphash.String(t.seed, key)&(numShards-1)]
 	s.mu.Lock()
 	e, ok := s.m[key]
@@ -63,7 +65,11 @@ func (t *Table[V]) Do(key string, now, dead int64, f func(*V)) {
 		s.m[key] = e
 	}
 	e.used = max(e.used, now)
-	f(&e.v)
+	if f(&e.v) {
+		s.allowed++
+	} else {
+		s.denied++
+	}
 	s.mu.Unlock()
 }
 
@@ -75,6 +81,20 @@ func (s *shard[V]) sweepLocked(dead int64) {
 		}
 	}
 	s.inserts = 0
+}
+
+// Counts returns how many calls of Do admitted and denied their request.
+// It visits no entry: counting costs Do nothing but an increment under the
+// shard lock it holds anyway.
+func (t *Table[V]) Counts() (allowed, denied int64) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		allowed += s.allowed
+		denied += s.denied
+		s.mu.Unlock()
+	}
+	return allowed, denied
 }
 
 // Len returns the number of entries held, expired or not.

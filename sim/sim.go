@@ -84,7 +84,7 @@ type Report struct {
 	Config  Config
 	Windows []Window
 	// Decisions is the number of requests decided; Stats sums the
-	// instances' counters (Stats.Remote: decisions that asked Redis), the
+	// instances' counters (Stats.HybridRedis: decisions that asked Redis), the
 	// local ones as of each instance's last sync pass.
 	Decisions int64
 	Stats     ratelimit.Stats
@@ -234,11 +234,11 @@ func sumStats(insts []*ratelimit.Limiter) ratelimit.Stats {
 	var sum ratelimit.Stats
 	for _, l := range insts {
 		st := l.Stats()
-		sum.LocalAllowed += st.LocalAllowed
-		sum.LocalDenied += st.LocalDenied
-		sum.Remote += st.Remote
-		sum.RemoteAllowed += st.RemoteAllowed
-		sum.RemoteDenied += st.RemoteDenied
+		sum.HybridInProcessAllowed += st.HybridInProcessAllowed
+		sum.HybridInProcessDenied += st.HybridInProcessDenied
+		sum.HybridRedis += st.HybridRedis
+		sum.HybridRedisAllowed += st.HybridRedisAllowed
+		sum.HybridRedisDenied += st.HybridRedisDenied
 		sum.StrictAllowed += st.StrictAllowed
 		sum.StrictDenied += st.StrictDenied
 		sum.RedisErrors += st.RedisErrors

@@ -84,7 +84,7 @@ type event struct {
 	rule     int   // index in rules
 	instance int
 	decision ratelimit.Decision
-	remote   bool // a hybrid decision that asked Redis (its instance's Stats().Remote grew)
+	remote   bool // a hybrid decision that asked Redis (its instance's Stats().HybridRedis grew)
 	exact    bool // what one exact limiter, fed every request of the rule, decided (hybrid rules only)
 }
 
@@ -234,14 +234,14 @@ func simulate(ctx context.Context, opts options) (*simulation, error) {
 		rl := rules[r.rule]
 		t := start.Add(time.Duration(r.at) * time.Millisecond)
 		clock.Store(t.UnixMilli())
-		before := limiters[inst].Stats().Remote
+		before := limiters[inst].Stats().HybridRedis
 		d, err := limiters[inst].Allow(ctx, rl.Name, users[r.user].id, t)
 		if err != nil {
 			return nil, fmt.Errorf("request %d: %w", i, err)
 		}
 		r.instance, r.decision = inst, d
 		if rl.Mode == ratelimit.Hybrid {
-			r.remote = limiters[inst].Stats().Remote > before
+			r.remote = limiters[inst].Stats().HybridRedis > before
 			rd, err := ref.Allow(ctx, rl.Name, users[r.user].id, t)
 			if err != nil {
 				return nil, fmt.Errorf("request %d, reference: %w", i, err)
@@ -258,9 +258,9 @@ func simulate(ctx context.Context, opts options) (*simulation, error) {
 			return nil, fmt.Errorf("final sync, instance %d: %w", j, err)
 		}
 		st := lim.Stats()
-		sim.stats.LocalAllowed += st.LocalAllowed
-		sim.stats.LocalDenied += st.LocalDenied
-		sim.stats.Remote += st.Remote
+		sim.stats.HybridInProcessAllowed += st.HybridInProcessAllowed
+		sim.stats.HybridInProcessDenied += st.HybridInProcessDenied
+		sim.stats.HybridRedis += st.HybridRedis
 		sim.stats.Instances = st.Instances
 	}
 	return sim, nil
@@ -433,7 +433,7 @@ func (sim *simulation) report(w io.Writer) error {
 		st := sim.stats
 		fmt.Fprintf(&b, "hybrid (%s), Stats summed over the instances: %d decisions, %d allowed and %d denied locally, %d asked Redis; "+
 			"%d sync passes (%d ticks × %d instances)\n",
-			strings.Join(hybrid, ", "), st.LocalAllowed+st.LocalDenied+st.Remote, st.LocalAllowed, st.LocalDenied, st.Remote,
+			strings.Join(hybrid, ", "), st.HybridInProcessAllowed+st.HybridInProcessDenied+st.HybridRedis, st.HybridInProcessAllowed, st.HybridInProcessDenied, st.HybridRedis,
 			sim.passes, sim.passes/o.Instances, o.Instances)
 		b.WriteString("one exact limiter (same algorithm, in one process) fed the same requests would have given the hot user")
 		sep := ""

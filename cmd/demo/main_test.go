@@ -203,7 +203,7 @@ func checkHybridNeverOverAdmits(t *testing.T, opts options) *simulation {
 
 // TestHybridStats: the summed Stats count every hybrid decision once, and
 // the per-request attribution to Redis that the table shows adds up to
-// Stats.Remote. The default run makes both kinds of decision.
+// Stats.HybridRedis. The default run makes both kinds of decision.
 func TestHybridStats(t *testing.T) {
 	sim, err := simulate(context.Background(), defaultOptions())
 	if err != nil {
@@ -223,13 +223,13 @@ func TestHybridStats(t *testing.T) {
 		}
 	}
 	st := sim.stats
-	if got := st.LocalAllowed + st.LocalDenied + st.Remote; got != decisions {
+	if got := st.HybridInProcessAllowed + st.HybridInProcessDenied + st.HybridRedis; got != decisions {
 		t.Errorf("Stats count %d decisions (%+v), want %d", got, st, decisions)
 	}
-	if st.Remote != remote {
-		t.Errorf("Stats.Remote = %d, the events attribute %d", st.Remote, remote)
+	if st.HybridRedis != remote {
+		t.Errorf("Stats.HybridRedis = %d, the events attribute %d", st.HybridRedis, remote)
 	}
-	if st.LocalAllowed == 0 || st.LocalDenied == 0 || st.Remote == 0 {
+	if st.HybridInProcessAllowed == 0 || st.HybridInProcessDenied == 0 || st.HybridRedis == 0 {
 		t.Errorf("Stats = %+v, want decisions of every kind", st)
 	}
 	if st.Instances != int64(sim.opts.Instances) {
