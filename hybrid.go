@@ -41,8 +41,8 @@ type hybrid struct {
 	// Decision counters, for Stats. Local decisions are counted in their
 	// State, under its lock (Spend's by the next Lock), and folded in here
 	// by the sync pass (fold): a shared counter written by every decision
-	// cost ~50 ns a decision over 1 Mi keys on 2 cores (bench/RESULTS.md),
-	// its cache line moving between cores.
+	// would move its cache line between cores on every decision
+	// (bench/RESULTS.md measures what that costs).
 	localAllowed, localDenied   atomic.Int64
 	remote                      atomic.Int64 // decisions that asked Redis, failed ones included
 	remoteAllowed, remoteDenied atomic.Int64 // their answers

@@ -115,13 +115,14 @@ const (
 	// maxWindow: a window; a wait is at most about two windows, far below
 	// the 292 years a time.Duration holds.
 	maxWindow = 100 * 365 * 24 * time.Hour
-	// maxLocalKeys: Config.MaxLocalKeys (16 Mi keys, some 6 GiB of hybrid
-	// state); ristretto sizes its counters from it at New.
+	// maxLocalKeys: Config.MaxLocalKeys, far beyond what a process keeps
+	// resident (the memory per key is in bench/RESULTS.md); ristretto sizes
+	// its counters from it at New.
 	maxLocalKeys = 1 << 24
 	// maxLogLimit and maxLogN bound a SlidingLog rule's Limit and a call's
 	// n: the log keeps a member per admission, and one script call adds n
 	// and may drop up to Limit of them, all while Redis serves no one else
-	// (bench/RESULTS.md: n = 1 000 took 2–3.5 ms a call, n = 100 under one).
+	// (bench/RESULTS.md has the cost of a call at both bounds).
 	maxLogLimit = 1000
 	maxLogN     = 100
 )
@@ -258,9 +259,9 @@ type PipelineConfig struct {
 
 // Decision is the answer to Allow. It is 32 bytes in four fields, so that
 // the compiler keeps it in registers from the decision to its caller's
-// test of Allowed (a fifth field, the rule's limit, cost 13 % of a local
-// decision in store-forwarding stalls: bench/RESULTS.md); the rule's limit
-// is RuleLimiter.Limit.
+// test of Allowed (a fifth field, the rule's limit, made a local decision
+// measurably slower through store-forwarding stalls: bench/RESULTS.md); the
+// rule's limit is RuleLimiter.Limit.
 type Decision struct {
 	// Allowed reports whether the request may proceed.
 	Allowed bool

@@ -332,8 +332,8 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 
 // alone sends c, a call that found no other queued and a pipeline slot
 // free, on the caller's goroutine: a lone call pays one round trip and no
-// handoff to a goroutine (whose wake-up cost a serial strict decision 39 %
-// on this VM: bench/RESULTS.md). Only for a client whose network waits end
+// handoff to a goroutine (whose wake-up is a large share of a serial strict
+// decision: bench/RESULTS.md, "Fault tolerance"). Only for a client whose network waits end
 // at the context's deadline, so that the caller still returns at its own
 // deadline or at Timeout. It frees the slot, or hands it to a drainer if
 // calls queued meanwhile.
