@@ -151,7 +151,9 @@ type Rule struct {
 // default; New does not modify the Config.
 type Config struct {
 	// Redis is the shared store; required when any rule is Hybrid or Strict.
-	// A single node, failover or cluster client all work.
+	// A single node, failover or cluster client all work; a Redis Cluster
+	// needs a cluster client: New rejects a single-node client of a cluster
+	// node that does not serve every slot (when Redis answers at New).
 	Redis redis.UniversalClient
 	// Rules are the limits. At least one.
 	Rules []Rule
@@ -383,7 +385,14 @@ func New(cfg Config) (*Limiter, error) {
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), max(cfg.Timeout, time.Second))
 		err := l.store.Load(ctx)
+		if err == nil {
+			err = l.store.CheckTopology(ctx)
+		}
 		cancel()
+		if errors.Is(err, global.ErrNeedsClusterClient) {
+			l.store.Close()
+			return nil, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+		}
 		if err != nil {
 			if !errors.Is(err, global.ErrUnavailable) {
 				l.store.Close()

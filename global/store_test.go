@@ -78,3 +78,12 @@ func TestCancelledCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestMySlots(t *testing.T) {
+	nodes := "07c3 127.0.0.1:7100@17100 myself,master - 0 0 1 connected 0-5460 6000 [5461->-e7d1]\n" +
+		"e7d1 127.0.0.1:7101@17101 master - 0 0 2 connected 5461-10922\n"
+	served, addr := mySlots(nodes)
+	if served != 5462 || addr != "127.0.0.1:7100" {
+		t.Fatalf("mySlots = %d, %q, want 5462, 127.0.0.1:7100", served, addr)
+	}
+}
