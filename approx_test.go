@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // taker is the common shape of the in-process algorithms.
@@ -25,65 +26,50 @@ func newTaker(a Algorithm) taker {
 
 var allAlgorithms = []Algorithm{SlidingWindow, SlidingLog, FixedWindow, TokenBucket}
 
-// TestSlidingWindowSteps walks a fixed timeline through the sliding window:
-// limit 10 per 1000 ms.
+// TestSlidingWindowSteps walks a fixed timeline through the sliding window,
+// limit 10 per 1000 ms: its Go code, and the same algorithm in every mode.
 func TestSlidingWindowSteps(t *testing.T) {
-	const w, limit = 1000, 10
-	t0 := int64(1_000_000) // start of window 1000
-	steps := []struct {
-		at      int64
-		n       int64
-		allowed bool
-		rem     int64
-		retry   int64
-	}{
-		{t0 + 0, 6, true, 4, 0},
-		{t0 + 500, 4, true, 0, 0},
-		{t0 + 900, 1, false, 0, 200}, // next window: prev 10, need 10·(1000−e) ≤ 9·1000 → e ≥ 100
-		{t0 + 1099, 1, false, 0, 1},  // 10·0.901 + 1 > 10
-		{t0 + 1100, 1, true, 0, 0},   // 10·0.9 + 1 = 10
+	t0 := time.UnixMilli(1_000_000) // start of window 1000
+	seq := []step{
+		{0, 6, true, 4, 0},
+		{500 * ms, 4, true, 0, 0},
+		{900 * ms, 1, false, 0, 200 * ms}, // next window: prev 10, need 10·(1000−e) ≤ 9·1000 → e ≥ 100
+		{1099 * ms, 1, false, 0, 1 * ms},  // 10·0.901 + 1 > 10
+		{1100 * ms, 1, true, 0, 0},        // 10·0.9 + 1 = 10
+		// prev 10 weighs 0.4 → 4, cur 1 → 5; n=3 → 8 ≤ 10, remaining 2.
+		{1600 * ms, 3, true, 2, unchecked},
+		// 10·0.399 + 4 = 7.99; n=3 → 10.99 > 10: denied. Need
+		// 10·(1000−e) ≤ 3·1000 → e ≥ 700: retry 99 ms.
+		{1601 * ms, 3, false, unchecked, 99 * ms},
 	}
-	var s slidingWindow
-	for i, st := range steps {
-		r := s.take(st.at, w, limit, st.n)
-		if r.allowed != st.allowed || r.remaining != st.rem || r.retryAfter != st.retry {
-			t.Errorf("step %d: take(%d, n=%d) = %+v, want allowed=%v rem=%d retry=%d",
-				i, st.at-t0, st.n, r, st.allowed, st.rem, st.retry)
-		}
-	}
-	// At t0+1600: prev 10 weighs 0.4 → 4, cur 1 → 5; n=3 → 8 ≤ 10, remaining 2.
-	if r := s.take(t0+1600, w, limit, 3); !r.allowed || r.remaining != 2 {
-		t.Errorf("take(+1600, 3) = %+v, want allowed, remaining 2", r)
-	}
-	// At t0+1601: 10·0.399 + 4 = 7.99; n=3 → 10.99 > 10: denied. Need
-	// 10·(1000−e) ≤ 3·1000 → e ≥ 700: retry 99 ms.
-	if r := s.take(t0+1601, w, limit, 3); r.allowed || r.retryAfter != 99 {
-		t.Errorf("take(+1601, 3) = %+v, want denied, retry 99", r)
-	}
+	r := Rule{Limit: 10, Window: time.Second}
+	eachTarget(t, r, []Algorithm{SlidingWindow}, []Mode{alone, Local, Strict, Hybrid}, t0, func(t *testing.T, tg target) {
+		run(t, tg, seq)
+	})
 }
 
 // TestOldTimestampBuysNothing: a timestamp older than one admitted is
-// judged as the newest one.
+// judged as the newest one, by each algorithm alone and in each mode it
+// runs in.
 func TestOldTimestampBuysNothing(t *testing.T) {
-	for _, a := range allAlgorithms {
-		t.Run(a.String(), func(t *testing.T) {
-			const w, limit = 1000, 5
-			s := newTaker(a)
-			now := int64(10_000_500)
-			for range limit {
-				if r := s.take(now, w, limit, 1); !r.allowed {
-					t.Fatalf("take within limit denied: %+v", r)
-				}
-			}
-			for _, back := range []int64{1, 500, 999, 1000, 5000, 100_000} {
-				if r := s.take(now-back, w, limit, 1); r.allowed {
-					t.Errorf("take(now−%d) admitted after the limit was reached", back)
-				} else if r.retryAfter <= back {
-					t.Errorf("take(now−%d).retryAfter = %d, want > %d (measured from the old timestamp)", back, r.retryAfter, back)
-				}
-			}
-		})
+	const limit = 5
+	t0 := time.UnixMilli(10_000_500)
+	backs := []time.Duration{1 * ms, 500 * ms, 999 * ms, 1000 * ms, 5000 * ms, 100_000 * ms}
+	seq := steps(limit, step{0, 1, true, unchecked, unchecked}) // the limit, at t0
+	for _, back := range backs {
+		seq = append(seq, step{-back, 1, false, unchecked, unchecked})
 	}
+	r := Rule{Limit: limit, Window: time.Second}
+	eachTarget(t, r, allAlgorithms, []Mode{alone, Local, Strict, Hybrid}, t0, func(t *testing.T, tg target) {
+		got := run(t, tg, seq)
+		// The wait is measured from the old timestamp.
+		for i, back := range backs {
+			if d := got[limit+i]; d.RetryAfter <= back {
+				t.Errorf("step %d: %s AllowN(%s, 1).RetryAfter = %v, want > %v (measured from the old timestamp)",
+					limit+i, tg.name, stepTime(-back), d.RetryAfter, back)
+			}
+		}
+	})
 }
 
 // checkRetryAfter drives a random history into a taker, and at every denial

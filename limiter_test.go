@@ -561,25 +561,19 @@ func TestAllowRejectsTimestampsPast2To50(t *testing.T) {
 // new users stamped 4 minutes ahead (inside MaxSkew) does not wipe the
 // state of a user at its limit, who stays denied within its window.
 func TestLocalFutureStampsKeepOthersState(t *testing.T) {
-	now := base
-	l, err := New(Config{Rules: []Rule{{Name: "loc", Limit: 5, Window: time.Second, Mode: Local}}, Now: func() time.Time { return now }})
-	require.NoError(t, err)
-	defer l.Close()
-	ctx := context.Background()
-	for i := range 6 {
-		d, err := l.Allow(ctx, "loc", "victim", now)
-		require.NoError(t, err)
-		require.Equal(t, i < 5, d.Allowed)
-	}
-	for i := range 64 * 300 { // enough new keys to make every shard sweep
-		_, err := l.Allow(ctx, "loc", fmt.Sprint("other-", i), now.Add(4*time.Minute))
-		require.NoError(t, err)
-	}
-	for range 5 {
-		d, err := l.Allow(ctx, "loc", "victim", now.Add(time.Millisecond))
-		require.NoError(t, err)
-		require.False(t, d.Allowed, "the victim got a fresh budget within its window")
-	}
+	r := Rule{Limit: 5, Window: time.Second}
+	eachTarget(t, r, allAlgorithms, []Mode{Local}, base, func(t *testing.T, victim target) {
+		run(t, victim, append(steps(5, step{0, 1, true, unchecked, unchecked}),
+			step{0, 1, false, unchecked, unchecked}))
+		ctx := context.Background()
+		for i := range 64 * 300 { // enough new keys to make every shard sweep
+			_, err := victim.lim.Allow(ctx, victim.rule, fmt.Sprint("other-", i), base.Add(4*time.Minute))
+			require.NoError(t, err)
+		}
+		// Had the flood swept the victim's entry, it would have a fresh
+		// budget within its window.
+		run(t, victim, steps(5, step{1 * ms, 1, false, unchecked, unchecked}))
+	})
 }
 
 // TestSlidingLogCallsStayShort: a sliding-log call adds at most 100

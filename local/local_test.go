@@ -244,42 +244,69 @@ func TestCacheFront(t *testing.T) {
 	}
 }
 
+// spend is one lock-free Spend call and what it must return: ok, and when
+// ok the window's counts, the lease before the spend and the time elapsed
+// in the window.
+type spend struct {
+	ms                        int64
+	ok                        bool
+	prev, cur, lease, elapsed int64 // compared only when ok
+}
+
+// spender is what a sequence of spends runs on: a State, or a Cache's Ref.
+type spender interface {
+	Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool)
+}
+
+// runSpends makes the spends on s in order, with windows of w ms, and
+// reports every one whose result differs from its step's.
+func runSpends(t *testing.T, s spender, w int64, seq []spend) {
+	t.Helper()
+	for i, want := range seq {
+		var got spend
+		got.prev, got.cur, got.lease, got.elapsed, got.ok = s.Spend(want.ms, w)
+		got.ms = want.ms
+		if got.ok != want.ok || want.ok && got != want {
+			t.Errorf("step %d: Spend(%d, %d) = %s, want %s", i, want.ms, w, got, want)
+		}
+	}
+}
+
+func (s spend) String() string {
+	if !s.ok {
+		return "not ok"
+	}
+	return fmt.Sprintf("ok: prev %d, cur %d, lease %d, elapsed %d", s.prev, s.cur, s.lease, s.elapsed)
+}
+
 // TestSpend: Spend takes the lease opened by Unlock one token at a time,
 // only for timestamps in the lease's window; Lock counts what it took as
 // local admissions.
 func TestSpend(t *testing.T) {
 	const w = 1000
 	s := NewState("k", 0)
-	if _, _, _, _, ok := s.Spend(5500, w); ok {
-		t.Fatal("a new state spent")
-	}
+	runSpends(t, s, w, []spend{{ms: 5500}}) // a new state has no lease
 	s.Lock()
 	s.Roll(5)
 	s.Prev, s.Cur, s.Lease, s.Last = 40, 9, 3, 5100
 	s.Unlock()
-	for _, ms := range []int64{4999, 5099, 6000, 7500} {
-		if _, _, _, _, ok := s.Spend(ms, w); ok {
-			t.Fatalf("Spend(%d) outside window 5, or before Last, succeeded", ms)
-		}
-	}
-	for i := range int64(3) {
-		prev, cur, lease, elapsed, ok := s.Spend(5250, w)
-		if !ok || prev != 40 || cur != 9 || lease != 3-i || elapsed != 250 {
-			t.Fatalf("Spend #%d = %d, %d, %d, %d, %v", i, prev, cur, lease, elapsed, ok)
-		}
-	}
-	if _, _, _, _, ok := s.Spend(5250, w); ok {
-		t.Fatal("Spend beyond the lease succeeded")
-	}
+	runSpends(t, s, w, []spend{
+		{ms: 4999}, // before window 5
+		{ms: 5099}, // before Last
+		{ms: 6000}, // window 6
+		{ms: 7500}, // window 7
+		{5250, true, 40, 9, 3, 250},
+		{5250, true, 40, 9, 2, 250},
+		{5250, true, 40, 9, 1, 250},
+		{ms: 5250}, // beyond the lease
+	})
 	s.Lock()
 	if s.Lease != 0 || s.Attempts != 3 || s.Seen != 3 || s.LocalAllowed != 3 {
 		t.Fatalf("after three spends: %+v", s)
 	}
 	s.Lease = tokenMask + 1 // too large for the budget: every decision locks
 	s.Unlock()
-	if _, _, _, _, ok := s.Spend(5250, w); ok {
-		t.Fatal("Spend of a lease larger than the budget holds succeeded")
-	}
+	runSpends(t, s, w, []spend{{ms: 5250}}) // a lease larger than the budget holds
 	s.Lock()
 	if s.Lease != tokenMask+1 || s.LocalAllowed != 3 {
 		t.Fatalf("a closed budget changed the state: %+v", s)
