@@ -30,9 +30,11 @@ const (
 	// benchConc is the goroutine count of the parallel benchmarks.
 	benchConc = 64
 	// scriptPath is the library's sliding-window script, read at run time
-	// (tests run in the package directory) so the raw EVALSHA benchmark
-	// always runs the same Lua as the library.
-	scriptPath = "../global/scripts/sliding_window.lua"
+	// (tests run in the package directory) after its shared prelude, as the
+	// library builds it, so the raw EVALSHA benchmark always runs the same
+	// Lua as the library.
+	scriptPath  = "../global/scripts/sliding_window.lua"
+	preludePath = "../global/scripts/prelude.lua"
 )
 
 // users are the user names u0 … u9999, built once so the loops allocate
@@ -158,11 +160,15 @@ func newRedisRate(tb testing.TB, rdb *redis.Client, prefix string, limit int, wi
 // a SCRIPT FLUSH by another client of a shared Redis does not fail it.
 func newEvalsha(tb testing.TB, rdb *redis.Client, prefix string, limit int64, window time.Duration) op {
 	tb.Helper()
+	prelude, err := os.ReadFile(preludePath)
+	if err != nil {
+		tb.Fatalf("reading the library's script prelude: %v", err)
+	}
 	src, err := os.ReadFile(scriptPath)
 	if err != nil {
 		tb.Fatalf("reading the library's script: %v", err)
 	}
-	sc := redis.NewScript(string(src))
+	sc := redis.NewScript(string(prelude) + string(src))
 	if err := sc.Load(context.Background(), rdb).Err(); err != nil {
 		tb.Fatal(err)
 	}

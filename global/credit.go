@@ -11,7 +11,7 @@ import (
 var (
 	//go:embed scripts/credit.lua
 	creditLua    string
-	creditScript = redis.NewScript(creditLua)
+	creditScript = newScript(creditLua)
 )
 
 // Credit adds admissions that were decided without Redis to one key's

@@ -14,11 +14,11 @@ import (
 var (
 	//go:embed scripts/lease.lua
 	leaseLua    string
-	leaseScript = redis.NewScript(leaseLua)
+	leaseScript = newScript(leaseLua)
 
 	//go:embed scripts/heartbeat.lua
 	heartbeatLua    string
-	heartbeatScript = redis.NewScript(heartbeatLua)
+	heartbeatScript = newScript(heartbeatLua)
 )
 
 // LeaseRequest is one hybrid-mode exchange for one key: give back unspent

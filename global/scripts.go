@@ -19,6 +19,11 @@ const (
 )
 
 var (
+	// preludeLua holds the helpers the scripts share; newScript prepends
+	// it to every script's body, so that each helper exists once.
+	//go:embed scripts/prelude.lua
+	preludeLua string
+
 	//go:embed scripts/sliding_window.lua
 	slidingWindowLua string
 	//go:embed scripts/sliding_log.lua
@@ -29,12 +34,16 @@ var (
 	tokenBucketLua string
 )
 
+// newScript returns the script of body, one of scripts/*.lua, run after
+// the shared prelude (one chunk: the prelude's locals are the body's).
+func newScript(body string) *redis.Script { return redis.NewScript(preludeLua + body) }
+
 // scripts is indexed by Algorithm.
 var scripts = [numAlgorithms]*redis.Script{
-	SlidingWindow: redis.NewScript(slidingWindowLua),
-	SlidingLog:    redis.NewScript(slidingLogLua),
-	FixedWindow:   redis.NewScript(fixedWindowLua),
-	TokenBucket:   redis.NewScript(tokenBucketLua),
+	SlidingWindow: newScript(slidingWindowLua),
+	SlidingLog:    newScript(slidingLogLua),
+	FixedWindow:   newScript(fixedWindowLua),
+	TokenBucket:   newScript(tokenBucketLua),
 }
 
 // keyCount is how many KEYS each script takes; all derive from one base key.

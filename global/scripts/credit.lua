@@ -15,12 +15,7 @@
 --          again from it)
 -- Returns  1 if the credit was applied (in whole or in part), 0 if every
 --          admission it carried belongs to a window that is over
-local function fdiv(x, y)
-  local q = math.floor(x / y)
-  if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
-  return q
-end
-local function int(x) return string.format('%.0f', x) end
+-- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
 local done = redis.call('GET', KEYS[3])
 if done then return tonumber(done) end
@@ -60,8 +55,7 @@ if kind == 'w' then
     if ARGV[8] == '1' then
       local v = tonumber(st[5])
       if v == nil then -- as lease.lua starts a new key's versions
-        local now = redis.call('TIME')
-        v = tonumber(now[1]) * 1000000 + tonumber(now[2])
+        v = server_us()
       end
       fields[#fields + 1] = 'v'
       fields[#fields + 1] = int(math.max(v, kv) + 1)
@@ -88,19 +82,7 @@ else
   local n = math.min(ncur + nprev, limit)
   if last > now - w and n > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
-    local seq = redis.call('HINCRBY', KEYS[2], 's', n) - n
-    local args = {}
-    for i = 1, n do
-      args[#args + 1] = int(last)
-      args[#args + 1] = int(seq + i)
-      if #args >= 1000 or i == n then
-        redis.call('ZADD', KEYS[1], unpack(args))
-        args = {}
-      end
-    end
-    redis.call('HSET', KEYS[2], 't', int(now))
-    redis.call('PEXPIRE', KEYS[1], 2 * w)
-    redis.call('PEXPIRE', KEYS[2], 2 * w)
+    log_add(KEYS[1], KEYS[2], last, n, now, w)
     applied = 1
   end
 end

@@ -30,12 +30,7 @@
 --          (1: the key was missing and started from the caller's counts)}, or, when
 --          that key's commands failed (a foreign value under it, say), the
 --          error's text. One key's error changes nothing of the others'.
-local function fdiv(x, y)
-  local q = math.floor(x / y)
-  if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
-  return q
-end
-local function int(x) return string.format('%.0f', x) end
+-- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
 local function lease(key, opkey, a)
   if opkey then
@@ -63,8 +58,7 @@ local function lease(key, opkey, a)
     -- answers higher versions than any it had before: instances then adopt
     -- its counts at once. (A key would need more than one call per
     -- microsecond over its life to break this.)
-    local t = redis.call('TIME')
-    version = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    version = server_us()
   end
   version = version + 1
   local last = tonumber(st[4]) or 0

@@ -2,21 +2,9 @@
 -- KEYS[1]  hash {w = window index, c = current count, p = previous count, t = newest admitted ms}
 -- ARGV     now_ms, window_ms, limit, n, use_server_time ("1" or "0")
 -- Returns  {allowed (0|1), remaining, retry_after_ms, reset_after_ms}
-local function fdiv(x, y) -- floor(x / y) for integers, exact past 2^31
-  local q = math.floor(x / y)
-  if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
-  return q
-end
-local function int(x) return string.format('%.0f', x) end -- exact decimal, never 1e+15
+-- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
-local now = tonumber(ARGV[1])
-local w = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-if ARGV[5] == '1' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + fdiv(tonumber(t[2]), 1000)
-end
+local now, w, limit, n = strict_args()
 local req = now
 
 local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't')
@@ -69,6 +57,4 @@ if remaining < 0 then remaining = 0 end
 local reset = 0
 if cur > 0 then reset = 2 * w - elapsed elseif prev > 0 then reset = w - elapsed end
 
-local shift = now - req
-if allowed == 0 then retry = retry + shift end
-return {allowed, remaining, retry, reset + shift}
+return strict_reply(req, now, allowed, remaining, retry, reset)
