@@ -112,11 +112,16 @@ type concurrency struct {
 // the same users at one instant admit each user exactly what one exact
 // limiter would. The exact algorithms admit exactly Limit; the sliding
 // window admits exactly what approx.go computes with 0.6·Limit requests
-// counted in the previous window (it weighs 0.6, 400 ms into the window).
+// counted in the previous window (it weighs 0.6, 0.4 of the way into the
+// window). The window is a minute: the keys' TTLs (two windows) run on the
+// wall clock while the requests' stamps stand still, and a second's window
+// let the first users' previous-window counts expire before a slow run got
+// to them.
 func behaveStrictExactUnderConcurrency(t *testing.T, b backend, p concurrency) {
 	ctx := context.Background()
-	w := time.Second
-	now := time.UnixMilli((base.UnixMilli()/1000+1)*1000 + 400)
+	w := time.Minute
+	wms := w.Milliseconds()
+	now := time.UnixMilli((base.UnixMilli()/wms+1)*wms + wms*4/10)
 	prevCount := p.limit * 6 / 10
 	for _, a := range allAlgorithms {
 		t.Run(a.String(), func(t *testing.T) {
@@ -126,13 +131,14 @@ func behaveStrictExactUnderConcurrency(t *testing.T, b backend, p concurrency) {
 				// Fill the previous window, then compute the reference.
 				l := newBehaving(t, b.c, b.prefix, rule, base, Config{})
 				for _, u := range p.users {
-					_, err := l.AllowN(ctx, rule.Name, u, now.Add(-w), prevCount)
+					d, err := l.AllowN(ctx, rule.Name, u, now.Add(-w), prevCount)
 					require.NoError(t, err)
+					require.True(t, d.Allowed, "user %q: the previous window's requests", u)
 				}
 				ref := slidingWindow{}
-				ref.take(now.Add(-w).UnixMilli(), 1000, p.limit, prevCount)
+				ref.take(now.Add(-w).UnixMilli(), wms, p.limit, prevCount)
 				want = 0
-				for ref.take(now.UnixMilli(), 1000, p.limit, 1).allowed {
+				for ref.take(now.UnixMilli(), wms, p.limit, 1).allowed {
 					want++
 				}
 				require.Equal(t, p.limit-prevCount*6/10, want)
