@@ -26,7 +26,7 @@ FUZZTIME   ?= 20s
 STATICCHECK_VERSION          ?= latest
 STATICCHECK_FALLBACK_VERSION ?= v0.8.2
 
-.PHONY: help redis test bench lint vet staticcheck tools fuzz demo
+.PHONY: help redis test bench lint vet staticcheck tools fuzz demo cluster-up cluster-down test-cluster
 
 help: ## Show this help
 	@echo "Targets:"
@@ -52,6 +52,25 @@ test: redis ## Run all tests (root module, then bench/ module) with -race -shuff
 	fi; \
 	if [ $$status -ne 0 ]; then echo "make test: FAILED" >&2; fi; \
 	exit $$status
+
+cluster-up: ## Start a throwaway Redis Cluster (3 masters, 3 replicas; RL_CLUSTER_PORT, default 7100) and print REDIS_CLUSTER_ADDRS=...
+	@bash scripts/redis-cluster.sh start
+
+cluster-down: ## Stop the cluster cluster-up started (only its own pids; a no-op if none runs)
+	@bash scripts/redis-cluster.sh stop
+
+test-cluster: ## Start a Redis Cluster of its own, run the cluster suite (TestCluster*) on it, stop it even on failure
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/rl-cluster-test.XXXXXX"); \
+	export RL_CLUSTER_DIR="$$dir"; \
+	trap 'bash scripts/redis-cluster.sh stop' EXIT; \
+	trap 'exit 130' INT TERM; \
+	echo "==> starting a Redis Cluster (scripts/redis-cluster.sh, state in $$dir)"; \
+	start=$$(date +%s); \
+	addrs=$$(bash scripts/redis-cluster.sh start | sed -n 's/^REDIS_CLUSTER_ADDRS=//p'); \
+	if [ -z "$$addrs" ]; then echo "make test-cluster: no cluster addresses" >&2; exit 1; fi; \
+	echo "REDIS_CLUSTER_ADDRS=$$addrs (up in $$(( $$(date +%s) - start )) s)"; \
+	echo "==> go test $(TESTFLAGS) -run '^TestCluster' -v .  (cluster suite)"; \
+	REDIS_CLUSTER_ADDRS="$$addrs" $(GO) test $(TESTFLAGS) -timeout 5m -run '^TestCluster' -v . 2>&1 | grep -Ev '^\s*=== '
 
 bench: redis ## Run benchmarks in bench/ (BENCH=regexp COUNT=n), output tee'd to bench/bench.txt
 	cd bench && $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(COUNT) ./... | tee bench.txt

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,141 +112,30 @@ func TestRetryAfterOnRedis(t *testing.T) {
 // TestConcurrentInstances: 8 Limiters, each with its own client, 32
 // goroutines each, one user at one instant. The exact algorithms admit
 // exactly Limit; the sliding window admits exactly what approx.go computes
-// with 600 requests counted in the previous window.
+// with 600 requests counted in the previous window. (The cluster suite runs
+// the same behaviour: behaviour_test.go.)
 func TestConcurrentInstances(t *testing.T) {
-	const (
-		instances  = 8
-		goroutines = 32
-		attempts   = 8 // per goroutine: 2048 in all
-		limit      = 1000
-		prevCount  = 600
-	)
-	c := testRedis(t)
-	prefix := testPrefix(t, c)
-	ctx := context.Background()
-	w := time.Second
-	// now is 400 ms into its window: prev weighs 0.6.
-	now := time.UnixMilli((base.UnixMilli()/1000+1)*1000 + 400)
-
-	for _, a := range allAlgorithms {
-		t.Run(a.String(), func(t *testing.T) {
-			rule := Rule{Name: "conc-" + a.String(), Limit: limit, Window: w, Algorithm: a, Mode: Strict}
-			want := int64(limit)
-			if a == SlidingWindow {
-				// Fill the previous window, then compute the reference.
-				l := newStrict(t, c, prefix, rule)
-				_, err := l.AllowN(ctx, rule.Name, "hot", now.Add(-w), prevCount)
-				require.NoError(t, err)
-				ref := slidingWindow{}
-				ref.take(now.Add(-w).UnixMilli(), 1000, limit, prevCount)
-				want = 0
-				for ref.take(now.UnixMilli(), 1000, limit, 1).allowed {
-					want++
-				}
-				require.Equal(t, int64(limit-prevCount*6/10), want)
-			}
-			var lims []*Limiter
-			for range instances {
-				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
-				t.Cleanup(func() { _ = cl.Close() }) // after the Limiter's Close
-				lims = append(lims, newStrict(t, cl, prefix, rule))
-			}
-			require.Equal(t, want, hammer(t, lims, rule.Name, now, goroutines, attempts))
-		})
-	}
+	behaveStrictExactUnderConcurrency(t, singleNode(t),
+		concurrency{instances: 8, goroutines: 32, attempts: 8, limit: 1000, users: []string{"hot"}}) // 2048 attempts
 }
 
 // hammer runs goroutines goroutines on each Limiter, each making attempts
 // Allow calls for user "hot" at now, and returns how many were admitted.
 func hammer(t *testing.T, lims []*Limiter, rule string, now time.Time, goroutines, attempts int) int64 {
 	t.Helper()
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for _, l := range lims {
-		for range goroutines {
-			wg.Go(func() {
-				for range attempts {
-					d, err := l.Allow(context.Background(), rule, "hot", now)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if d.Allowed {
-						admitted.Add(1)
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	return admitted.Load()
+	return hammerUsers(t, lims, rule, []string{"hot"}, now, goroutines, attempts)[0]
 }
 
 // TestKeysExpire: every key written carries a TTL of at most two windows,
 // and is gone two windows after its last use.
 func TestKeysExpire(t *testing.T) {
-	c := testRedis(t)
-	prefix := testPrefix(t, c)
-	ctx := context.Background()
-	const w = 150 * time.Millisecond
-	var rules []Rule
-	for _, a := range allAlgorithms {
-		rules = append(rules, Rule{Name: "exp-" + a.String(), Limit: 3, Window: w, Algorithm: a, Mode: Strict})
-	}
-	l, err := New(Config{Redis: c, Rules: rules, KeyPrefix: prefix})
-	require.NoError(t, err)
-	defer l.Close()
-	var keys []string
-	for _, r := range rules {
-		for range 5 {
-			_, err := l.Allow(ctx, r.Name, "user", time.Now())
-			require.NoError(t, err)
-		}
-		// Read the TTLs at once: on a loaded machine the keys of the
-		// first rules could expire while the last ones are decided.
-		ruleKeys, err := c.Keys(ctx, prefix+":*"+r.Name+"*").Result()
-		require.NoError(t, err)
-		for _, k := range ruleKeys {
-			ttl, err := c.PTTL(ctx, k).Result()
-			require.NoError(t, err)
-			require.True(t, ttl > 0 && ttl <= 2*w, "key %s has TTL %v, want in (0, %v]", k, ttl, 2*w)
-		}
-		keys = append(keys, ruleKeys...)
-	}
-	require.Len(t, keys, 5, "one key per algorithm, two for the sliding log: %v", keys)
-	time.Sleep(2*w + 50*time.Millisecond)
-	n, err := c.Exists(ctx, keys...).Result()
-	require.NoError(t, err)
-	require.Zero(t, n, "keys still present two windows after their last use")
+	behaveKeysExpire(t, singleNode(t), 150*time.Millisecond, []string{"user"})
 }
 
 // TestNoScriptFallback: after SCRIPT FLUSH the scripts run again through
 // EVAL, alone and in pipelines.
 func TestNoScriptFallback(t *testing.T) {
-	c := testRedis(t)
-	prefix := testPrefix(t, c)
-	ctx := context.Background()
-	r := Rule{Name: "flush", Limit: 100, Window: time.Minute}
-	l := newStrict(t, c, prefix, r)
-	require.NoError(t, c.ScriptFlush(ctx).Err())
-	d, err := l.Allow(ctx, r.Name, "u", base)
-	require.NoError(t, err)
-	require.True(t, d.Allowed)
-	require.NoError(t, c.ScriptFlush(ctx).Err())
-	var wg sync.WaitGroup
-	var admitted atomic.Int64
-	for range 50 {
-		wg.Go(func() {
-			d, err := l.Allow(ctx, r.Name, "u", base)
-			if err != nil {
-				t.Error(err)
-			} else if d.Allowed {
-				admitted.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	require.Equal(t, int64(50), admitted.Load())
+	behaveNoScriptFallback(t, singleNode(t), []string{"u"})
 }
 
 // TestServerTime: with ServerTime the script's clock is Redis's, not the
@@ -372,63 +258,10 @@ func TestNewDoesNotMutateConfig(t *testing.T) {
 	require.Equal(t, "", cfg.KeyPrefix)
 }
 
-// suite runs the argument checks against one rule of every mode.
+// TestAllowRejectsBadInput runs the argument checks against one rule of
+// every mode.
 func TestAllowRejectsBadInput(t *testing.T) {
-	c := testRedis(t)
-	prefix := testPrefix(t, c)
-	ctx := context.Background()
-	for _, mode := range []Mode{Hybrid, Strict, Local} {
-		t.Run(mode.String(), func(t *testing.T) {
-			l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), MaxKeyBytes: 16,
-				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
-			require.NoError(t, err)
-			defer l.Close()
-			rl, err := l.Rule("r")
-			require.NoError(t, err)
-			require.Equal(t, "r", rl.Name())
-			for _, tc := range []struct {
-				name string
-				rule string
-				user string
-				now  time.Time
-				n    int64
-				want error
-			}{
-				{"unknown rule", "nope", "u", base, 1, ErrUnknownRule},
-				{"empty key", "r", "", base, 1, ErrInvalidKey},
-				{"huge key", "r", strings.Repeat("x", 17), base, 1, ErrInvalidKey},
-				{"zero n", "r", "u", base, 0, ErrInvalidArgument},
-				{"negative n", "r", "u", base, -3, ErrInvalidArgument},
-				{"n over limit", "r", "u", base, 11, ErrInvalidArgument},
-				{"zero time", "r", "u", time.Time{}, 1, ErrInvalidArgument},
-				{"before epoch", "r", "u", time.UnixMilli(-5), 1, ErrInvalidArgument},
-				{"far past", "r", "u", base.Add(-time.Hour), 1, ErrInvalidArgument},
-				{"far future", "r", "u", base.Add(time.Hour), 1, ErrInvalidArgument},
-				{"past 2^50 ms", "r", "u", time.UnixMilli(1<<50 + 1), 1, ErrInvalidArgument},
-			} {
-				d, err := l.AllowN(ctx, tc.rule, tc.user, tc.now, tc.n)
-				require.ErrorIs(t, err, tc.want, tc.name)
-				require.False(t, d.Allowed, tc.name)
-				if tc.rule == "r" { // the same through the rule's RuleLimiter
-					d, err = rl.AllowN(ctx, tc.user, tc.now, tc.n)
-					require.ErrorIs(t, err, tc.want, tc.name)
-					require.False(t, d.Allowed, tc.name)
-				}
-			}
-			_, err = l.Rule("nope")
-			require.ErrorIs(t, err, ErrUnknownRule)
-			// The boundary itself is fine: 16 bytes, skew of exactly 5 minutes.
-			_, err = l.Allow(ctx, "r", strings.Repeat("x", 16), base.Add(5*time.Minute))
-			require.NoError(t, err)
-			require.NoError(t, l.Close())
-			_, err = l.Allow(ctx, "r", "u", base)
-			require.ErrorIs(t, err, ErrClosed)
-			_, err = rl.Allow(ctx, "u", base)
-			require.ErrorIs(t, err, ErrClosed)
-			require.ErrorIs(t, l.Sync(ctx), ErrClosed)
-			require.NoError(t, l.Close(), "Close is idempotent")
-		})
-	}
+	behaveRejectsBadInput(t, singleNode(t))
 }
 
 // TestLocalModeMatchesStrict: the local mode is the same algorithm in
