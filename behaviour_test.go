@@ -176,9 +176,9 @@ func behaveHybridWithinLimit(t *testing.T, b backend, p concurrency) {
 			for _, l := range lims {
 				require.NoError(t, l.Close())
 				s := l.Stats()
-				st.LocalAllowed += s.LocalAllowed
-				st.RemoteAllowed += s.RemoteAllowed
-				st.Remote += s.Remote
+				st.HybridInProcessAllowed += s.HybridInProcessAllowed
+				st.HybridRedisAllowed += s.HybridRedisAllowed
+				st.HybridRedis += s.HybridRedis
 				st.SyncPasses += s.SyncPasses
 				st.RedisErrors += s.RedisErrors
 			}
@@ -191,11 +191,11 @@ func behaveHybridWithinLimit(t *testing.T, b backend, p concurrency) {
 					"user %q: after every lease is returned Redis must count exactly the admissions", u)
 				total += got[i]
 			}
-			require.Equal(t, total, st.LocalAllowed+st.RemoteAllowed, "admitted decisions in Stats")
+			require.Equal(t, total, st.HybridInProcessAllowed+st.HybridRedisAllowed, "admitted decisions in Stats")
 			t.Logf("%d users: admitted %d of %d offered (limit %d each; per user %v); allowed locally %d, by Redis %d "+
 				"(%d decisions went to Redis); %d sync passes, %d Redis errors",
 				len(p.users), total, int64(len(p.users)*p.instances*p.goroutines*p.attempts), p.limit, got,
-				st.LocalAllowed, st.RemoteAllowed, st.Remote, st.SyncPasses, st.RedisErrors)
+				st.HybridInProcessAllowed, st.HybridRedisAllowed, st.HybridRedis, st.SyncPasses, st.RedisErrors)
 		})
 	}
 }
