@@ -324,7 +324,7 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		return nil, ctx.Err()
 	case <-timer.C:
 		s.timeouts.Add(1)
-		s.breaker.failure(errTimeout, t)
+		s.failed(errTimeout, t)
 		s.giveUp(c)
 		return nil, errTimeout
 	}
@@ -370,7 +370,7 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	case err != nil && timedOut: // Timeout
 		s.timeouts.Add(1)
 		s.abandoned.Add(1) // sent: Redis may have counted it
-		s.breaker.failure(errTimeout, c.ticket)
+		s.failed(errTimeout, c.ticket)
 		return nil, errTimeout
 	}
 	s.recordErr(err, c.ticket)
@@ -494,17 +494,30 @@ func (s *Store) complete(c *call, cmd *redis.Cmd) {
 func (s *Store) record(cmds []*redis.Cmd, t ticket) {
 	for _, cmd := range cmds {
 		if err := cmd.Err(); unavailable(err) {
-			s.breaker.failure(classify(err), t)
+			s.failed(classify(err), t)
 			return
 		}
 	}
 	s.breaker.success(t)
 }
 
+// failed tells the breaker of a call that met an unavailable Redis, and,
+// on a cluster, asks the client to reload its slot map: after a failover or
+// a resharding the map go-redis holds names a dead or former master until
+// its timer reloads it (ClusterStateReloadInterval, 60 s by default), and
+// a reload is cheap (go-redis runs one at a time, in the background, at
+// most one each 200 ms).
+func (s *Store) failed(err error, t ticket) {
+	s.breaker.failure(err, t)
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
+	}
+}
+
 // recordErr tells the breaker how Redis answered one command.
 func (s *Store) recordErr(err error, t ticket) {
 	if unavailable(err) {
-		s.breaker.failure(err, t)
+		s.failed(err, t)
 	} else {
 		s.breaker.success(t)
 	}
@@ -534,7 +547,7 @@ func (s *Store) bounded(parent context.Context, t ticket, ops []op) []*redis.Cmd
 	if parent.Err() == nil { // the Store's own deadline, not the caller's
 		err = errTimeout
 		s.timeouts.Add(1)
-		s.breaker.failure(err, t)
+		s.failed(err, t)
 	}
 	cmds := make([]*redis.Cmd, len(ops))
 	for i := range cmds {
