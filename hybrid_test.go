@@ -174,7 +174,8 @@ func testHybridConcurrentInstances(t *testing.T, front bool) {
 				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
 				defer cl.Close()
 				l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
-					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024, noFront: !front})
+					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024, noFront: !front,
+					Timeout: 5 * time.Second}) // a loaded machine (-race) is no outage here: see below
 				require.NoError(t, err)
 				lims = append(lims, l)
 				wg.Go(func() { // Stats while decisions and passes run (-race)
@@ -187,7 +188,17 @@ func testHybridConcurrentInstances(t *testing.T, front bool) {
 			}
 			admitted := hammer(t, lims, rule.Name, now, goroutines, attempts)
 			wg.Wait()
-			require.LessOrEqual(t, admitted, int64(limit))
+			var fallback, timeouts int64
+			for _, l := range lims {
+				st := l.Stats()
+				fallback += st.FallbackLocalAllowed
+				timeouts += st.Timeouts
+			}
+			// A call that outlasts Timeout is decided by the rule's policy
+			// (FailLocal), and may still be counted by Redis: with the
+			// default Timeout of 1 s, a machine too loaded to answer in time
+			// admitted beyond the limit.
+			require.LessOrEqual(t, admitted, int64(limit), "%d admitted by FailLocal, %d calls timed out", fallback, timeouts)
 			for _, l := range lims {
 				require.NoError(t, l.Close())
 			}
