@@ -79,10 +79,13 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 	}
 	s := h.cache.State(ref)
 	if s == nil {
+		// Not found: a new key (decideLocal sends it to Redis), or one so
+		// recent that ristretto has not applied its Set yet, or one let go
+		// of that serves until the next Forget: GetOrCreate finds those in
+		// its side map, with whatever lease they hold.
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
 			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
 		})
-		return h.acquire(ctx, s, r, user, ms, n)
 	}
 	res, promote, ok := h.decideLocal(s, r, ms, n)
 	if !ok {
