@@ -268,10 +268,10 @@ func behaveKeysExpire(t *testing.T, b backend, w time.Duration, users []string) 
 // mode.
 func behaveRejectsBadInput(t *testing.T, b backend) {
 	ctx := context.Background()
-	for _, mode := range []Mode{Hybrid, Strict, Local} {
-		t.Run(mode.String(), func(t *testing.T) {
-			l, err := New(Config{Redis: b.c, KeyPrefix: b.prefix, Now: fixedClock(base), MaxKeyBytes: 16,
-				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
+	for _, m := range modesAndFronts {
+		t.Run(m.name, func(t *testing.T) {
+			l, err := New(Config{Redis: b.c, KeyPrefix: b.prefix, Now: fixedClock(base), MaxKeyBytes: 16, noFront: !m.front,
+				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: m.mode}}})
 			require.NoError(t, err)
 			defer l.Close()
 			rl, err := l.Rule("r")

@@ -17,15 +17,24 @@ import (
 // TestCloseRacesDecisions: Close while hybrid decisions run, half of them
 // for new users (a cache miss, a ristretto Set): every decision succeeds
 // or returns ErrClosed, and none panics (ristretto's Close closes channels
-// that a concurrent Get or Set would send on).
+// that a concurrent Get or Set would send on). Without the front table,
+// every Get goes to ristretto; two rounds show it.
 func TestCloseRacesDecisions(t *testing.T) {
+	forEachFront(t, testCloseRacesDecisions)
+}
+
+func testCloseRacesDecisions(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	rule := Rule{Name: "closerace", Limit: 1 << 28, Window: time.Hour}
 	var seq atomic.Int64
-	for round := range 5 {
+	rounds := 5
+	if !front {
+		rounds = 2
+	}
+	for round := range rounds {
 		l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, SyncInterval: time.Millisecond, MaxLocalKeys: 64,
-			Timeout: 5 * time.Second}) // a loaded machine (-race) is no outage here
+			Timeout: 5 * time.Second, noFront: !front}) // a loaded machine (-race) is no outage here
 		require.NoError(t, err)
 		var wg sync.WaitGroup
 		stop := make(chan struct{})

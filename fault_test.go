@@ -108,8 +108,12 @@ func (t *tally) get(rule, user string, inst int) int64 {
 // FailOpen allows and FailClosed denies with a Retry-After of at least 1 s;
 // bad input is still an error. When it is back, the instances recover
 // without a restart, and Redis counts exactly what the fleet admitted
-// while it was away.
+// while it was away. The hybrid rule runs with the front table and without.
 func TestFaultKillRestart(t *testing.T) {
+	forEachFront(t, testFaultKillRestart)
+}
+
+func testFaultKillRestart(t *testing.T, front bool) {
 	const (
 		instances = 3
 		users     = 200
@@ -132,7 +136,7 @@ func TestFaultKillRestart(t *testing.T) {
 	for i := range instances {
 		l, err := New(Config{
 			Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: "kill", Now: clock.Now,
-			ManualSync: true, Timeout: 50 * time.Millisecond,
+			ManualSync: true, Timeout: 50 * time.Millisecond, noFront: !front,
 			SyncInterval:   time.Second, // each credit pipeline gets a second: -race on 2 cores is slow
 			Breaker:        BreakerConfig{Failures: 3, Backoff: time.Second, Jitter: -1},
 			OnHealthChange: health[i].record,
@@ -466,6 +470,10 @@ func TestFaultDeadlines(t *testing.T) {
 // fleet admitted. (A strict key has no such knowledge in process: it starts
 // again from zero; see docs/design.md.)
 func TestFaultRestartKeepsBudgets(t *testing.T) {
+	forEachFront(t, testFaultRestartKeepsBudgets)
+}
+
+func testFaultRestartKeepsBudgets(t *testing.T, front bool) {
 	const (
 		instances = 3
 		users     = 50
@@ -478,7 +486,8 @@ func TestFaultRestartKeepsBudgets(t *testing.T) {
 	for range instances {
 		rdb := redis.NewClient(&redis.Options{Addr: proc.Addr(), ContextTimeoutEnabled: true}) // retries a lost connection
 		t.Cleanup(func() { _ = rdb.Close() })
-		l, err := New(Config{Redis: rdb, Rules: []Rule{rule}, KeyPrefix: "rs", Now: clock.Now, ManualSync: true, Timeout: time.Second})
+		l, err := New(Config{Redis: rdb, Rules: []Rule{rule}, KeyPrefix: "rs", Now: clock.Now, ManualSync: true, Timeout: time.Second,
+			noFront: !front})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = l.Close() })
 		lims = append(lims, l)

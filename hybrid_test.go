@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/internal/knob"
 	"github.com/drl-go/distributed-rate-limiter/local"
 )
 
@@ -35,14 +36,115 @@ func redisCount(t *testing.T, c *redis.Client, key string, now time.Time, w time
 }
 
 // manualHybrid returns a Limiter of rule on c under prefix whose sync passes
-// run only at Sync, with clock now and room for maxKeys local keys; it is
-// closed when the test ends.
-func manualHybrid(t *testing.T, c *redis.Client, prefix string, rule Rule, now func() time.Time, maxKeys int64) *Limiter {
+// run only at Sync, with clock now and room for maxKeys local keys, with
+// the front table or without; it is closed when the test ends.
+func manualHybrid(t *testing.T, front bool, c *redis.Client, prefix string, rule Rule, now func() time.Time, maxKeys int64) *Limiter {
 	t.Helper()
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: now, ManualSync: true, MaxLocalKeys: maxKeys})
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: now, ManualSync: true, MaxLocalKeys: maxKeys, noFront: !front})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
 	return l
+}
+
+// forEachFront runs f as two subtests: front=on, with the hybrid cache's
+// front table (the default), and front=off, without it (Config.noFront),
+// the reference path the front table must agree with. Every hybrid test
+// runs both ways; f passes !front as Config.noFront, and gets a key
+// prefix of its own from testPrefix.
+func forEachFront(t *testing.T, f func(t *testing.T, front bool)) {
+	t.Helper()
+	for _, front := range []bool{true, false} {
+		t.Run(frontName(front), func(t *testing.T) { f(t, front) })
+	}
+}
+
+func frontName(front bool) string {
+	if front {
+		return "front=on"
+	}
+	return "front=off"
+}
+
+// TestFrontKnob: Config.noFront builds the hybrid cache without its front
+// table, and so does internal/knob's WithoutFront, the bench module's way
+// to set it.
+func TestFrontKnob(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	rule := Rule{Name: "knob", Limit: 10, Window: time.Second}
+	for _, front := range []bool{true, false} {
+		require.Equal(t, front, manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64).hybrid.cache.HasFront())
+	}
+	cfg := Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, ManualSync: true}
+	knob.WithoutFront(&cfg)
+	l, err := New(cfg)
+	require.NoError(t, err)
+	defer l.Close()
+	require.False(t, l.hybrid.cache.HasFront())
+}
+
+// TestHybridFrontAgrees: the front table changes where a key's lease is
+// spent, never a decision. An instance with the front table and one
+// without, fed the same history (hot and cold users, n of 1 to 3, time
+// moving through windows, sync passes now and then), decide every request
+// alike, and admit as much. (One instance each, with room for every key:
+// its counts are exact, so its decisions do not depend on lease sizes,
+// which the two may size apart: without the front table a key just
+// created is found by Get only once ristretto has applied its Set, and
+// until then asks Redis.)
+func TestHybridFrontAgrees(t *testing.T) {
+	c := testRedis(t)
+	ctx := context.Background()
+	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
+		t.Run(a.String(), func(t *testing.T) {
+			rule := Rule{Name: "agree-" + a.String(), Limit: 50, Window: time.Second, Algorithm: a}
+			now := base
+			clock := func() time.Time { return now }
+			lims := [2]*Limiter{
+				manualHybrid(t, true, c, testPrefix(t, c), rule, clock, 1024),
+				manualHybrid(t, false, c, testPrefix(t, c), rule, clock, 1024),
+			}
+			rng := rand.New(rand.NewPCG(7, 8))
+			var allowed, denied int
+			for i := range 3000 {
+				now = now.Add(time.Duration(rng.IntN(3)) * time.Millisecond)
+				user := fmt.Sprint("u", rng.IntN(8))
+				if rng.IntN(10) == 0 {
+					user = fmt.Sprint("cold", rng.IntN(64))
+				}
+				n := int64(1)
+				if rng.IntN(8) == 0 {
+					n = 1 + rng.Int64N(3)
+				}
+				var ds [2]Decision
+				for j, l := range lims {
+					d, err := l.AllowN(ctx, rule.Name, user, now, n)
+					require.NoError(t, err)
+					ds[j] = d
+				}
+				require.Equal(t, ds[0], ds[1], "step %d: %s, n %d, at %d ms: front on, then off", i, user, n, now.UnixMilli())
+				if ds[0].Allowed {
+					allowed++
+				} else {
+					denied++
+				}
+				if rng.IntN(50) == 0 {
+					for _, l := range lims {
+						require.NoError(t, l.Sync(ctx))
+					}
+				}
+			}
+			var st [2]Stats
+			for j, l := range lims {
+				require.NoError(t, l.Sync(ctx))
+				st[j] = l.Stats()
+			}
+			require.Equal(t, st[0].HybridInProcessAllowed+st[0].HybridRedisAllowed, st[1].HybridInProcessAllowed+st[1].HybridRedisAllowed, "%+v", st)
+			require.Positive(t, denied, "the history must reach the limit")
+			t.Logf("%d allowed, %d denied; decided locally %d with the front table, %d without",
+				allowed, denied, st[0].HybridInProcessAllowed+st[0].HybridInProcessDenied, st[1].HybridInProcessAllowed+st[1].HybridInProcessDenied)
+		})
+	}
 }
 
 // TestHybridConcurrentInstances: 8 hybrid Limiters, each with its own
@@ -50,6 +152,10 @@ func manualHybrid(t *testing.T, c *redis.Client, prefix string, rule Rule, now f
 // instant. Together they admit at most the limit; once they close (giving
 // every lease back), Redis counts exactly what they admitted.
 func TestHybridConcurrentInstances(t *testing.T) {
+	forEachFront(t, testHybridConcurrentInstances)
+}
+
+func testHybridConcurrentInstances(t *testing.T, front bool) {
 	const (
 		instances  = 8
 		goroutines = 32
@@ -68,7 +174,8 @@ func TestHybridConcurrentInstances(t *testing.T) {
 				cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
 				defer cl.Close()
 				l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
-					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024})
+					SyncInterval: 5 * time.Millisecond, MaxLocalKeys: 1024, noFront: !front,
+					Timeout: 5 * time.Second}) // a loaded machine (-race) is no outage here: see below
 				require.NoError(t, err)
 				lims = append(lims, l)
 				wg.Go(func() { // Stats while decisions and passes run (-race)
@@ -81,7 +188,17 @@ func TestHybridConcurrentInstances(t *testing.T) {
 			}
 			admitted := hammer(t, lims, rule.Name, now, goroutines, attempts)
 			wg.Wait()
-			require.LessOrEqual(t, admitted, int64(limit))
+			var fallback, timeouts int64
+			for _, l := range lims {
+				st := l.Stats()
+				fallback += st.FallbackLocalAllowed
+				timeouts += st.Timeouts
+			}
+			// A call that outlasts Timeout is decided by the rule's policy
+			// (FailLocal), and may still be counted by Redis: with the
+			// default Timeout of 1 s, a machine too loaded to answer in time
+			// admitted beyond the limit.
+			require.LessOrEqual(t, admitted, int64(limit), "%d admitted by FailLocal, %d calls timed out", fallback, timeouts)
 			for _, l := range lims {
 				require.NoError(t, l.Close())
 			}
@@ -97,13 +214,17 @@ func TestHybridConcurrentInstances(t *testing.T) {
 // process: after the first lease, Redis sees about one call per sync
 // interval, not one per request.
 func TestHybridMostlyLocal(t *testing.T) {
+	forEachFront(t, testHybridMostlyLocal)
+}
+
+func testHybridMostlyLocal(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "local", Limit: 1_000_000, Window: time.Minute}
 	now := base
 	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now },
-		ManualSync: true, MaxLocalKeys: 1024})
+		ManualSync: true, MaxLocalKeys: 1024, noFront: !front})
 	require.NoError(t, err)
 	defer l.Close()
 	// 20 sync intervals of 100 ms, 1 000 requests in each.
@@ -127,12 +248,16 @@ func TestHybridMostlyLocal(t *testing.T) {
 // come from the known counts, with the exact Retry-After of the sliding
 // window, and no Redis call each.
 func TestHybridDeniesLocallyOverLimit(t *testing.T) {
+	forEachFront(t, testHybridDeniesLocallyOverLimit)
+}
+
+func testHybridDeniesLocallyOverLimit(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "deny", Limit: 10, Window: time.Second}
 	now := time.UnixMilli(base.UnixMilli()/1000*1000 + 200)
-	l := manualHybrid(t, c, prefix, rule, fixedClock(now), 64)
+	l := manualHybrid(t, front, c, prefix, rule, fixedClock(now), 64)
 	admitted := 0
 	for range 10 {
 		d, err := l.Allow(ctx, rule.Name, "u", now)
@@ -170,13 +295,17 @@ func TestHybridDeniesLocallyOverLimit(t *testing.T) {
 // without a fresh budget (never more than 20), nearly all get their 20, and
 // after Close Redis counts exactly what was admitted.
 func TestHybridEvictionLosesNothing(t *testing.T) {
+	forEachFront(t, testHybridEvictionLosesNothing)
+}
+
+func testHybridEvictionLosesNothing(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "evict", Limit: 20, Window: time.Minute}
 	now := base
 	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: func() time.Time { return now },
-		ManualSync: true, MaxLocalKeys: 8})
+		ManualSync: true, MaxLocalKeys: 8, noFront: !front})
 	require.NoError(t, err)
 	const users = 200
 	admitted := make([]int64, users)
@@ -212,11 +341,15 @@ func TestHybridEvictionLosesNothing(t *testing.T) {
 // TestHybridSyncLoopReturnsLeases: the background loop gives an idle key's
 // lease back within a few intervals, without Sync being called.
 func TestHybridSyncLoopReturnsLeases(t *testing.T) {
+	forEachFront(t, testHybridSyncLoopReturnsLeases)
+}
+
+func testHybridSyncLoopReturnsLeases(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "loop", Limit: 10_000, Window: time.Minute}
-	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, SyncInterval: 10 * time.Millisecond, MaxLocalKeys: 64})
+	l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, SyncInterval: 10 * time.Millisecond, MaxLocalKeys: 64, noFront: !front})
 	require.NoError(t, err)
 	defer l.Close()
 	now := time.Now()
@@ -250,13 +383,17 @@ func TestHybridRejectsUnsupportedAlgorithms(t *testing.T) {
 // (in the previous, full window) must be judged at T, not spend the new
 // window's lease as if it were in the old one.
 func TestHybridLeaseNeverSpentBeforeItsWindow(t *testing.T) {
+	forEachFront(t, testHybridLeaseNeverSpentBeforeItsWindow)
+}
+
+func testHybridLeaseNeverSpentBeforeItsWindow(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "edge", Limit: 5, Window: time.Second, Algorithm: FixedWindow}
 	t0 := time.UnixMilli(base.UnixMilli()/1000*1000 + 1000) // a window start
 	now := t0.Add(-time.Millisecond)
-	l := manualHybrid(t, c, prefix, rule, func() time.Time { return now }, 64)
+	l := manualHybrid(t, front, c, prefix, rule, func() time.Time { return now }, 64)
 	for range 5 {
 		d, err := l.Allow(ctx, rule.Name, "u", now)
 		require.NoError(t, err)
@@ -309,13 +446,17 @@ func TestLeaseReturnIsIdempotent(t *testing.T) {
 // TestHybridAllowNAbovePartialLease: a lease smaller than n goes back with
 // the call for n, so it is not counted twice against n.
 func TestHybridAllowNAbovePartialLease(t *testing.T) {
+	forEachFront(t, testHybridAllowNAbovePartialLease)
+}
+
+func testHybridAllowNAbovePartialLease(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
 		t.Run(a.String(), func(t *testing.T) {
 			rule := Rule{Name: "partial-" + a.String(), Limit: 4, Window: time.Minute, Algorithm: a}
-			l := manualHybrid(t, c, prefix, rule, fixedClock(base), 64)
+			l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
 			d, err := l.Allow(ctx, rule.Name, "u", base)
 			require.NoError(t, err)
 			require.True(t, d.Allowed)
@@ -335,11 +476,15 @@ func TestHybridAllowNAbovePartialLease(t *testing.T) {
 // running at once, every counter Stats reports only grows (Prometheus reads
 // a drop as a reset).
 func TestHybridStatsNeverGoDown(t *testing.T) {
+	forEachFront(t, testHybridStatsNeverGoDown)
+}
+
+func testHybridStatsNeverGoDown(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "mono", Limit: 1_000_000, Window: time.Minute}
-	l := manualHybrid(t, c, prefix, rule, fixedClock(base), 1024)
+	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 1024)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -390,11 +535,15 @@ func TestHybridStatsNeverGoDown(t *testing.T) {
 // TestHybridStatsFoldAtSync: Stats reads no key; local decisions join
 // HybridInProcessAllowed at the next sync pass, all of them.
 func TestHybridStatsFoldAtSync(t *testing.T) {
+	forEachFront(t, testHybridStatsFoldAtSync)
+}
+
+func testHybridStatsFoldAtSync(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "fold", Limit: 1000, Window: time.Minute}
-	l := manualHybrid(t, c, prefix, rule, fixedClock(base), 64)
+	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
 	allow := func(k int) {
 		for range k {
 			d, err := l.Allow(ctx, rule.Name, "u", base)
@@ -418,12 +567,16 @@ func TestHybridStatsFoldAtSync(t *testing.T) {
 // own decisions and lease requests, and no other: a user whose key shares
 // its sync pass (and script call) gets every admission it asks for.
 func TestHybridBadNeighbourKey(t *testing.T) {
+	forEachFront(t, testHybridBadNeighbourKey)
+}
+
+func testHybridBadNeighbourKey(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	rule := Rule{Name: "nb", Limit: 1000, Window: time.Minute}
 	now := base.Add(time.Second)
-	l := manualHybrid(t, c, prefix, rule, func() time.Time { return now }, 64)
+	l := manualHybrid(t, front, c, prefix, rule, func() time.Time { return now }, 64)
 	admitted := 0
 	allowA := func() {
 		for range 20 {
@@ -451,11 +604,32 @@ func TestHybridBadNeighbourKey(t *testing.T) {
 // TestSpendMatchesLockedPath: a request that Spend admits gets the same
 // answer the locked path gives the same request on the same state (both
 // exist, so the formulas must agree), for random states, timestamps and
-// both algorithms a hybrid rule may use.
+// both algorithms a hybrid rule may use. The spending state is a Cache's:
+// with the front table on, nearly all spend from their slot there; off,
+// from their own record.
 func TestSpendMatchesLockedPath(t *testing.T) {
+	forEachFront(t, testSpendMatchesLockedPath)
+}
+
+func testSpendMatchesLockedPath(t *testing.T, front bool) {
+	const steps = 20_000
 	h := &hybrid{}
+	newCache := local.NewCache
+	if !front {
+		newCache = local.NewCacheWithoutFront
+	}
+	cache, err := newCache(2*steps, 1)
+	require.NoError(t, err)
+	defer cache.Close()
+	users := make([]string, steps)
+	for i := range users {
+		users[i] = fmt.Sprint("u", i)
+		cache.GetOrCreate(users[i], 0, func() string { return "k" }) // promoted to the front table, if any
+	}
+	cache.Wait() // so that Get finds in ristretto the keys the front table does not hold
 	rng := rand.New(rand.NewPCG(5, 6))
-	for i := range 20_000 {
+	inFront, dropped := 0, 0
+	for i := range steps {
 		w := []int64{1, 7, 1000, 60_000}[rng.IntN(4)]
 		r := &rule{Rule: Rule{Name: "r", Limit: 1 + rng.Int64N(5000), Algorithm: []Algorithm{SlidingWindow, FixedWindow}[rng.IntN(2)]}, window: w}
 		idx := 1 + rng.Int64N(1000)
@@ -466,14 +640,23 @@ func TestSpendMatchesLockedPath(t *testing.T) {
 		if rng.IntN(8) == 0 {
 			cur = rng.Int64N(lease) // a stale answer can leave Cur below the lease
 		}
-		states := [2]*local.State{local.NewState("k", 0), local.NewState("k", 0)}
+		ref := cache.Get(users[i], 0)
+		spender := cache.State(ref)
+		if spender == nil { // ristretto dropped its Set
+			dropped++
+			continue
+		}
+		if ref.InFront() {
+			inFront++
+		}
+		states := [2]*local.State{spender, local.NewState("k", 0)}
 		for _, s := range states {
 			s.Lock()
 			s.Roll(idx)
 			s.Last, s.Prev, s.Cur, s.Lease = last, prev, cur, lease
 			s.Unlock()
 		}
-		p, c, l, elapsed, ok := states[0].Spend(ms, w)
+		p, c, l, elapsed, ok := ref.Spend(ms, w)
 		require.True(t, ok, "step %d: Spend refused", i)
 		got := h.spent(r, p, c, l, elapsed)
 		want, _, ok := h.decideLocal(states[1], r, ms, 1)
@@ -486,24 +669,39 @@ func TestSpendMatchesLockedPath(t *testing.T) {
 			s.Unlock()
 		}
 	}
+	require.Less(t, dropped, steps/100, "states ristretto dropped")
+	if front {
+		require.Greater(t, inFront, steps*9/10, "spends from the front table")
+	} else {
+		require.Zero(t, inFront, "spends from a front table")
+	}
 }
 
 // TestHybridChurnExact: 2 instances with room for few local keys (evictions
 // and front-table churn), background passes every 2 ms, 300 users decided
 // from 8 goroutines. After Close, Redis counts exactly each user's
 // admissions, and the Stats count every admitted decision. (Written by a
-// reviewer.)
+// reviewer.) Without the front table, a quarter of the decisions: the
+// slowest test of the package, and its churn is the front table's.
 func TestHybridChurnExact(t *testing.T) {
+	forEachFront(t, testHybridChurnExact)
+}
+
+func testHybridChurnExact(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	const users, limit = 300, 100000
+	decisions := 5000 // per goroutine
+	if !front {
+		decisions /= 4
+	}
 	rule := Rule{Name: "churn", Limit: limit, Window: time.Hour, Mode: Hybrid}
 	now := base.Add(10 * time.Second)
 	var lims []*Limiter
 	for range 2 {
 		l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
-			SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 32})
+			SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 32, noFront: !front})
 		require.NoError(t, err)
 		lims = append(lims, l)
 	}
@@ -514,7 +712,7 @@ func TestHybridChurnExact(t *testing.T) {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(g), 9))
 			l := lims[g%2]
-			for range 5000 {
+			for range decisions {
 				u := r.IntN(users)
 				if r.IntN(4) != 0 {
 					u %= 20 // hot users
@@ -560,6 +758,10 @@ func TestHybridChurnExact(t *testing.T) {
 // old key adopts the new counts at its next call: its denial says there is
 // nothing left and carries a wait, never RetryAfter 0.
 func TestHybridKeyResetAdoptsNewCounts(t *testing.T) {
+	forEachFront(t, testHybridKeyResetAdoptsNewCounts)
+}
+
+func testHybridKeyResetAdoptsNewCounts(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
@@ -570,7 +772,7 @@ func TestHybridKeyResetAdoptsNewCounts(t *testing.T) {
 	for range 2 {
 		cl := redis.NewClient(&redis.Options{Addr: redisAddr()})
 		t.Cleanup(func() { _ = cl.Close() })
-		l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: clock, ManualSync: true})
+		l, err := New(Config{Redis: cl, Rules: []Rule{rule}, KeyPrefix: prefix, Now: clock, ManualSync: true, noFront: !front})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = l.Close() })
 		lims = append(lims, l)

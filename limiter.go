@@ -239,6 +239,13 @@ type Config struct {
 	// unavailable (a line also marks the outage's start and end). Default
 	// 10 s.
 	LogInterval time.Duration
+
+	// noFront builds the hybrid mode's cache without its front table
+	// (local.NewCacheWithoutFront), the reference path the front table
+	// must agree with: a knob for the tests, which run every hybrid test
+	// both ways, and for the bench module's benchmarks, which set it
+	// through internal/knob. It is no part of the API.
+	noFront bool
 }
 
 // PipelineConfig tunes the coalescing of concurrent strict calls into
@@ -415,7 +422,11 @@ func New(cfg Config) (*Limiter, error) {
 			OnPass:       l.onPass,
 		}
 		if h := l.hybrid; h != nil {
-			cache, err := local.NewCache(cfg.MaxLocalKeys, len(h.rules))
+			newCache := local.NewCache
+			if cfg.noFront {
+				newCache = local.NewCacheWithoutFront
+			}
+			cache, err := newCache(cfg.MaxLocalKeys, len(h.rules))
 			if err != nil {
 				l.store.Close()
 				return nil, fmt.Errorf("ratelimit: %w", err)

@@ -375,18 +375,31 @@ func TestErrorsAreDistinct(t *testing.T) {
 func TestAllowRejectsTimestampsPast2To50(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
-	for _, mode := range []Mode{Hybrid, Strict, Local} {
-		l, err := New(Config{Redis: c, KeyPrefix: prefix, MaxSkew: -1, ManualSync: true,
-			Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: mode}}})
+	for _, m := range modesAndFronts {
+		l, err := New(Config{Redis: c, KeyPrefix: prefix, MaxSkew: -1, ManualSync: true, noFront: !m.front,
+			Rules: []Rule{{Name: m.name, Limit: 10, Window: time.Second, Mode: m.mode}}})
 		require.NoError(t, err)
-		_, err = l.Allow(context.Background(), "r", "u", time.UnixMilli(1<<50+1))
-		require.ErrorIs(t, err, ErrInvalidArgument, mode.String())
+		_, err = l.Allow(context.Background(), m.name, "u", time.UnixMilli(1<<50+1))
+		require.ErrorIs(t, err, ErrInvalidArgument, m.name)
 		require.ErrorContains(t, err, "2^50")
-		d, err := l.Allow(context.Background(), "r", "u", time.UnixMilli(1<<50))
-		require.NoError(t, err, mode.String())
-		require.True(t, d.Allowed, mode.String())
+		d, err := l.Allow(context.Background(), m.name, "u", time.UnixMilli(1<<50))
+		require.NoError(t, err, m.name)
+		require.True(t, d.Allowed, m.name)
 		require.NoError(t, l.Close())
 	}
+}
+
+// modesAndFronts are the ways a rule can be decided: every mode, and the
+// hybrid mode with its front table and without (see forEachFront).
+var modesAndFronts = []struct {
+	name  string
+	mode  Mode
+	front bool
+}{
+	{"hybrid/front=on", Hybrid, true},
+	{"hybrid/front=off", Hybrid, false},
+	{"strict", Strict, true},
+	{"local", Local, true},
 }
 
 // TestLocalFutureStampsKeepOthersState: a Local rule's table sweeps idle

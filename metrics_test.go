@@ -15,11 +15,15 @@ import (
 // TestMetrics: the registered collector reports the Limiter's decisions,
 // by mode, path and result, and Close unregisters it.
 func TestMetrics(t *testing.T) {
+	forEachFront(t, testMetrics)
+}
+
+func testMetrics(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	reg := prometheus.NewPedanticRegistry()
-	l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64, Registerer: reg,
+	l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, MaxLocalKeys: 64, Registerer: reg, noFront: !front,
 		Rules: []Rule{
 			{Name: "h", Limit: 3, Window: time.Minute},
 			{Name: "s", Limit: 1, Window: time.Minute, Mode: Strict},

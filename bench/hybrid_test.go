@@ -15,56 +15,83 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
+	"github.com/drl-go/distributed-rate-limiter/internal/knob"
 )
 
 // BenchmarkHybridDecision: a hybrid decision on one resident key far from
 // its limit against golang.org/x/time/rate's Allow on one limiter (a purely
 // local limiter), serially and from GOMAXPROCS goroutines. Both read
 // time.Now once per decision (x/time/rate inside Allow). The hybrid
-// Limiter runs its real sync loop (100 ms) against the bench Redis.
+// Limiter runs its real sync loop (100 ms) against the bench Redis, with
+// the front table (front=on, as the library always runs) and without
+// (front=off: every decision looks its key up in ristretto), so that
+// `benchstat -col /front` tells what the front table buys.
 func BenchmarkHybridDecision(b *testing.B) {
 	for _, conc := range []string{"serial", "gomaxprocs"} {
 		for _, impl := range []string{"hybrid", "hybrid_rule"} {
-			b.Run("conc="+conc+"/impl="+impl, func(b *testing.B) {
-				rdb, rt := newClient(b)
-				const rule = "hot"
-				l, err := ratelimit.New(ratelimit.Config{
-					Redis: rdb, KeyPrefix: newPrefix(b, rdb), MaxLocalKeys: 1024,
-					Rules: []ratelimit.Rule{{Name: rule, Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
+			for _, front := range []bool{true, false} {
+				b.Run("conc="+conc+"/impl="+impl+"/"+frontName(front), func(b *testing.B) {
+					benchHybridDecision(b, conc, impl, front)
 				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = l.Close() })
-				ctx := context.Background()
-				// hybrid looks the rule up by name, as Limiter.Allow does;
-				// hybrid_rule decides through the rule's RuleLimiter.
-				allow := func() bool {
-					d, err := l.Allow(ctx, rule, "user", time.Now())
-					return err == nil && d.Allowed
-				}
-				if impl == "hybrid_rule" {
-					rl, err := l.Rule(rule)
-					if err != nil {
-						b.Fatal(err)
-					}
-					allow = func() bool {
-						d, err := rl.Allow(ctx, "user", time.Now())
-						return err == nil && d.Allowed
-					}
-				}
-				warmHybrid(b, l, allow)
-				rt.reset()
-				runLocal(b, conc, allow)
-				// Every Redis command: decisions that went to Redis, sync
-				// passes' lease requests and heartbeats.
-				b.ReportMetric(float64(rt.cmds.Load())/float64(b.N)*1000, "redis-cmds/1000-decisions")
-			})
+			}
 		}
 		b.Run("conc="+conc+"/impl=x_time_rate", func(b *testing.B) {
 			runLocal(b, conc, newXTimeRate().Allow)
 		})
 	}
+}
+
+// frontName names the front=on and front=off variants of a benchmark.
+func frontName(front bool) string {
+	if front {
+		return "front=on"
+	}
+	return "front=off"
+}
+
+// withFront returns cfg, without the front table unless front.
+func withFront(cfg ratelimit.Config, front bool) ratelimit.Config {
+	if !front {
+		knob.WithoutFront(&cfg)
+	}
+	return cfg
+}
+
+// benchHybridDecision is one case of BenchmarkHybridDecision.
+func benchHybridDecision(b *testing.B, conc, impl string, front bool) {
+	rdb, rt := newClient(b)
+	const rule = "hot"
+	l, err := ratelimit.New(withFront(ratelimit.Config{
+		Redis: rdb, KeyPrefix: newPrefix(b, rdb), MaxLocalKeys: 1024,
+		Rules: []ratelimit.Rule{{Name: rule, Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
+	}, front))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = l.Close() })
+	ctx := context.Background()
+	// hybrid looks the rule up by name, as Limiter.Allow does;
+	// hybrid_rule decides through the rule's RuleLimiter.
+	allow := func() bool {
+		d, err := l.Allow(ctx, rule, "user", time.Now())
+		return err == nil && d.Allowed
+	}
+	if impl == "hybrid_rule" {
+		rl, err := l.Rule(rule)
+		if err != nil {
+			b.Fatal(err)
+		}
+		allow = func() bool {
+			d, err := rl.Allow(ctx, "user", time.Now())
+			return err == nil && d.Allowed
+		}
+	}
+	warmHybrid(b, l, allow)
+	rt.reset()
+	runLocal(b, conc, allow)
+	// Every Redis command: decisions that went to Redis, sync passes'
+	// lease requests and heartbeats.
+	b.ReportMetric(float64(rt.cmds.Load())/float64(b.N)*1000, "redis-cmds/1000-decisions")
 }
 
 // warmHybrid makes decisions for 300 ms, through three sync passes, so the
@@ -113,39 +140,53 @@ const (
 	residentLease = 1 << 12
 )
 
-// residentPrefix is this process's key prefix for the resident keys; the
-// package's TestMain deletes its keys when the benchmarks end.
+// residentPrefix is this process's key prefix for the resident keys (of
+// the limiter with the front table; residentPrefix+"nofront" of the one
+// without); the package's TestMain deletes their keys when the benchmarks
+// end.
 var residentPrefix = fmt.Sprintf("rlbenchresident%x", rand.Uint64())
 
 var (
-	residentOnce   sync.Once
-	residentUsers  []string
-	residentClient *redis.Client
-	residentLim    *ratelimit.Limiter
-	residentErr    error
-	residentClock  atomic.Int64 // ms; the limiter's clock
+	residentUsersOnce sync.Once
+	residentUsers     []string
+	residentClock     atomic.Int64 // ms; the limiters' clock
+	// resident[0] has the front table, resident[1] not.
+	resident [2]struct {
+		once   sync.Once
+		client *redis.Client
+		lim    *ratelimit.Limiter
+		err    error
+	}
 )
 
 // residentLimiter returns a hybrid Limiter holding residentKeys users, each
-// with a lease for residentLease decisions, built once per process (it
-// takes seconds) with sync passes run by hand.
-func residentLimiter(b *testing.B) *ratelimit.Limiter {
-	residentOnce.Do(func() {
-		newClient(b) // skips or fails without Redis
+// with a lease for residentLease decisions, with the front table or
+// without, built once per process (it takes seconds) with sync passes run
+// by hand.
+func residentLimiter(b *testing.B, front bool) *ratelimit.Limiter {
+	residentUsersOnce.Do(func() {
 		residentUsers = make([]string, residentKeys)
 		for i := range residentUsers {
 			residentUsers[i] = "r" + strconv.Itoa(i)
 		}
+		residentClock.Store(time.Now().UnixMilli())
+	})
+	r := &resident[0]
+	prefix := residentPrefix
+	if !front {
+		r, prefix = &resident[1], residentPrefix+"nofront"
+	}
+	r.once.Do(func() {
+		newClient(b) // skips or fails without Redis
 		// A client of its own: the limiter outlives the benchmark that
 		// builds it, and lives as long as the process.
-		residentClient = redis.NewClient(&redis.Options{Addr: redisAddr()})
-		residentClock.Store(time.Now().UnixMilli())
-		residentLim, residentErr = ratelimit.New(ratelimit.Config{
-			Redis: residentClient, KeyPrefix: residentPrefix, MaxLocalKeys: 2 * residentKeys, ManualSync: true,
+		r.client = redis.NewClient(&redis.Options{Addr: redisAddr()})
+		r.lim, r.err = ratelimit.New(withFront(ratelimit.Config{
+			Redis: r.client, KeyPrefix: prefix, MaxLocalKeys: 2 * residentKeys, ManualSync: true,
 			Now:   func() time.Time { return time.UnixMilli(residentClock.Load()) },
 			Rules: []ratelimit.Rule{{Name: "r", Limit: hugeLimit, Window: benchWindow, Mode: ratelimit.Hybrid}},
-		})
-		if residentErr != nil {
+		}, front))
+		if r.err != nil {
 			return
 		}
 		ctx := context.Background()
@@ -155,62 +196,50 @@ func residentLimiter(b *testing.B) *ratelimit.Limiter {
 		// lease up to twice the interval's demand: 2·residentLease
 		// decisions per key, more than any run of the benchmark makes.
 		var wg sync.WaitGroup
+		var failed atomic.Pointer[error]
 		for g := range 256 {
 			wg.Go(func() {
 				for i := g; i < residentKeys; i += 256 {
-					if _, err := residentLim.AllowN(ctx, "r", residentUsers[i], now, residentLease); err != nil {
-						residentErr = err
+					if _, err := r.lim.AllowN(ctx, "r", residentUsers[i], now, residentLease); err != nil {
+						failed.CompareAndSwap(nil, &err)
 						return
 					}
 				}
 			})
 		}
 		wg.Wait()
-		if residentErr == nil {
-			residentErr = residentLim.Sync(ctx)
+		if err := failed.Load(); err != nil {
+			r.err = *err
+		} else {
+			r.err = r.lim.Sync(ctx)
 		}
 	})
-	if residentErr != nil {
-		b.Fatal(residentErr)
+	if r.err != nil {
+		b.Fatal(r.err)
 	}
-	return residentLim
+	return r.lim
 }
 
 // BenchmarkResidentKeys: decisions over 1M resident keys from b.RunParallel
 // goroutines, each walking the keys in its own random order, against the
 // floor of any cache-backed local limiter: one ristretto Get plus one atomic
 // add over the same keys. impl=hybrid decides by the rule's name
-// (Limiter.Allow), impl=hybrid_rule through its RuleLimiter.
+// (Limiter.Allow), impl=hybrid_rule through its RuleLimiter; each with the
+// front table (front=on) and without (front=off: a ristretto Get per
+// decision, the lease spent in the key's State), so that `benchstat -col
+// /front` tells what the front table buys. (The two variants build a
+// limiter of 1M keys each, the first time they run in the process.)
 func BenchmarkResidentKeys(b *testing.B) {
 	for _, byRule := range []bool{false, true} {
 		name := "impl=hybrid"
 		if byRule {
 			name = "impl=hybrid_rule"
 		}
-		b.Run(name, func(b *testing.B) {
-			l := residentLimiter(b)
-			rl, err := l.Rule("r")
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx := context.Background()
-			now := time.UnixMilli(residentClock.Load())
-			before := l.Stats()
-			decide := func(i int) bool {
-				d, err := l.Allow(ctx, "r", residentUsers[i], now)
-				return err == nil && d.Allowed
-			}
-			if byRule {
-				decide = func(i int) bool {
-					d, err := rl.Allow(ctx, residentUsers[i], now)
-					return err == nil && d.Allowed
-				}
-			}
-			runResident(b, decide)
-			if calls := l.Stats().HybridRedis - before.HybridRedis; calls > 0 {
-				b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
-			}
-		})
+		for _, front := range []bool{true, false} {
+			b.Run(name+"/"+frontName(front), func(b *testing.B) {
+				benchResident(b, byRule, front)
+			})
+		}
 	}
 	b.Run("impl=ristretto_get_atomic_add", func(b *testing.B) {
 		floorOnce.Do(func() { floorC, floorErr = newFloorCache(b, func() *atomic.Int64 { return new(atomic.Int64) }) })
@@ -223,6 +252,32 @@ func BenchmarkResidentKeys(b *testing.B) {
 		wideOnce.Do(func() { wideC, wideErr = newFloorCache(b, func() *wideCounter { return new(wideCounter) }) })
 		runFloor(b, wideC, wideErr)
 	})
+}
+
+// benchResident is one hybrid case of BenchmarkResidentKeys.
+func benchResident(b *testing.B, byRule, front bool) {
+	l := residentLimiter(b, front)
+	rl, err := l.Rule("r")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.UnixMilli(residentClock.Load())
+	before := l.Stats()
+	decide := func(i int) bool {
+		d, err := l.Allow(ctx, "r", residentUsers[i], now)
+		return err == nil && d.Allowed
+	}
+	if byRule {
+		decide = func(i int) bool {
+			d, err := rl.Allow(ctx, residentUsers[i], now)
+			return err == nil && d.Allowed
+		}
+	}
+	runResident(b, decide)
+	if calls := l.Stats().HybridRedis - before.HybridRedis; calls > 0 {
+		b.Fatalf("%d decisions went to Redis: the resident keys' leases ran out", calls)
+	}
 }
 
 // wideCounter is a counter as large as a local.State.
@@ -243,7 +298,7 @@ var (
 // newFloorCache returns a ristretto cache holding a new value for each
 // resident user.
 func newFloorCache[V any](b *testing.B, newV func() V) (*ristretto.Cache[string, V], error) {
-	residentLimiter(b) // for residentUsers
+	residentLimiter(b, true) // for residentUsers
 	c, err := ristretto.NewCache(&ristretto.Config[string, V]{
 		NumCounters: 20 * residentKeys, MaxCost: 2 * residentKeys, BufferItems: 64, IgnoreInternalCost: true,
 	})

@@ -11,9 +11,9 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain runs the package, then deletes the keys of the limiter that
-// BenchmarkResidentKeys builds once per process (1M keys, which would
-// otherwise live two windows), and closes it.
+// TestMain runs the package, then deletes the keys of the limiters that
+// BenchmarkResidentKeys builds once per process (1M keys each, which would
+// otherwise live two windows), and closes them.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	// Closing the floor caches stops ristretto's goroutines, which goleak
@@ -24,11 +24,19 @@ func TestMain(m *testing.M) {
 	if wideC != nil {
 		wideC.Close()
 	}
-	if residentLim != nil {
-		_ = residentLim.Close()
+	for i := range resident {
+		r := &resident[i]
+		if r.lim == nil {
+			continue
+		}
+		_ = r.lim.Close()
+		prefix := residentPrefix
+		if i == 1 {
+			prefix += "nofront"
+		}
 		c := redis.NewClient(&redis.Options{Addr: redisAddr()})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		iter := c.Scan(ctx, 0, residentPrefix+":*", 5000).Iterator()
+		iter := c.Scan(ctx, 0, prefix+":*", 5000).Iterator()
 		var batch []string
 		for iter.Next(ctx) {
 			if batch = append(batch, iter.Val()); len(batch) == 5000 {
@@ -41,7 +49,7 @@ func TestMain(m *testing.M) {
 		}
 		cancel()
 		_ = c.Close()
-		_ = residentClient.Close()
+		_ = r.client.Close()
 	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -29,8 +29,11 @@ func (s *Store) CheckTopology(ctx context.Context) error {
 		return nil
 	}
 	info, err := s.rdb.Info(ctx, "cluster").Result()
-	if err != nil {
+	if unavailable(err) {
 		return classify(err)
+	}
+	if err != nil {
+		return nil // a store that has no cluster section (an embedded one) is no cluster node
 	}
 	if !strings.Contains(info, "cluster_enabled:1") {
 		return nil

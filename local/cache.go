@@ -43,7 +43,8 @@ type Cache struct {
 	// to a power of two within frontMin and frontMax, so that nearly every
 	// resident key has one (with one slot per key, a full cache leaves a
 	// fifth of its keys out of their bucket: TestFrontHoldsResidentKeys). A
-	// state ristretto lets go of leaves its slot.
+	// state ristretto lets go of leaves its slot. A cache made by
+	// NewCacheWithoutFront has none (len 0).
 	front []frontBucket
 
 	mu     sync.Mutex
@@ -64,19 +65,35 @@ const (
 
 // NewCache returns a cache for up to maxKeys keys of rules rules.
 func NewCache(maxKeys int64, rules int) (*Cache, error) {
+	return newCache("NewCache", maxKeys, rules, true)
+}
+
+// NewCacheWithoutFront returns a cache like NewCache's but without the
+// front table: Get looks every key up in ristretto, Promote and Touch do
+// nothing (ristretto sees every use), and a state's lease stays in its own
+// record. It is the reference the front table must agree with: the hybrid
+// mode's tests run both ways, and the benchmarks weigh one against the
+// other.
+func NewCacheWithoutFront(maxKeys int64, rules int) (*Cache, error) {
+	return newCache("NewCacheWithoutFront", maxKeys, rules, false)
+}
+
+func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error) {
 	if maxKeys < 1 || rules < 1 || rules > MaxRules {
-		return nil, fmt.Errorf("local: NewCache(%d, %d): both must be positive, and rules at most %d", maxKeys, rules, MaxRules)
-	}
-	slots := int64(frontMin)
-	for slots < 2*maxKeys && slots < frontMax { // two per key: see Cache.front
-		slots *= 2
+		return nil, fmt.Errorf("local: %s(%d, %d): both must be positive, and rules at most %d", name, maxKeys, rules, MaxRules)
 	}
 	c := &Cache{
 		seed1:   maphash.MakeSeed(),
 		seed2:   maphash.MakeSeed(),
 		ruleMix: make([]uint64, rules),
-		front:   make([]frontBucket, slots/frontWays),
 		recent:  make(map[uint64]*State),
+	}
+	if front {
+		slots := int64(frontMin)
+		for slots < 2*maxKeys && slots < frontMax { // two per key: see Cache.front
+			slots *= 2
+		}
+		c.front = make([]frontBucket, slots/frontWays)
 	}
 	for i := range c.ruleMix {
 		c.ruleMix[i] = rand.Uint64()
@@ -108,6 +125,7 @@ func (c *Cache) letGo(item *ristretto.Item[*State]) {
 	s.Unlock()
 }
 
+// bucket returns key's bucket of the front table, which must have some.
 func (c *Cache) bucket(key uint64) *frontBucket { return &c.front[key&uint64(len(c.front)-1)] }
 
 func (c *Cache) hash(user string, rule int) (key, check uint64) {
@@ -153,12 +171,16 @@ func (r Ref) Spend(ms, w int64) (prev, cur, lease, elapsed int64, ok bool) {
 // one load of its bucket (one line per way looked at) and no State.
 func (c *Cache) Get(user string, rule int) Ref {
 	key, check := c.hash(user, rule)
-	b := c.bucket(key)
-	for i := range b {
-		h := &b[i]
-		if h.key.Load() == key && h.tag.Load() == check {
-			if s := h.owner.Load(); s != nil {
-				return Ref{hot: h, s: s, key: key, check: check}
+	// Without a front table, straight to ristretto. (The test stands in for
+	// the bounds check of the bucket's index, which it proves needless.)
+	if n := uint64(len(c.front)); n != 0 {
+		b := &c.front[key&(n-1)]
+		for i := range b {
+			h := &b[i]
+			if h.key.Load() == key && h.tag.Load() == check {
+				if s := h.owner.Load(); s != nil {
+					return Ref{hot: h, s: s, key: key, check: check}
+				}
 			}
 		}
 	}
@@ -202,8 +224,12 @@ func (c *Cache) State(r Ref) *State {
 
 // Promote gives s a slot in the front table: an empty one of its bucket,
 // else one whose state it can lock at once. An orphan, or a state that has
-// a slot, is left as it is. Promote takes s's lock.
+// a slot, is left as it is. Promote takes s's lock. Without a front table
+// it does nothing.
 func (c *Cache) Promote(s *State) {
+	if len(c.front) == 0 {
+		return
+	}
 	s.Lock()
 	defer s.Unlock() // opens the budget in its new home
 	if s.Orphaned() || s.InFront() {
@@ -231,8 +257,17 @@ func (c *Cache) Promote(s *State) {
 }
 
 // Touch tells ristretto's admission policy of a use of s that the front
-// table served.
-func (c *Cache) Touch(s *State) { c.get(s.own.key.Load()) }
+// table served. Without a front table it does nothing: every use went
+// through ristretto's Get.
+func (c *Cache) Touch(s *State) {
+	if len(c.front) != 0 {
+		c.get(s.own.key.Load())
+	}
+}
+
+// HasFront reports whether the cache has a front table (NewCache) or not
+// (NewCacheWithoutFront).
+func (c *Cache) HasFront() bool { return len(c.front) != 0 }
 
 // GetOrCreate returns the state of user under rule, creating it (with
 // NewState(redisKey(), rule)) if needed.

@@ -100,7 +100,23 @@ func TestRollMovesCountsAndLease(t *testing.T) {
 // TestCacheFindsNewUsers: a user just created is found before ristretto has
 // admitted it, and the same state is returned every time.
 func TestCacheFindsNewUsers(t *testing.T) {
-	c, err := NewCache(100, 2)
+	forEachFront(t, func(t *testing.T, front bool) { testCacheFindsNewUsers(t, front) })
+	for _, newCache := range []func(int64, int) (*Cache, error){NewCache, NewCacheWithoutFront} {
+		if _, err := newCache(0, 1); err == nil {
+			t.Fatal("a cache for 0 keys was made")
+		}
+		if _, err := newCache(1, MaxRules+1); err == nil {
+			t.Fatal("a cache for MaxRules+1 rules was made")
+		}
+	}
+}
+
+func testCacheFindsNewUsers(t *testing.T, front bool) {
+	newCache := NewCache
+	if !front {
+		newCache = NewCacheWithoutFront
+	}
+	c, err := newCache(100, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,14 +132,12 @@ func TestCacheFindsNewUsers(t *testing.T) {
 		t.Fatal("rules share a state")
 	}
 	c.c.Wait()
-	if got := c.State(c.Get("u", 1)); got != a {
+	ref := c.Get("u", 1)
+	if got := c.State(ref); got != a {
 		t.Fatalf("Get after Wait = %p, want %p", got, a)
 	}
-	if _, err := NewCache(0, 1); err == nil {
-		t.Fatal("NewCache(0, 1) succeeded")
-	}
-	if _, err := NewCache(1, MaxRules+1); err == nil {
-		t.Fatal("NewCache(1, MaxRules+1) succeeded")
+	if ref.InFront() != front {
+		t.Fatalf("a new user's InFront() = %v, want %v (GetOrCreate promotes)", ref.InFront(), front)
 	}
 }
 
@@ -183,7 +197,7 @@ func inFront(c *Cache, s *State) bool {
 // lease in its own record; a state ristretto lets go of leaves the front
 // table and is found nowhere.
 func TestCacheFront(t *testing.T) {
-	c := newTestCache(t, 1000)
+	c := newTestCache(t, 1000, true)
 	// Users whose keys share one bucket.
 	users := bucketUsers(c, frontWays+1)
 	states := make([]*State, len(users))
@@ -277,6 +291,110 @@ func (s spend) String() string {
 		return "not ok"
 	}
 	return fmt.Sprintf("ok: prev %d, cur %d, lease %d, elapsed %d", s.prev, s.cur, s.lease, s.elapsed)
+}
+
+// TestCacheWithoutFront: a cache made by NewCacheWithoutFront finds every
+// key in ristretto: Get names the state's own record, Promote leaves it
+// there, a lease opened there is spent there, and a state let go of is
+// found nowhere.
+func TestCacheWithoutFront(t *testing.T) {
+	c := newTestCache(t, 1000, false)
+	users := []string{"a", "b", "c", "d", "e", "f"} // more than a bucket of the front table holds
+	states := make([]*State, len(users))
+	for i, u := range users {
+		states[i] = c.GetOrCreate(u, 0, func() string { return u })
+	}
+	c.Wait() // Get looks in ristretto only
+	for i, u := range users {
+		c.Promote(states[i])
+		c.Touch(states[i])
+		ref := c.Get(u, 0)
+		if !ref.Found() || ref.InFront() || c.State(ref) != states[i] || inFront(c, states[i]) {
+			t.Fatalf("Get(%s) = %+v; want %p from its own record", u, ref, states[i])
+		}
+	}
+	s0 := states[0]
+	s0.Lock()
+	s0.Roll(5)
+	s0.Lease, s0.Last = 2, 5000
+	s0.Unlock()
+	ref := c.Get(users[0], 0)
+	if _, _, lease, _, ok := ref.Spend(5001, 1000); !ok || lease != 2 || ref.hot != &s0.own {
+		t.Fatalf("Spend = lease %d, %v, from its own record %v; want 2, true, true", lease, ok, ref.hot == &s0.own)
+	}
+	s0.Lock()
+	if s0.Lease != 1 || s0.LocalAllowed != 1 {
+		t.Fatalf("after one spend: Lease %d, LocalAllowed %d; want 1, 1", s0.Lease, s0.LocalAllowed)
+	}
+	s0.Unlock()
+	c.letGo(&ristretto.Item[*State]{Value: s0})
+	if !s0.Orphaned() {
+		t.Fatal("a state let go of is not orphaned")
+	}
+	if ref := c.Get(users[0], 0); ref.Found() || c.State(ref) != nil {
+		t.Fatalf("Get(%s) after letGo = %+v, want nothing", users[0], ref)
+	}
+	if _, _, _, _, ok := ref.Spend(5002, 1000); ok {
+		t.Fatal("an orphan's lease was spent")
+	}
+}
+
+// TestRefOfARetakenSlot: Get loads a slot's key, tag and owner one at a
+// time, so a slot that changes hands between them gives a Ref that names
+// the slot's new owner (TestFrontRaces's Gets hit it as one state is let
+// go of and another promoted). Such a Ref is harmless: its Spend takes
+// nothing, the slot's tag being another key's; and State looks the key up
+// again, to find its state, or nil once the cache let go of it, never the
+// slot's new owner.
+func TestRefOfARetakenSlot(t *testing.T) {
+	c := newTestCache(t, 1000, true)
+	users := bucketUsers(c, 2)
+	a := c.GetOrCreate(users[0], 0, func() string { return users[0] })
+	b := c.GetOrCreate(users[1], 0, func() string { return users[1] })
+	c.Wait()
+	for _, s := range []*State{a, b} {
+		s.Lock()
+		s.Roll(1)
+		s.Lease, s.Last = 100, 1000
+		s.Unlock()
+	}
+	h := a.home.Load()
+	if h == &a.own {
+		t.Fatal("a was not promoted")
+	}
+	key, check := c.hash(users[0], 0)
+	// Get has read h's key and tag, a's; then a leaves h and b takes it
+	// (b leaves its own slot first, so that h is the bucket's free one).
+	a.Lock()
+	a.moveHome(&a.own)
+	a.Unlock()
+	b.Lock()
+	b.moveHome(&b.own)
+	b.Unlock()
+	c.Promote(b)
+	if b.home.Load() != h {
+		t.Fatal("b did not take a's slot")
+	}
+	// Then Get reads h's owner: the Ref it returns.
+	ref := Ref{hot: h, s: h.owner.Load(), key: key, check: check}
+	if !ref.Found() || ref.s != b {
+		t.Fatalf("the Ref names %p, want b %p", ref.s, b)
+	}
+	if _, _, _, _, ok := ref.Spend(1500, 1000); ok {
+		t.Fatal("a's Ref spent from b's slot")
+	}
+	if got := c.State(ref); got != a {
+		t.Fatalf("State = %p, want a %p", got, a)
+	}
+	c.letGo(&ristretto.Item[*State]{Value: a})
+	if got := c.State(ref); got != nil {
+		t.Fatalf("State after a is let go of = %p, want nil", got)
+	}
+	b.Lock()
+	if b.Lease != 100 || b.LocalAllowed != 0 {
+		t.Fatalf("b: Lease %d, LocalAllowed %d; want 100, 0", b.Lease, b.LocalAllowed)
+	}
+	b.Unlock()
 }
 
 // TestSpend: Spend takes the lease opened by Unlock one token at a time,
@@ -425,14 +543,20 @@ func TestFrontHoldsResidentKeys(t *testing.T) {
 // each other, locked and reopened, one let go of) while goroutines spend
 // from wherever Get finds each key's lease. Every token handed out must
 // come from its own key's lease: per key, the spends that succeeded equal
-// what its Lock finds gone from its lease and counted as admitted.
+// what its Lock finds gone from its lease and counted as admitted. Without
+// a front table the same holds of leases spent from the states' own
+// records, opened and closed, and one let go of, as goroutines spend.
 func TestFrontRaces(t *testing.T) {
+	forEachFront(t, testFrontRaces)
+}
+
+func testFrontRaces(t *testing.T, front bool) {
 	const (
 		keys  = 2 * frontWays // twice what one bucket holds
 		lease = 1 << 30
 		w     = 1000
 	)
-	c := newTestCache(t, 1000)
+	c := newTestCache(t, 1000, front)
 	users := bucketUsers(c, keys)
 	states := make([]*State, keys)
 	for i, u := range users {
@@ -462,8 +586,20 @@ func TestFrontRaces(t *testing.T) {
 				if !ref.Found() {
 					continue
 				}
-				if c.State(ref) != states[k] {
-					t.Errorf("Get(%s) named another key's state", users[k])
+				// A Ref is as of Get, which loads a slot's key, tag and
+				// owner one at a time: a Get that read the slot of the
+				// key let go of (states[keys-1]) just before letGo freed
+				// it, and its owner after another state took it, names
+				// that state. State sees the check differ, looks the key
+				// up, and finds nothing: the key has no state any more
+				// (TestRefOfARetakenSlot). That nil is what the API
+				// promises; another key's state would be a defect.
+				st := c.State(ref)
+				if st == nil && states[k].Orphaned() {
+					continue
+				}
+				if st != states[k] {
+					t.Errorf("Get(%s): State = %p, want its state %p (orphaned %v)", users[k], st, states[k], states[k].Orphaned())
 					return
 				}
 				if _, _, _, _, ok := ref.Spend(w+500, w); ok {
@@ -507,8 +643,12 @@ func TestFrontRaces(t *testing.T) {
 		}
 		s.Unlock()
 	}
-	if moves < 100 || fromFront.Load() == 0 || fromOwn.Load() == 0 {
+	if front && (moves < 100 || fromFront.Load() == 0 || fromOwn.Load() == 0) {
 		t.Fatalf("%d promotions, %d spends from the front, %d from own records: the test proves little",
+			moves, fromFront.Load(), fromOwn.Load())
+	}
+	if !front && (moves != 0 || fromFront.Load() != 0 || fromOwn.Load() == 0) {
+		t.Fatalf("without a front table: %d promotions, %d spends from the front, %d from own records; want 0, 0 and some",
 			moves, fromFront.Load(), fromOwn.Load())
 	}
 	t.Logf("%d promotions, %d spends from the front, %d from own records", moves, fromFront.Load(), fromOwn.Load())
@@ -519,14 +659,25 @@ func TestFrontRaces(t *testing.T) {
 // states go and recreates them through GetOrCreate (which promotes under
 // the Cache's lock). Per user, the tokens handed out must equal what that
 // user's states, old and new, count as admitted. (Written by a reviewer:
-// TestFrontRaces moves states from one goroutine only.)
+// TestFrontRaces moves states from one goroutine only.) Without a front
+// table the promotions do nothing, and the states churn through ristretto
+// alone, a sixth as many times (each round takes longer, every Get going
+// to ristretto): the front table's moves are what the full count is for.
 func TestFrontChurn(t *testing.T) {
+	forEachFront(t, testFrontChurn)
+}
+
+func testFrontChurn(t *testing.T, front bool) {
 	const (
 		keys  = 3 * frontWays
 		lease = 1 << 30
 		w     = 1000
 	)
-	c := newTestCache(t, 1000)
+	rounds := 60000
+	if !front {
+		rounds /= 6
+	}
+	c := newTestCache(t, 1000, front)
 	users := bucketUsers(c, keys)
 	var mu sync.Mutex
 	all := make([][]*State, keys)
@@ -616,7 +767,7 @@ func TestFrontChurn(t *testing.T) {
 			}
 		})
 	}
-	for i := range 60000 {
+	for i := range rounds {
 		k := i % keys
 		mu.Lock()
 		s := all[k][len(all[k])-1]
@@ -651,22 +802,49 @@ func TestFrontChurn(t *testing.T) {
 	t.Logf("%d states, %d lock-free spends, %d locked", gens, lockfree.Load(), locked.Load())
 }
 
-// newTestCache returns a Cache for maxKeys keys of one rule, closed when
-// the test ends.
-func newTestCache(t *testing.T, maxKeys int64) *Cache {
+// newTestCache returns a Cache for maxKeys keys of one rule, with a front
+// table or without (NewCacheWithoutFront), closed when the test ends.
+func newTestCache(t *testing.T, maxKeys int64, front bool) *Cache {
 	t.Helper()
-	c, err := NewCache(maxKeys, 1)
+	newCache := NewCache
+	if !front {
+		newCache = NewCacheWithoutFront
+	}
+	c, err := newCache(maxKeys, 1)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.HasFront() != front {
+		t.Fatalf("HasFront() = %v, want %v", c.HasFront(), front)
 	}
 	t.Cleanup(c.Close)
 	return c
 }
 
+// forEachFront runs f as two subtests, front=on (a Cache from NewCache)
+// and front=off (from NewCacheWithoutFront, the reference the front table
+// must agree with).
+func forEachFront(t *testing.T, f func(t *testing.T, front bool)) {
+	t.Helper()
+	for _, front := range []bool{true, false} {
+		name := "front=on"
+		if !front {
+			name = "front=off"
+		}
+		t.Run(name, func(t *testing.T) { f(t, front) })
+	}
+}
+
 // bucketUsers returns n users whose keys (under rule 0) share one bucket of
-// c's front table.
+// c's front table; without a front table, any n users.
 func bucketUsers(c *Cache, n int) []string {
 	var users []string
+	if !c.HasFront() {
+		for i := range n {
+			users = append(users, fmt.Sprint("u", i))
+		}
+		return users
+	}
 	var first uint64
 	for i := 0; len(users) < n; i++ {
 		u := fmt.Sprint("u", i)
