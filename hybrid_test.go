@@ -258,36 +258,22 @@ func testHybridDeniesLocallyOverLimit(t *testing.T, front bool) {
 	rule := Rule{Name: "deny", Limit: 10, Window: time.Second}
 	now := time.UnixMilli(base.UnixMilli()/1000*1000 + 200)
 	l := manualHybrid(t, front, c, prefix, rule, fixedClock(now), 64)
-	admitted := 0
-	for range 10 {
-		d, err := l.Allow(ctx, rule.Name, "u", now)
-		require.NoError(t, err)
-		if d.Allowed {
-			admitted++
-		}
-	}
-	require.Equal(t, 10, admitted)
+	tg := onLimiter(l, rule.Name, "u", now)
+	run(t, tg, steps(10, step{0, 1, true, unchecked, unchecked}))
 	require.NoError(t, l.Sync(ctx)) // Stats counts local decisions as of the last pass
 	before := l.Stats()
-	for range 100 {
-		d, err := l.Allow(ctx, rule.Name, "u", now)
-		require.NoError(t, err)
-		require.False(t, d.Allowed)
-		// Next window: prev 10 weighs 1 − e/1000; admits one when
-		// 10·(1000 − e) ≤ 9·1000, e ≥ 100: 800 + 100 ms from now.
-		require.Equal(t, 900*time.Millisecond, d.RetryAfter)
-	}
+	// Next window: prev 10 weighs 1 − e/1000; admits one when
+	// 10·(1000 − e) ≤ 9·1000, e ≥ 100: 800 + 100 ms from now.
+	run(t, tg, steps(100, step{0, 1, false, unchecked, 900 * ms}))
 	require.NoError(t, l.Sync(ctx))
 	after := l.Stats()
 	require.Equal(t, before.HybridRedis, after.HybridRedis, "denials over the limit must not call Redis")
 	require.Equal(t, before.HybridInProcessDenied+100, after.HybridInProcessDenied)
 	// The retry is admitted, and a millisecond earlier it is not.
-	d, err := l.Allow(ctx, rule.Name, "u", now.Add(899*time.Millisecond))
-	require.NoError(t, err)
-	require.False(t, d.Allowed)
-	d, err = l.Allow(ctx, rule.Name, "u", now.Add(900*time.Millisecond))
-	require.NoError(t, err)
-	require.True(t, d.Allowed)
+	run(t, tg, []step{
+		{899 * ms, 1, false, unchecked, unchecked},
+		{900 * ms, 1, true, unchecked, unchecked},
+	})
 }
 
 // TestHybridEvictionLosesNothing: with room for 8 users in memory, 200
@@ -452,22 +438,16 @@ func TestHybridAllowNAbovePartialLease(t *testing.T) {
 func testHybridAllowNAbovePartialLease(t *testing.T, front bool) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
-	ctx := context.Background()
 	for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
 		t.Run(a.String(), func(t *testing.T) {
 			rule := Rule{Name: "partial-" + a.String(), Limit: 4, Window: time.Minute, Algorithm: a}
 			l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
-			d, err := l.Allow(ctx, rule.Name, "u", base)
-			require.NoError(t, err)
-			require.True(t, d.Allowed)
-			d, err = l.AllowN(ctx, rule.Name, "u", base, 3)
-			require.NoError(t, err)
-			require.True(t, d.Allowed, "1 + 3 fit in 4: %+v", d)
-			require.Zero(t, d.Remaining)
-			d, err = l.Allow(ctx, rule.Name, "u", base)
-			require.NoError(t, err)
-			require.False(t, d.Allowed)
-			require.Positive(t, d.RetryAfter)
+			got := run(t, onLimiter(l, rule.Name, "u", base), []step{
+				{0, 1, true, unchecked, unchecked},
+				{0, 3, true, 0, unchecked}, // 1 + 3 fit in 4
+				{0, 1, false, unchecked, unchecked},
+			})
+			require.Positive(t, got[2].RetryAfter)
 		})
 	}
 }
