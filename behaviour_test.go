@@ -201,8 +201,7 @@ func behaveHybridWithinLimit(t *testing.T, b backend, p concurrency) {
 }
 
 // windowCount returns the key's current-window count in Redis (admissions
-// plus unreturned leases) at now. (hybrid_test.go's redisCount, for any
-// client.)
+// plus unreturned leases) at now, through any client.
 func windowCount(t *testing.T, c redis.UniversalClient, key string, now time.Time, w time.Duration) int64 {
 	t.Helper()
 	v, err := c.HMGet(context.Background(), key, "w", "c").Result()

@@ -18,21 +18,10 @@ import (
 )
 
 // redisCount returns the key's current-window count in Redis (admissions
-// plus unreturned leases) at now.
+// plus unreturned leases) at now: windowCount, for a single-node client.
 func redisCount(t *testing.T, c *redis.Client, key string, now time.Time, w time.Duration) int64 {
 	t.Helper()
-	v, err := c.HMGet(context.Background(), key, "w", "c").Result()
-	require.NoError(t, err)
-	if v[0] == nil {
-		return 0
-	}
-	var idx, cur int64
-	fmt.Sscan(v[0].(string), &idx)
-	fmt.Sscan(v[1].(string), &cur)
-	if idx != now.UnixMilli()/w.Milliseconds() {
-		return 0
-	}
-	return cur
+	return windowCount(t, c, key, now, w)
 }
 
 // manualHybrid returns a Limiter of rule on c under prefix whose sync passes
