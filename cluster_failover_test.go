@@ -87,15 +87,7 @@ func TestClusterMasterKilled(t *testing.T) {
 	users := clusterUsers(90)
 
 	const instances, goroutines = 3, 4
-	var lims []*Limiter
-	for range instances {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-		t.Cleanup(func() { _ = c.Close() })
-		l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Timeout: 500 * time.Millisecond})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = l.Close() })
-		lims = append(lims, l)
-	}
+	lims := clusterLimiters(t, addrs, instances, Config{Rules: []Rule{rule}, KeyPrefix: prefix, Timeout: 500 * time.Millisecond})
 
 	// The victim: the master of the first user's slot.
 	victim, err := admin.MasterForKey(ctx, global.Key(prefix, rule.Name, users[0]))
@@ -216,6 +208,24 @@ func TestClusterMasterKilled(t *testing.T) {
 		total, lost, counted)
 }
 
+// clusterLimiters returns n Limiters of cfg, each with a cluster client of
+// its own (the client's default options) of the cluster at addrs, closed
+// when the test ends.
+func clusterLimiters(t *testing.T, addrs []string, n int, cfg Config) []*Limiter {
+	t.Helper()
+	var lims []*Limiter
+	for range n {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+		t.Cleanup(func() { _ = c.Close() })
+		cfg.Redis = c
+		l, err := New(cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		lims = append(lims, l)
+	}
+	return lims
+}
+
 // otherThan returns an address of addrs that is not skip.
 func otherThan(addrs []string, skip string) string {
 	for _, a := range addrs {
@@ -259,15 +269,8 @@ func TestClusterReshardUnderLoad(t *testing.T) {
 	users := clusterUsers(300)
 
 	const instances, goroutines = 3, 3
-	var lims []*Limiter
-	for range instances {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-		t.Cleanup(func() { _ = c.Close() })
-		l, err := New(Config{Redis: c, Rules: rules, KeyPrefix: prefix, SyncInterval: 50 * time.Millisecond, Timeout: 5 * time.Second})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = l.Close() })
-		lims = append(lims, l)
-	}
+	lims := clusterLimiters(t, addrs, instances,
+		Config{Rules: rules, KeyPrefix: prefix, SyncInterval: 50 * time.Millisecond, Timeout: 5 * time.Second})
 	ts := time.Now() // one instant: the counts stay in one window
 	var (
 		mu       sync.Mutex
