@@ -40,8 +40,8 @@ redis: ## Ensure a Redis server answers on 127.0.0.1:6379 (start/install one if 
 
 test: redis ## Run all tests (root module, then bench/ module) with -race -shuffle=on
 	@status=0; \
-	echo "==> go test $(TESTFLAGS) ./...  (root module)"; \
-	$(GO) test $(TESTFLAGS) ./... || status=1; \
+	echo "==> go test $(TESTFLAGS) -skip '^TestCluster' ./...  (root module; the cluster suite is make test-cluster's)"; \
+	$(GO) test $(TESTFLAGS) -skip '^TestCluster' ./... || status=1; \
 	echo "==> go test -count=1 -run TestSweep ./sim/  (the full simulation grid, without -race)"; \
 	$(GO) test -count=1 -run TestSweep ./sim/ || status=1; \
 	echo "==> go test -count=1 -run TestHybridHotKeysOutlastAFlood .  (needs ristretto to keep up: without -race)"; \

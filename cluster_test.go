@@ -6,7 +6,7 @@ package ratelimit
 // key of one user in one slot). It runs when REDIS_CLUSTER_ADDRS names the
 // cluster's seeds: `make test-cluster` starts one
 // (scripts/redis-cluster.sh), runs these tests and stops it. Without it they
-// skip, or fail when CI and RL_REQUIRE_CLUSTER are set.
+// skip, or fail when CI is set; `make test` leaves them to `make test-cluster`.
 
 import (
 	"context"

@@ -1,3 +1,5 @@
+//go:build measure
+
 package ratelimit
 
 import (
@@ -5,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -21,10 +22,10 @@ import (
 // callers, against a run without fault in the same test, and prints it
 // (t.Logf). It asserts nothing about timing, only what cannot be flaky: no
 // caller error under a failure policy, every load goroutine ends, and (the
-// package's TestMain) no goroutine leaks. It runs only when RL_MEASURE=1,
-// so CI does not run it:
+// package's TestMain) no goroutine leaks. It is built only with the
+// measure tag, so CI does not run it:
 //
-//	RL_MEASURE=1 go test -count=1 -run TestFaultMeasure -v . 2>&1 | grep -v '^redis: '
+//	go test -tags measure -count=1 -run TestFaultMeasure -v . 2>&1 | grep -v '^redis: '
 //
 // Setup: a redis-server of the test's own behind a toxiproxy, three
 // Limiters with a client each, the real clock and the sync loop
@@ -62,9 +63,6 @@ import (
 // plus the warm stage's last interval, which no sync pass had folded yet
 // when the phase started.
 func TestFaultMeasure(t *testing.T) {
-	if os.Getenv("RL_MEASURE") != "1" {
-		t.Skip("a measurement, not a test: set RL_MEASURE=1 to run it")
-	}
 	const (
 		instances = 3
 		perInst   = 8

@@ -34,15 +34,15 @@ const clusterReadyTimeout = 10 * time.Second
 // REDIS_CLUSTER_ADDRS), with opts applied to its options, closed when the
 // test ends. It waits (at most 10 s) until every master answers and reports
 // cluster_state:ok. Without REDIS_CLUSTER_ADDRS the test skips with one
-// line, or fails when both CI and RL_REQUIRE_CLUSTER are set (`make
-// test-cluster` starts a cluster and sets them); with it set and the
+// line, or fails when CI is set (`make test-cluster` starts a cluster and
+// sets it; `make test` leaves the cluster suite to it); with it set and the
 // cluster not answering, the test fails.
 func ClusterClient(tb testing.TB, opts ...func(*redis.ClusterOptions)) *redis.ClusterClient {
 	tb.Helper()
 	addrs := ClusterAddrs()
 	if len(addrs) == 0 {
-		if os.Getenv("CI") != "" && os.Getenv("RL_REQUIRE_CLUSTER") != "" {
-			tb.Fatal("no REDIS_CLUSTER_ADDRS, and CI with RL_REQUIRE_CLUSTER needs a cluster (make test-cluster starts one)")
+		if os.Getenv("CI") != "" {
+			tb.Fatal("no REDIS_CLUSTER_ADDRS: CI needs a Redis Cluster for this test (make test-cluster starts one)")
 		}
 		tb.Skip("skipped: no REDIS_CLUSTER_ADDRS (make test-cluster starts a Redis Cluster and sets it)")
 	}
