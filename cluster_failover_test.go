@@ -31,8 +31,8 @@ import (
 // has the binaries and the time for it.
 func ownCluster(t *testing.T, base int) (addrs []string, pids map[string]int) {
 	t.Helper()
-	if len(redistest.ClusterAddrs()) == 0 { // the suite's gate: skip, or fail under CI
-		redistest.ClusterClient(t) // skips, or fails under CI
+	if len(redistest.ClusterAddrs()) == 0 {
+		redistest.ClusterClient(t) // the suite's gate: skips, or fails under CI
 	}
 	dir := t.TempDir()
 	env := append(os.Environ(), "RL_CLUSTER_DIR="+dir, "RL_CLUSTER_PORT="+strconv.Itoa(base))
