@@ -69,8 +69,8 @@ test-cluster: ## Start a Redis Cluster of its own, run the cluster suite (TestCl
 	addrs=$$(bash scripts/redis-cluster.sh start | sed -n 's/^REDIS_CLUSTER_ADDRS=//p'); \
 	if [ -z "$$addrs" ]; then echo "make test-cluster: no cluster addresses" >&2; exit 1; fi; \
 	echo "REDIS_CLUSTER_ADDRS=$$addrs (up in $$(( $$(date +%s) - start )) s)"; \
-	echo "==> go test $(TESTFLAGS) -run '^TestCluster' -v .  (cluster suite)"; \
-	REDIS_CLUSTER_ADDRS="$$addrs" $(GO) test $(TESTFLAGS) -timeout 5m -run '^TestCluster' -v . 2>&1 | grep -Ev '^\s*=== '
+	echo "==> go test $(TESTFLAGS) -run '^TestCluster' -v . ./global/  (cluster suite)"; \
+	REDIS_CLUSTER_ADDRS="$$addrs" $(GO) test $(TESTFLAGS) -timeout 5m -run '^TestCluster' -v . ./global/ 2>&1 | grep -Ev '^\s*=== '
 
 bench: redis ## Run benchmarks in bench/ (BENCH=regexp COUNT=n), output tee'd to bench/bench.txt
 	cd bench && $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(COUNT) ./... | tee bench.txt

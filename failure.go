@@ -142,9 +142,9 @@ type healthTracker struct {
 
 	mu         sync.Mutex
 	cur        Health
-	breaker    global.BreakerState
-	lastReport time.Time // of the outage summary
-	downSince  time.Time // when the outage was first logged
+	breakers   map[string]global.BreakerState // by node: one entry for a single node
+	lastReport time.Time                      // of the outage summary
+	downSince  time.Time                      // when the outage was first logged
 	logged     HealthState
 	reported   Stats // as of the last summary, which logs what changed since
 
@@ -152,12 +152,32 @@ type healthTracker struct {
 	told   HealthState // the state OnHealthChange heard last; under hookMu
 }
 
-// onBreaker is the Store's OnBreakerChange.
+// onBreaker is the Store's OnBreakerChange. On a cluster each master has
+// its breaker: the Limiter is Degraded while any is open.
 func (t *healthTracker) onBreaker(st global.BreakerStatus) {
 	t.mu.Lock()
-	t.breaker = st.State
+	if st.State == global.Closed {
+		delete(t.breakers, st.Node)
+	} else {
+		if t.breakers == nil {
+			t.breakers = make(map[string]global.BreakerState)
+		}
+		t.breakers[st.Node] = st.State
+	}
 	t.mu.Unlock()
 	t.update(st.Reason, st.Since)
+}
+
+// breaker returns the state of the least healthy breaker. It requires t.mu.
+func (t *healthTracker) breaker() global.BreakerState {
+	worst := global.Closed
+	for _, s := range t.breakers {
+		if s == global.Open {
+			return s
+		}
+		worst = s
+	}
+	return worst
 }
 
 // update recomputes the Health from the breaker and the pending
@@ -165,10 +185,10 @@ func (t *healthTracker) onBreaker(st global.BreakerStatus) {
 func (t *healthTracker) update(reason error, at time.Time) {
 	t.mu.Lock()
 	next := Healthy
-	switch {
-	case t.breaker == global.Open:
+	switch b := t.breaker(); {
+	case b == global.Open:
 		next = Degraded
-	case t.breaker == global.HalfOpen, t.l.pending.len() > 0 && t.cur.State != Healthy:
+	case b == global.HalfOpen, t.l.pending.len() > 0 && t.cur.State != Healthy:
 		next = Recovering
 	}
 	if next == t.cur.State {
@@ -262,7 +282,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 		return result{allowed: true, remaining: r.Limit - n}, nil
 	case FailClosed:
 		l.fallbacks.closed.Add(1)
-		wait := max(l.store.RetryAfter(), time.Second).Milliseconds()
+		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}, nil
 	}
 	limit := max(r.Limit/max(l.instances(), 1), 1)

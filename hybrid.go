@@ -196,7 +196,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		return result{}, ErrClosed
 	}
 	switch {
-	case h.l.store.Refuses(): // straight to the policy, nothing to undo
+	case h.l.store.Refuses(s.Key): // straight to the policy, nothing to undo
 		return result{}, global.ErrBreakerOpen
 	case h.l.pending.has(r, user):
 		return result{}, errPending

@@ -645,9 +645,10 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	default:
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
+		key := global.Key(l.cfg.KeyPrefix, r.Name, user)
 		var cause error
 		switch {
-		case l.store.Refuses():
+		case l.store.Refuses(key):
 			cause = global.ErrBreakerOpen
 		case l.pending.has(r, user):
 			cause = errPending
@@ -660,7 +661,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 		}
 		g, err := l.store.Take(ctx, global.Request{
 			Algorithm:  r.algo,
-			Key:        global.Key(l.cfg.KeyPrefix, r.Name, user),
+			Key:        key,
 			Now:        ms,
 			Window:     r.window,
 			Limit:      r.Limit,

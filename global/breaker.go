@@ -83,6 +83,10 @@ type BreakerStatus struct {
 	Reason error
 	// Until is when an Open breaker lets its next probe through.
 	Until time.Time
+	// Node is the address of the master the breaker stands for, on a
+	// cluster; empty for the breaker of a single node (or, on a cluster,
+	// of keys whose master is not known yet).
+	Node string
 
 	seq int64 // orders transitions for notify
 }
@@ -91,6 +95,7 @@ type BreakerStatus struct {
 // a caller one atomic load; the rest runs under a mutex, only while Redis
 // fails.
 type breaker struct {
+	node     string // BreakerStatus.Node
 	opts     BreakerOptions
 	now      func() time.Time
 	onChange func(BreakerStatus) // called outside the lock, in transition order per breaker
@@ -216,6 +221,16 @@ func (b *breaker) success(t ticket) {
 	b.notify(st)
 }
 
+// record records how Redis answered a call: a failure when err says it
+// was unavailable, else a success.
+func (b *breaker) record(err error, t ticket) {
+	if countsAsFailure(err) {
+		b.failure(err, t)
+	} else {
+		b.success(t)
+	}
+}
+
 // failure records a call that failed because Redis did (err says how).
 func (b *breaker) failure(err error, t ticket) {
 	if BreakerState(b.state.Load()) == Closed && b.failures.Add(1) < int64(b.opts.Failures) {
@@ -272,7 +287,7 @@ func (b *breaker) setLocked(state BreakerState, now time.Time, reason error) *Br
 		b.status.Reason = reason
 		return nil
 	}
-	b.status = BreakerStatus{State: state, Since: now, Reason: reason, seq: b.transitions.Add(1)}
+	b.status = BreakerStatus{State: state, Since: now, Reason: reason, Node: b.node, seq: b.transitions.Add(1)}
 	b.state.Store(uint32(state))
 	st := b.status
 	return &st

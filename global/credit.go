@@ -41,6 +41,8 @@ type Credit struct {
 
 func (c Credit) script() *redis.Script { return creditScript }
 
+func (c Credit) route() string { return c.Key }
+
 func (c Credit) keysArgs() ([]string, []any) {
 	kind, second := "w", c.Key
 	switch c.Algorithm {
@@ -67,18 +69,22 @@ func (s *Store) CreditBatch(ctx context.Context, cs []Credit) (applied []bool, e
 	if len(cs) == 0 {
 		return applied, errs
 	}
-	ok, t := s.breaker.allow()
-	if !ok {
-		for i := range errs {
-			errs[i] = ErrBreakerOpen
-		}
+	all := make([]op, len(cs))
+	for i, c := range cs {
+		all[i] = c
+	}
+	var (
+		idx []int // of the credits sent
+		ops []op
+	)
+	gates := s.admit(all, func(i int) { errs[i] = ErrBreakerOpen }, func(i int) {
+		idx, ops = append(idx, i), append(ops, all[i])
+	})
+	if len(ops) == 0 {
 		return applied, errs
 	}
-	ops := make([]op, len(cs))
-	for i, c := range cs {
-		ops[i] = c
-	}
-	for i, cmd := range s.bounded(ctx, t, ops) {
+	for j, cmd := range s.bounded(ctx, gates, ops) {
+		i := idx[j]
 		n, err := cmd.Int64()
 		if err != nil {
 			if unavailable(cmd.Err()) {

@@ -50,8 +50,37 @@ func unavailable(err error) bool {
 
 // unavailablePrefixes are the error replies of a server that cannot serve
 // for now: still loading its data, a replica promoted too late, a cluster
-// without quorum, a script running too long, a slot in migration.
-var unavailablePrefixes = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOREPLICAS"}
+// without quorum, a script running too long, a slot in migration (and
+// redirects that go-redis gave up following).
+var unavailablePrefixes = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "ASK ", "MOVED ", "BUSY", "NOREPLICAS"}
+
+// slotBusy reports whether err is a cluster node's answer that a slot is
+// moving (TRYAGAIN: a call of several keys while they are split between
+// two nodes; ASK or MOVED once go-redis's redirects are used up). The node
+// is up, and the call did not run: it may be sent again.
+func slotBusy(err error) bool {
+	var re redis.Error
+	if err == nil || !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "TRYAGAIN") || strings.HasPrefix(msg, "ASK ") || strings.HasPrefix(msg, "MOVED ")
+}
+
+// countsAsFailure reports whether err tells a breaker that its node is
+// unavailable. A slot in migration does not, nor a cluster that reports
+// itself down (a master failed and no replica has taken over yet): the node
+// answered, and will serve again as soon as the cluster does, which an open
+// breaker would delay by its backoff. Their callers get ErrUnavailable.
+func countsAsFailure(err error) bool {
+	return unavailable(err) && !slotBusy(err) && !clusterDown(err)
+}
+
+// clusterDown reports whether err is a node's CLUSTERDOWN answer.
+func clusterDown(err error) bool {
+	var re redis.Error
+	return err != nil && errors.As(err, &re) && strings.HasPrefix(re.Error(), "CLUSTERDOWN")
+}
 
 // classify wraps err in ErrUnavailable when it means Redis could not
 // answer. err must come from the client (a command's Err), not from

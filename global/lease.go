@@ -74,6 +74,8 @@ type LeaseResult struct {
 
 func (r LeaseRequest) script() *redis.Script { return leaseScript }
 
+func (r LeaseRequest) route() string { return r.Key }
+
 // keysArgs returns the request's two keys and sixteen arguments in the lease
 // script's layout: the key, and its operation key (or the key again, in its
 // place, when the request has no Op).
@@ -106,6 +108,8 @@ func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
 type leaseBatch []LeaseRequest
 
 func (b leaseBatch) script() *redis.Script { return leaseScript }
+
+func (b leaseBatch) route() string { return b[0].Key }
 
 // leaseReply is the lease script's answer for one key: 9 integers, or the
 // error of that key alone.
@@ -184,34 +188,42 @@ func (s *Store) Lease(ctx context.Context, r LeaseRequest) (LeaseResult, error) 
 // commands fail fails alone; a call that fails as a whole (a timeout, a
 // lost connection) fails every request in it.
 //
-// Like every call to Redis, it goes through the circuit breaker: while the
-// breaker is open every request fails at once with ErrBreakerOpen. Each
-// pipeline is bounded by the Store's SyncTimeout.
+// Like every call to Redis, it goes through the circuit breaker of the
+// key's master: the requests of a master whose breaker is open fail at
+// once with ErrBreakerOpen. Each pipeline is bounded by the Store's
+// SyncTimeout.
 func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, []error) {
 	res := make([]LeaseResult, len(rs))
 	errs := make([]error, len(rs))
 	if len(rs) == 0 {
 		return res, errs
 	}
-	ok, t := s.breaker.allow()
-	if !ok {
-		for i := range errs {
-			errs[i] = ErrBreakerOpen
-		}
-		return res, errs
-	}
 	sharded := s.sharded.Load()
-	groups := s.groupLeases(rs, sharded)
-	ops := make([]op, len(groups))
-	for i, g := range groups {
+	var (
+		groups [][]int
+		ops    []op
+	)
+	allGroups := s.groupLeases(rs, sharded)
+	all := make([]op, len(allGroups))
+	for i, g := range allGroups {
 		b := make(leaseBatch, len(g))
 		for j, k := range g {
 			b[j] = rs[k]
 		}
-		ops[i] = b
+		all[i] = b
+	}
+	gates := s.admit(all, func(i int) {
+		for _, k := range allGroups[i] {
+			errs[k] = ErrBreakerOpen
+		}
+	}, func(i int) {
+		groups, ops = append(groups, allGroups[i]), append(ops, all[i])
+	})
+	if len(ops) == 0 {
+		return res, errs
 	}
 	var again []int // requests of calls that mixed slots on a cluster-mode server
-	for i, cmd := range s.bounded(ctx, t, ops) {
+	for i, cmd := range s.bounded(ctx, gates, ops) {
 		if !sharded && isCrossSlot(cmd.Err()) {
 			again = append(again, groups[i]...)
 			continue
@@ -242,6 +254,35 @@ func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResul
 		}
 	}
 	return res, errs
+}
+
+// admit passes each of ops through the breaker of its master, once per
+// breaker (the calls of one master share its ticket: a half-open breaker's
+// probe is every call of the pass to it). It calls refused(i) for each op
+// i that an open breaker refused and sent(i) for the others, in order, and
+// returns the gates of the ops sent.
+func (s *Store) admit(ops []op, refused, sent func(i int)) []gate {
+	var gates []gate
+	seen := make(map[*breaker]gate, 4)
+	for i, o := range ops {
+		b := s.breakers.forKey(o.route())
+		g, ok := seen[b]
+		if !ok {
+			var allowed bool
+			var t ticket
+			if allowed, t = b.allow(); allowed {
+				g = gate{b, t}
+			}
+			seen[b] = g
+		}
+		if g.b == nil {
+			refused(i)
+			continue
+		}
+		gates = append(gates, g)
+		sent(i)
+	}
+	return gates
 }
 
 // groupLeases splits the indexes of rs into groups that may share a script
@@ -293,11 +334,12 @@ func hashTag(key string) string {
 // It goes through the circuit breaker, and is the probe of a half-open
 // one when it comes first.
 func (s *Store) Heartbeat(ctx context.Context, key, id string, now, ttl int64) (int64, error) {
-	ok, t := s.breaker.allow()
+	b := s.breakers.forKey(key)
+	ok, t := b.allow()
 	if !ok {
 		return 0, ErrBreakerOpen
 	}
-	cmd := s.bounded(ctx, t, []op{heartbeat{key: key, id: id, now: now, ttl: ttl}})[0]
+	cmd := s.bounded(ctx, []gate{{b, t}}, []op{heartbeat{key: key, id: id, now: now, ttl: ttl}})[0]
 	n, err := cmd.Int64()
 	if err != nil {
 		if unavailable(cmd.Err()) {
@@ -316,17 +358,20 @@ type heartbeat struct {
 
 func (h heartbeat) script() *redis.Script { return heartbeatScript }
 
+func (h heartbeat) route() string { return h.key }
+
 func (h heartbeat) keysArgs() ([]string, []any) { return []string{h.key}, []any{h.now, h.ttl, h.id} }
 
 // Leave removes instance id from the registry at key.
 func (s *Store) Leave(ctx context.Context, key, id string) error {
-	ok, t := s.breaker.allow()
+	b := s.breakers.forKey(key)
+	ok, t := b.allow()
 	if !ok {
 		return ErrBreakerOpen
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.SyncTimeout)
 	defer cancel()
 	err := classify(s.rdb.ZRem(ctx, key, id).Err())
-	s.recordErr(err, t)
+	s.report(outcome{gate{b, t}, err})
 	return err
 }

@@ -77,7 +77,7 @@ type Store struct {
 	opts    Options
 	sharded atomic.Bool // keys live on several slots: a script call takes keys of one hash tag only
 
-	breaker *breaker
+	breakers *breakers // one per master on a cluster
 	// ctxTimeouts: the client ends its network waits at the context's
 	// deadline, so a pipeline's context gets Timeout (else the deadline
 	// would only cost an allocation).
@@ -112,31 +112,56 @@ type Counters struct {
 
 // Counters returns the Store's counters.
 func (s *Store) Counters() Counters {
+	var rejected, opened int64
+	for _, b := range s.breakers.all() {
+		rejected += b.rejected.Load()
+		opened += b.opened.Load()
+	}
 	return Counters{
 		Timeouts:      s.timeouts.Load(),
 		Dropped:       s.dropped.Load(),
 		Abandoned:     s.abandoned.Load(),
-		Rejected:      s.breaker.rejected.Load(),
-		BreakerOpened: s.breaker.opened.Load(),
+		Rejected:      rejected,
+		BreakerOpened: opened,
 	}
 }
 
-// Breaker returns the circuit breaker's status.
-func (s *Store) Breaker() BreakerStatus { return s.breaker.get() }
+// Breaker returns the status of the least healthy circuit breaker: the
+// only one for a single node, on a cluster the one of the master furthest
+// from closed (Node names it).
+func (s *Store) Breaker() BreakerStatus { return s.breakers.worst() }
 
-// RetryAfter returns how long the open breaker refuses calls from now, 0
-// when it lets them through.
-func (s *Store) RetryAfter() time.Duration { return s.breaker.retryAfter() }
+// Breakers returns the status of every circuit breaker: one for a single
+// node; on a cluster one per master seen, and one (Node "") for keys whose
+// master was not known.
+func (s *Store) Breakers() []BreakerStatus {
+	all := s.breakers.all()
+	out := make([]BreakerStatus, len(all))
+	for i, b := range all {
+		out[i] = b.get()
+	}
+	return out
+}
 
-// Refuses reports whether the breaker refuses a call now (it is half-open,
-// its probe out, or open with backoff left), and counts the call refused
-// if so. It takes no probe: a caller that finds it false makes its call,
-// which may be the probe; one that finds it true need not build its call.
-func (s *Store) Refuses() bool {
-	if !s.breaker.refuses() {
+// Cluster reports whether the Store talks to a Redis Cluster through a
+// cluster client, with a breaker per master.
+func (s *Store) Cluster() bool { return s.breakers.cc != nil }
+
+// RetryAfter returns how long the breaker of key's master refuses calls
+// from now, 0 when it lets them through.
+func (s *Store) RetryAfter(key string) time.Duration { return s.breakers.forKey(key).retryAfter() }
+
+// Refuses reports whether the breaker of key's master refuses a call now
+// (it is half-open, its probe out, or open with backoff left), and counts
+// the call refused if so. It takes no probe: a caller that finds it false
+// makes its call, which may be the probe; one that finds it true need not
+// build its call.
+func (s *Store) Refuses(key string) bool {
+	b := s.breakers.forKey(key)
+	if !b.refuses() {
 		return false
 	}
-	s.breaker.rejected.Add(1)
+	b.rejected.Add(1)
 	return true
 }
 
@@ -169,7 +194,7 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	// package does not know is taken to be sharded.
 	// (A single-node client of a server in cluster mode learns it from
 	// the first CROSSSLOT error: see LeaseBatch.)
-	s := &Store{rdb: rdb, opts: opts, breaker: newBreaker(opts.Breaker, opts.Now, opts.OnBreakerChange)}
+	s := &Store{rdb: rdb, opts: opts, breakers: newBreakers(rdb, opts)}
 	switch c := rdb.(type) {
 	case *redis.Client:
 		s.ctxTimeouts = c.Options().ContextTimeoutEnabled
@@ -208,10 +233,13 @@ func (s *Store) Load(ctx context.Context) error {
 }
 
 // loaded opens the breaker when Load found Redis unavailable, so that a
-// Limiter started without Redis starts degraded and probes for it.
+// Limiter started without Redis starts degraded and probes for it. On a
+// cluster it is the breaker of keys whose master is unknown: it matters
+// only while the slot map has not loaded (a master that fails after that
+// opens its own breaker as its calls fail).
 func (s *Store) loaded(err error) error {
 	if unavailable(err) {
-		s.breaker.trip(err)
+		s.breakers.def.trip(err)
 	}
 	return err
 }
@@ -220,6 +248,8 @@ func (s *Store) loaded(err error) error {
 type op interface {
 	script() *redis.Script
 	keysArgs() ([]string, []any)
+	// route is a key of the call: its master's breaker gates it.
+	route() string
 }
 
 // coalesced is an op that goes through the coalescer (do), which decodes
@@ -232,14 +262,14 @@ type coalesced interface {
 
 // call is one queued script invocation.
 type call struct {
-	ctx    context.Context
-	op     coalesced
-	ticket ticket       // the breaker's
-	state  atomic.Int32 // queued, sent or given up: who wins decides whether it is sent
-	res    []int64
-	err    error
-	done   chan struct{} // buffered(1); receives once when res and err are set
-	timer  *time.Timer   // the caller's Timeout, reused with the call
+	ctx   context.Context
+	op    coalesced
+	gate  gate         // the breaker that let it through
+	state atomic.Int32 // queued, sent or given up: who wins decides whether it is sent
+	res   []int64
+	err   error
+	done  chan struct{} // buffered(1); receives once when res and err are set
+	timer *time.Timer   // the caller's Timeout, reused with the call
 }
 
 // A call's states. The caller gives up on a queued call by moving it to
@@ -277,12 +307,13 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		s.dropped.Add(1)
 		return nil, err
 	}
-	ok, t := s.breaker.allow()
+	b := s.breakers.forKey(o.route())
+	ok, t := b.allow()
 	if !ok {
 		return nil, ErrBreakerOpen
 	}
 	c := callPool.Get().(*call)
-	c.ctx, c.op, c.ticket = ctx, o, t
+	c.ctx, c.op, c.gate = ctx, o, gate{b, t}
 
 	s.mu.Lock()
 	if s.closed {
@@ -324,7 +355,7 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 		return nil, ctx.Err()
 	case <-timer.C:
 		s.timeouts.Add(1)
-		s.failed(errTimeout, t)
+		s.report(outcome{gate{b, t}, errTimeout})
 		s.giveUp(c)
 		return nil, errTimeout
 	}
@@ -341,7 +372,7 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	c.state.Store(sent)
 	mine := time.Now().Add(s.opts.Timeout)
 	cctx, cancel := context.WithDeadline(ctx, mine)
-	cmd := run(cctx, s.rdb, c.op)
+	cmd := s.runRetrying(cctx, c.op)
 	cancel()
 	// Which deadline ended the call: the network's deadline can fire before
 	// the context's own timer, so compare the clock with the deadlines.
@@ -362,7 +393,7 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	switch {
 	case err != nil && callerLeft: // the caller's own deadline or cancellation
 		s.abandoned.Add(1)
-		s.breaker.release(c.ticket) // what Redis did is unknown: no outcome for the breaker
+		c.gate.b.release(c.gate.t) // what Redis did is unknown: no outcome for the breaker
 		if ctx.Err() == nil {
 			return nil, context.DeadlineExceeded
 		}
@@ -370,10 +401,10 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	case err != nil && timedOut: // Timeout
 		s.timeouts.Add(1)
 		s.abandoned.Add(1) // sent: Redis may have counted it
-		s.failed(errTimeout, c.ticket)
+		s.report(outcome{c.gate, errTimeout})
 		return nil, errTimeout
 	}
-	s.recordErr(err, c.ticket)
+	s.report(outcome{c.gate, err})
 	var res []int64
 	if unavailable(err) {
 		err = fmt.Errorf("global: script: %w", classify(err))
@@ -390,7 +421,7 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 func (s *Store) giveUp(c *call) {
 	if c.state.CompareAndSwap(queued, gaveUp) {
 		s.dropped.Add(1)
-		s.breaker.release(c.ticket) // never sent: it tells nothing of Redis
+		c.gate.b.release(c.gate.t) // never sent: it tells nothing of Redis
 	} else {
 		s.abandoned.Add(1)
 	}
@@ -457,23 +488,20 @@ func (s *Store) send(batch []*call) {
 		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
 		defer cancel()
 	}
-	var t ticket
-	for _, c := range batch {
-		t = max(t, c.ticket)
-	}
 	if len(batch) == 1 {
 		c := batch[0]
-		cmd := run(ctx, s.rdb, c.op)
-		s.recordErr(cmd.Err(), t)
+		cmd := s.runRetrying(ctx, c.op)
+		s.report(outcome{c.gate, cmd.Err()})
 		s.complete(c, cmd)
 		return
 	}
 	ops := make([]op, len(batch))
+	gates := make([]gate, len(batch))
 	for i, c := range batch {
-		ops[i] = c.op
+		ops[i], gates[i] = c.op, c.gate
 	}
 	cmds := s.pipeline(ctx, ops)
-	s.record(cmds, t)
+	s.reportCmds(cmds, gates)
 	for i, cmd := range cmds {
 		s.complete(batch[i], cmd)
 	}
@@ -489,45 +517,46 @@ func (s *Store) complete(c *call, cmd *redis.Cmd) {
 	c.done <- struct{}{}
 }
 
-// record tells the breaker how Redis answered a pipeline: a failure if any
-// command met an unavailable Redis, else a success.
-func (s *Store) record(cmds []*redis.Cmd, t ticket) {
-	for _, cmd := range cmds {
+// reportCmds tells the breakers how Redis answered a pipeline whose
+// command i went through gates[i]: per breaker, a failure if any of its
+// commands met an unavailable Redis, else a success.
+func (s *Store) reportCmds(cmds []*redis.Cmd, gates []gate) {
+	outs := make([]outcome, len(cmds))
+	for i, cmd := range cmds {
+		outs[i] = outcome{gates[i], nil}
 		if err := cmd.Err(); unavailable(err) {
-			s.failed(classify(err), t)
-			return
+			outs[i].err = classify(err)
 		}
 	}
-	s.breaker.success(t)
+	s.report(outs...)
 }
 
-// failed tells the breaker of a call that met an unavailable Redis, and,
-// on a cluster, asks the client to reload its slot map: after a failover or
-// a resharding the map go-redis holds names a dead or former master until
-// its timer reloads it (ClusterStateReloadInterval, 60 s by default), and
-// a reload is cheap (go-redis runs one at a time, in the background, at
-// most one each 200 ms).
-func (s *Store) failed(err error, t ticket) {
-	s.breaker.failure(err, t)
-	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		cc.ReloadState(context.Background())
+// report tells the breakers how calls went (see report), and, on a
+// cluster, when one met an unavailable Redis, asks the client to reload its
+// slot map: after a failover or a resharding the map go-redis holds names a
+// dead or former master until its timer reloads it
+// (ClusterStateReloadInterval, 60 s by default), and a reload is cheap
+// (go-redis runs one at a time, in the background, at most one each
+// 200 ms).
+func (s *Store) report(outs ...outcome) {
+	report(outs)
+	if s.breakers.cc == nil {
+		return
 	}
-}
-
-// recordErr tells the breaker how Redis answered one command.
-func (s *Store) recordErr(err error, t ticket) {
-	if unavailable(err) {
-		s.failed(err, t)
-	} else {
-		s.breaker.success(t)
+	for _, o := range outs {
+		if unavailable(o.err) {
+			s.breakers.cc.ReloadState(context.Background())
+			return
+		}
 	}
 }
 
 // bounded sends ops in one pipeline on a goroutine of its own and returns
 // their commands, or, if ctx ends or SyncTimeout passes first, commands
 // that carry that error. A pipeline given up on may still run: its calls
-// must be safe to lose (the lease script's are, see LeaseRequest.Op).
-func (s *Store) bounded(parent context.Context, t ticket, ops []op) []*redis.Cmd {
+// must be safe to lose (the lease script's are, see LeaseRequest.Op). Op i
+// went through gates[i].
+func (s *Store) bounded(parent context.Context, gates []gate, ops []op) []*redis.Cmd {
 	ctx, cancel := context.WithTimeout(parent, s.opts.SyncTimeout)
 	defer cancel()
 	done := make(chan []*redis.Cmd, 1)
@@ -535,7 +564,7 @@ func (s *Store) bounded(parent context.Context, t ticket, ops []op) []*redis.Cmd
 	go func() {
 		defer s.wg.Done()
 		cmds := s.pipeline(ctx, ops)
-		s.record(cmds, t)
+		s.reportCmds(cmds, gates)
 		done <- cmds
 	}()
 	select {
@@ -547,7 +576,11 @@ func (s *Store) bounded(parent context.Context, t ticket, ops []op) []*redis.Cmd
 	if parent.Err() == nil { // the Store's own deadline, not the caller's
 		err = errTimeout
 		s.timeouts.Add(1)
-		s.failed(err, t)
+		outs := make([]outcome, len(gates))
+		for i, g := range gates {
+			outs[i] = outcome{g, err}
+		}
+		s.report(outs...)
 	}
 	cmds := make([]*redis.Cmd, len(ops))
 	for i := range cmds {
@@ -568,6 +601,7 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 		cmds[i] = o.script().EvalSha(ctx, pipe, keys, args...)
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	cmds = s.retryBusy(ctx, ops, cmds)
 	var again []int
 	for i, cmd := range cmds {
 		if isNoScript(cmd.Err()) {
@@ -592,7 +626,7 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 			cmds[i] = run(ctx, s.rdb, ops[i])
 		}
 	}
-	return cmds
+	return s.retryBusy(ctx, ops, cmds)
 }
 
 // Close stops accepting calls and waits for the callers waiting for an
@@ -607,6 +641,8 @@ func (s *Store) Close() {
 }
 
 func (r Request) script() *redis.Script { return scripts[r.Algorithm] }
+
+func (r Request) route() string { return r.Key }
 
 func (r Request) ints(cmd *redis.Cmd) ([]int64, error) { return ints(cmd) }
 
@@ -636,6 +672,64 @@ func ints(cmd *redis.Cmd) ([]int64, error) {
 		return nil, fmt.Errorf("global: script: %w", err)
 	}
 	return v, nil
+}
+
+// Slot-busy retries: the first wait, the longest, and (without a deadline
+// in the context) how long a call keeps retrying.
+const (
+	busyWait    = 5 * time.Millisecond
+	busyMaxWait = 100 * time.Millisecond
+	busyMargin  = 100 * time.Millisecond
+)
+
+// runRetrying runs o alone (see run) and sends it again while its answer
+// says its slot is moving (see slotBusy), until ctx's deadline or the
+// Store's Timeout.
+func (s *Store) runRetrying(ctx context.Context, o op) *redis.Cmd {
+	return s.retryBusy(ctx, []op{o}, []*redis.Cmd{run(ctx, s.rdb, o)})[0]
+}
+
+// retryBusy sends again, alone, each op whose command says its slot is
+// moving: such a call did not run. go-redis already retried it a few
+// times; a migration of many keys takes longer, so this waits, doubling
+// from busyWait to busyMaxWait, until ctx's deadline or the Store's
+// Timeout, and leaves the last answer in cmds.
+func (s *Store) retryBusy(ctx context.Context, ops []op, cmds []*redis.Cmd) []*redis.Cmd {
+	var busy []int
+	for i, cmd := range cmds {
+		if slotBusy(cmd.Err()) {
+			busy = append(busy, i)
+		}
+	}
+	if len(busy) == 0 {
+		return cmds
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(s.opts.Timeout)
+	}
+	wait := busyWait
+	// go-redis's own retries of a call take tens of ms: stop with room
+	// for the last one, so that the caller hears TRYAGAIN, not a timeout.
+	for len(busy) > 0 && time.Until(deadline) > 2*wait+busyMargin {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return cmds
+		case <-t.C:
+		}
+		wait = min(2*wait, busyMaxWait)
+		still := busy[:0]
+		for _, i := range busy {
+			cmds[i] = run(ctx, s.rdb, ops[i])
+			if slotBusy(cmds[i].Err()) {
+				still = append(still, i)
+			}
+		}
+		busy = still
+	}
+	return cmds
 }
 
 func isNoScript(err error) bool {

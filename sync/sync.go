@@ -119,11 +119,14 @@ func (r *Reconciler) pass(ctx context.Context) error {
 
 	ttl := 3 * r.cfg.Interval.Milliseconds()
 	if n, err := r.cfg.Store.Heartbeat(ctx, r.cfg.InstancesKey, r.cfg.ID, now, max(ttl, 1)); err != nil {
-		if errors.Is(err, global.ErrUnavailable) {
+		if errors.Is(err, global.ErrUnavailable) && !r.cfg.Store.Cluster() {
 			// Redis is down, or the breaker holds calls back: the keys keep
 			// their leases and their unreported requests for a later pass.
 			return err
 		}
+		// On a cluster only the registry's master may be down: the pass
+		// goes on with the count of instances last seen, and the keys of
+		// masters whose breaker is open fail at once (ErrBreakerOpen).
 		errs = append(errs, err)
 	} else {
 		r.instances.Store(max(n, 1))
