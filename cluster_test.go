@@ -85,8 +85,7 @@ func TestClusterNoScriptFallback(t *testing.T) {
 // TestClusterKeysSpread: the keys of 60 users, under every strict algorithm
 // and a hybrid rule, spread over all three masters (each master holds at
 // least a sixth of them), and every key of one user (the sliding log's
-// second key, the hybrid's operation keys) is in that user's slot, as
-// CLUSTER KEYSLOT computes it.
+// second key too) is in that user's slot, as CLUSTER KEYSLOT computes it.
 func TestClusterKeysSpread(t *testing.T) {
 	b := testCluster(t)
 	cc := b.c.(*redis.ClusterClient)
@@ -153,7 +152,7 @@ func TestClusterKeysSpread(t *testing.T) {
 		}
 	}
 	// Per user: one key per strict algorithm, one more for the sliding log,
-	// one for the hybrid rule (operation keys of lease returns may add some).
+	// one for the hybrid rule.
 	require.Len(t, slotOf, len(users), "users with keys")
 	for _, u := range users {
 		for _, r := range rules {

@@ -1,9 +1,11 @@
 package ratelimit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -328,6 +330,7 @@ func redisFailed(err error) (policy bool) {
 // keys are counted in dropped and lost to Redis.
 type pending struct {
 	max int
+	ops *global.Ops // names the credits: one stream, sent in its order
 
 	mu    sync.Mutex
 	m     map[pendingKey]*pendingDelta // admissions not yet sent
@@ -350,7 +353,7 @@ type pendingKey struct {
 // nothing if it was).
 type pendingDelta struct {
 	idx, cur, prev, last int64
-	op                   string
+	op                   global.Op
 }
 
 // pendingRetry is a delta on its way to Redis, or back.
@@ -360,7 +363,7 @@ type pendingRetry struct {
 }
 
 func newPending(max int) *pending {
-	return &pending{max: max, m: make(map[pendingKey]*pendingDelta), keys: make(map[pendingKey]int)}
+	return &pending{max: max, ops: global.NewOps(), m: make(map[pendingKey]*pendingDelta), keys: make(map[pendingKey]int)}
 }
 
 // add records n admissions of user under r at ms.
@@ -369,7 +372,7 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d, ok := p.m[k]
-	if ok && d.op != "" {
+	if ok && !d.op.IsZero() {
 		// d's credit went out once and goes again under its name, which
 		// Redis ignores if the first one was applied: newer admissions need
 		// a credit of their own.
@@ -519,21 +522,30 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 		}
 		batch, credits = batch[:0], credits[:0]
 	}
+	live := all[:0]
 	for _, e := range all {
 		r, d := e.k.r, e.d
-		live := now/r.window - 1 // the oldest window that still counts
-		if d.idx < live || d.idx == live && r.Algorithm == FixedWindow {
+		oldest := now/r.window - 1 // the oldest window that still counts
+		if d.idx < oldest || d.idx == oldest && r.Algorithm == FixedWindow {
 			l.pending.expired.Add(d.cur + d.prev)
 			l.pending.done(e.k)
 			continue
 		}
-		if d.op == "" {
-			if d.idx-1 < live || r.Algorithm == FixedWindow {
+		if d.op.IsZero() {
+			if d.idx-1 < oldest || r.Algorithm == FixedWindow {
 				l.pending.expired.Add(d.prev)
 				d.prev = 0
 			}
-			d.op = global.NewOp()
+			d.op = l.pending.ops.Next()
 		}
+		live = append(live, e)
+	}
+	// A key's credits go in the order of their ops (take may return a
+	// key's older credit after a newer one when both came back): Redis
+	// applies a stale credit, perhaps a second time (see Credit.Op).
+	slices.SortFunc(live, func(a, b pendingRetry) int { return cmp.Compare(a.d.op.Seq, b.d.op.Seq) })
+	for _, e := range live {
+		r, d := e.k.r, e.d
 		batch = append(batch, e)
 		credits = append(credits, global.Credit{
 			Algorithm: r.algo,

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
 )
 
 // Tests of the pending admissions alone: no Redis, no Limiter.
@@ -198,7 +200,7 @@ func TestPendingTake(t *testing.T) {
 	for _, e := range first {
 		switch e.k.user {
 		case "a", "b":
-			e.d.op = "op-" + e.k.user
+			e.d.op = testOp(e.k.user)
 			retries = append(retries, e)
 		}
 	}
@@ -213,7 +215,7 @@ func TestPendingTake(t *testing.T) {
 	if len(got) != 4 {
 		t.Fatalf("take returned %d entries, want 4: %+v", len(got), got)
 	}
-	if got[0].k.user != "b" || got[0].d.op != "op-b" || got[0].d.cur != 1 {
+	if got[0].k.user != "b" || got[0].d.op != testOp("b") || got[0].d.cur != 1 {
 		t.Fatalf("take's first entry = %+v %+v, want b's retry", got[0].k, *got[0].d)
 	}
 	seen := map[string]int64{}
@@ -247,7 +249,7 @@ func TestPendingRestore(t *testing.T) {
 			p := newPending(10)
 			p.add(r, "u", 1_000, 3)
 			e := p.take()[0]
-			e.d.op = "op-1" // as flush names it
+			e.d.op = testOp("1") // as flush names it
 			if tc.readd {
 				p.add(r, "u", 1_200, 2)
 			}
@@ -263,7 +265,7 @@ func TestPendingRestore(t *testing.T) {
 			if got[0].d != e.d {
 				t.Fatalf("take's first entry %+v is not the restored delta", *got[0].d)
 			}
-			wantDelta(t, "restored", got[0].d, pendingDelta{idx: 1, cur: 3, last: 1_000, op: "op-1"})
+			wantDelta(t, "restored", got[0].d, pendingDelta{idx: 1, cur: 3, last: 1_000, op: testOp("1")})
 			if tc.readd {
 				wantDelta(t, "re-added", got[1].d, pendingDelta{idx: 1, cur: 2, last: 1_200})
 			}
@@ -288,12 +290,12 @@ func TestPendingAddAfterRestoreKeepsCreditsApart(t *testing.T) {
 			p := newPending(10)
 			p.add(r, "u", 1_000, 3)
 			e := p.take()[0]
-			e.d.op = "op-1" // flush named it and sent it; the call failed
+			e.d.op = testOp("1") // flush named it and sent it; the call failed
 			p.restore(e.k, e.d)
 			p.add(r, "u", tc.ms, 2) // a request while the credit is pending
 			var named, fresh int64
 			for _, x := range p.take() {
-				if x.d.op == "op-1" {
+				if x.d.op == testOp("1") {
 					named += x.d.cur + x.d.prev
 					if x.d.idx != 1 {
 						t.Errorf("the credit sent as op-1 for window 1 now says window %d", x.d.idx)
@@ -367,7 +369,7 @@ func TestPendingDropAll(t *testing.T) {
 	p.add(r, "b", 2_500, 6)
 	for _, e := range all {
 		if e.k.user == "b" {
-			e.d.op = "op-b"
+			e.d.op = testOp("b")
 			p.restore(e.k, e.d)
 		}
 	}
@@ -380,3 +382,6 @@ func TestPendingDropAll(t *testing.T) {
 		t.Fatal("admissions left after dropAll")
 	}
 }
+
+// testOp is the op of a credit that flush named and sent.
+func testOp(name string) global.Op { return global.Op{Stream: "~" + name, Seq: 1} }

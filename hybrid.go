@@ -32,6 +32,7 @@ type hybrid struct {
 	registry  local.Registry
 	instances func() int64
 	closing   atomic.Bool // the last pass gives every lease back
+	ops       *global.Ops // names the calls that give tokens back
 
 	// gate: decisions that call Redis hold it shared; Close takes it
 	// exclusively and sets closed, so no grant lands after the last pass.
@@ -226,12 +227,20 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		}
 		h.takeReturns(s, &req)
 	}
-	nameReturns(&req)
+	h.nameReturns(&req)
 	know(s, &req)
 	s.Unlock()
 
 	h.remote.Add(1)
 	res, err := h.l.store.Lease(ctx, req)
+	if err == nil && res.Stale {
+		// A newer call of this instance for the key got there first (a
+		// sync pass's): this one changed nothing. Its returns stay
+		// counted, unspent (an earlier copy may have applied them); the
+		// rest goes again, unnamed, so that n is decided.
+		req.Returns, req.Op = [2]global.Return{}, global.Op{}
+		res, err = h.l.store.Lease(ctx, req)
+	}
 
 	s.Lock()
 	if lead {
@@ -303,10 +312,10 @@ func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
 // nameReturns names req if it gives tokens back: go-redis re-sends a call
 // whose answer timed out, and a return applied twice would count fewer
 // tokens than were admitted. Every request that may carry returns passes
-// here last.
-func nameReturns(req *global.LeaseRequest) {
+// here last, so that the ops of a key leave in the order of their numbers.
+func (h *hybrid) nameReturns(req *global.LeaseRequest) {
 	if req.Returns[0].N > 0 || req.Returns[1].N > 0 {
-		req.Op = global.NewOp()
+		req.Op = h.ops.Next()
 	}
 }
 
@@ -351,6 +360,9 @@ func (h *hybrid) unreport(s *local.State, req global.LeaseRequest, err error) {
 		h.owe(s, ret)
 	}
 }
+
+// errStale is unreport's reason for a stale answer: the call was sent.
+var errStale = errors.New("ratelimit: stale lease call")
 
 // owe adds ret to what s must give back at its next call, unless s already
 // owes a newer window's tokens (only one window's debt is kept; an older
@@ -427,7 +439,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 		req.Want = v.topUp()
 	}
 	h.takeReturns(s, &req)
-	nameReturns(&req)
+	h.nameReturns(&req)
 	know(s, &req)
 	send := req.Want > 0 || req.Attempts > 0 || req.Returns[0].N > 0 || req.Returns[1].N > 0
 	return req, send, send || s.Lease > 0
@@ -467,6 +479,14 @@ func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.Lease
 	defer s.Unlock()
 	if err != nil {
 		h.unreport(s, req, err)
+		return true
+	}
+	if res.Stale {
+		// A newer call of this instance for the key got there first (a
+		// decision's): this one changed nothing. Its attempts go with the
+		// next call; its returns stay counted, unspent (an earlier copy may
+		// have applied them).
+		h.unreport(s, req, errStale)
 		return true
 	}
 	h.apply(s, r, req, res)

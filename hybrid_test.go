@@ -392,7 +392,8 @@ func testHybridLeaseNeverSpentBeforeItsWindow(t *testing.T, front bool) {
 
 // TestLeaseReturnIsIdempotent: go-redis re-sends a call whose answer timed
 // out; a named call that gives tokens back must apply once, or Redis would
-// count fewer tokens than were admitted.
+// count fewer tokens than were admitted. An older op of the stream, arriving
+// late, changes nothing either.
 func TestLeaseReturnIsIdempotent(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
@@ -404,18 +405,34 @@ func TestLeaseReturnIsIdempotent(t *testing.T) {
 	first, err := store.Lease(ctx, global.LeaseRequest{Key: key, Now: now, Window: 60_000, Limit: 100, N: 30, Want: 22})
 	require.NoError(t, err)
 	require.Equal(t, int64(52), first.Cur)
+	ops := global.NewOps()
 	ret := global.LeaseRequest{Key: key, Now: now, Window: 60_000, Limit: 100,
-		Returns: [2]global.Return{{}, {Window: now / 60_000, N: 22}}, Op: global.NewOp()}
+		Returns: [2]global.Return{{}, {Window: now / 60_000, N: 22}}, Op: ops.Next()}
 	a, err := store.Lease(ctx, ret)
 	require.NoError(t, err)
 	b, err := store.Lease(ctx, ret) // the re-sent copy
 	require.NoError(t, err)
-	require.Equal(t, a, b, "a repeated call answers what the first one did")
+	require.True(t, b.Replayed, "the copy is known for one")
+	b.Replayed = false
+	require.Equal(t, a, b, "a repeated call answers what the first one did, on the key as it is")
 	require.Equal(t, int64(30), redisCount(t, c, key, base, time.Minute), "the return applied once")
-	ret.Op = global.NewOp() // a new call with the same content does apply
+	older := ret.Op
+	ret.Op = ops.Next() // a new call with the same content does apply
 	_, err = store.Lease(ctx, ret)
 	require.NoError(t, err)
 	require.Equal(t, int64(8), redisCount(t, c, key, base, time.Minute))
+	// The key remembers the stream's last two ops: the first is stale once
+	// two newer ones applied.
+	_, err = store.Lease(ctx, global.LeaseRequest{Key: key, Now: now, Window: 60_000, Limit: 100, N: 4, Op: ops.Next()})
+	require.NoError(t, err)
+	require.Equal(t, int64(12), redisCount(t, c, key, base, time.Minute))
+	ret.Op, ret.N = older, 1 // the oldest op, arriving late: stale
+
+	stale, err := store.Lease(ctx, ret)
+	require.NoError(t, err)
+	require.True(t, stale.Stale)
+	require.False(t, stale.Allowed, "a stale call admits nothing")
+	require.Equal(t, int64(12), redisCount(t, c, key, base, time.Minute), "and changes nothing")
 }
 
 // TestHybridAllowNAbovePartialLease: a lease smaller than n goes back with

@@ -364,7 +364,7 @@ func New(cfg Config) (*Limiter, error) {
 		case Hybrid:
 			rl.fallback = newFallbackTable(rl.window)
 			if l.hybrid == nil {
-				l.hybrid = &hybrid{l: l}
+				l.hybrid = &hybrid{l: l, ops: global.NewOps()}
 			}
 			rl.hybridIndex = len(l.hybrid.rules)
 			l.hybrid.rules = append(l.hybrid.rules, rl)

@@ -178,9 +178,10 @@ func TestKeyLayout(t *testing.T) {
 }
 
 // TestDerivedKeysNeverCollide: the keys derived from a base key (the
-// sliding log's ":m", a lease or credit's ":op:<id>") are never the base
-// key of another rule, whatever the rule names; and base keys are one to
-// one.
+// sliding log's ":m"; before operations lived in the key's hash, a lease or
+// credit's ":op:<id>", which old instances may still write while a fleet
+// upgrades) are never the base key of another rule, whatever the rule
+// names; and base keys are one to one.
 func TestDerivedKeysNeverCollide(t *testing.T) {
 	names := []string{"x", "x:m", "x:op:1", "x%3Am", "m", ":m", "x:", "{x}:m", "x:%", "op"}
 	users := []string{"u", "u:m", "}u{", "%"}

@@ -34,9 +34,12 @@ type Credit struct {
 	// Known is a hybrid instance's last knowledge of the key: should Redis
 	// have lost it, it starts again from there (see LeaseRequest.Known).
 	Known Known
-	// Op names the call, so that a re-sent copy changes nothing. Required;
-	// use NewOp.
-	Op string
+	// Op names the call, so that a re-sent copy changes nothing. Required,
+	// from an Ops of credits alone. A credit older than the last of its
+	// stream the key applied (stale) applies, perhaps a second time: too
+	// many admissions counted rather than too few. Send a key's credits in
+	// the order of their numbers, and only a late copy does that.
+	Op Op
 }
 
 func (c Credit) script() *redis.Script { return creditScript }
@@ -44,25 +47,25 @@ func (c Credit) script() *redis.Script { return creditScript }
 func (c Credit) route() string { return c.Key }
 
 func (c Credit) keysArgs() ([]string, []any) {
-	kind, second := "w", c.Key
+	kind, keys := "w", []string{c.Key}
 	switch c.Algorithm {
 	case TokenBucket:
 		kind = "b"
 	case SlidingLog:
-		kind, second = "l", c.Key+":m"
+		kind, keys = "l", []string{c.Key, c.Key + ":m"}
 	}
 	version := "0"
 	if c.Hybrid {
 		version = "1"
 	}
-	return []string{c.Key, second, c.Key + ":op:" + c.Op},
-		[]any{kind, c.Window, c.Limit, c.Idx, c.Cur, c.Prev, c.Last, version,
-			c.Known.Window, c.Known.Prev, c.Known.Cur, c.Known.Version}
+	return keys, []any{kind, c.Window, c.Limit, c.Idx, c.Cur, c.Prev, c.Last, version,
+		c.Known.Window, c.Known.Prev, c.Known.Cur, c.Known.Version, c.Op.Stream, c.Op.Seq}
 }
 
 // CreditBatch runs the credits in one pipeline (one per node on a cluster),
-// through the breaker and bounded by SyncTimeout like LeaseBatch. applied
-// reports, per credit, whether Redis still had a live window for it.
+// in order, through the breaker and bounded by SyncTimeout like LeaseBatch.
+// applied reports, per credit, whether Redis still had a live window for
+// it.
 func (s *Store) CreditBatch(ctx context.Context, cs []Credit) (applied []bool, errs []error) {
 	applied = make([]bool, len(cs))
 	errs = make([]error, len(cs))

@@ -10,8 +10,8 @@ import "strings"
 // slot and a multi-rule script may touch them together. Braces and '%' in
 // user and rule are percent-escaped, which keeps the tag intact and the
 // mapping one-to-one; so is ':' in the rule, so that the keys derived from
-// a base key by a suffix (":m", ":op:<id>") are never another rule's base
-// key. prefix must not contain braces.
+// a base key by a suffix (the sliding log's ":m") are never another rule's
+// base key. prefix must not contain braces.
 func Key(prefix, rule, user string) string {
 	return prefix + ":{" + escape(user, "{}%") + "}:" + escape(rule, "{}%:")
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"math/rand/v2"
-	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -38,20 +36,18 @@ type LeaseRequest struct {
 	// key is missing while Known names a window that is still live, Redis
 	// lost it, and the key starts again from Known.
 	Known Known
-	// Op, when not empty, names this call so that a re-sent copy (go-redis
+	// Op, when not zero, names this call so that a re-sent copy (go-redis
 	// retries a call whose answer timed out) changes nothing: required
 	// whenever Returns gives tokens back, since applying a return twice
-	// would count fewer tokens than are admitted. Use NewOp.
-	Op string
+	// would count fewer tokens than are admitted. See Op for what a copy
+	// and a stale op answer.
+	Op Op
 }
 
 // Known is a caller's last knowledge of a key: its counts of window index
 // Window and the one before, its own unspent leases included, as of
 // Version (0: it knows nothing).
 type Known struct{ Window, Prev, Cur, Version int64 }
-
-// NewOp returns a fresh operation name for a LeaseRequest.
-func NewOp() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // Return gives back N tokens leased in window index Window and not spent.
 // Tokens of a window that no longer counts are ignored.
@@ -70,30 +66,39 @@ type LeaseResult struct {
 	// Restored: the key was missing (Redis lost it) and started again
 	// from the request's Known counts. Its versions start again too.
 	Restored bool
+	// Replayed: the request's Op was applied before (this is a copy).
+	// Nothing changed: Allowed is the op's, and so is Granted while the
+	// request's Now is of the key's window (else 0: the grant stays
+	// counted, unspent); the counts and Version are the key's as they are.
+	Replayed bool
+	// Stale: the request's Op is older than the last two ops of its stream
+	// the key applied. Nothing changed: nothing is admitted nor granted,
+	// and the tokens it gave back stay counted, unspent (if an earlier
+	// copy applied, it did so once).
+	Stale bool
 }
 
 func (r LeaseRequest) script() *redis.Script { return leaseScript }
 
 func (r LeaseRequest) route() string { return r.Key }
 
-// keysArgs returns the request's two keys and sixteen arguments in the lease
-// script's layout: the key, and its operation key (or the key again, in its
-// place, when the request has no Op).
-func (r LeaseRequest) keysArgs() ([]string, []any) {
-	fixed, hasOp := "0", "0"
+// keysArgs returns the request's one key and seventeen arguments in the
+// lease script's layout.
+func (r LeaseRequest) keysArgs() ([]string, []any) { return []string{r.Key}, r.args() }
+
+// args returns the request's seventeen arguments in the lease script's
+// layout.
+func (r LeaseRequest) args() []any {
+	fixed := "0"
 	if r.Fixed {
 		fixed = "1"
 	}
-	opKey := r.Key
-	if r.Op != "" {
-		opKey, hasOp = r.Key+":op:"+r.Op, "1"
-	}
-	return []string{r.Key, opKey}, []any{r.Now, r.Window, r.Limit, r.N, r.Want,
-		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, hasOp,
-		r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version}
+	return []any{r.Now, r.Window, r.Limit, r.N, r.Want,
+		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, r.Op.Stream,
+		r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version, r.Op.Seq}
 }
 
-// ints returns the answer to a call of one key: its 9 integers, or its
+// ints returns the answer to a call of one key: its 10 integers, or its
 // error.
 func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
 	replies, err := leaseReplies(cmd, 1)
@@ -111,7 +116,7 @@ func (b leaseBatch) script() *redis.Script { return leaseScript }
 
 func (b leaseBatch) route() string { return b[0].Key }
 
-// leaseReply is the lease script's answer for one key: 9 integers, or the
+// leaseReply is the lease script's answer for one key: 10 integers, or the
 // error of that key alone.
 type leaseReply struct {
 	v   []int64
@@ -151,27 +156,29 @@ func leaseReplies(cmd *redis.Cmd, want int) ([]leaseReply, error) {
 	return out, nil
 }
 
+// keysArgs names one key per request: a call for one request names one
+// key, so that a cluster never sees a call of several keys but for a batch
+// of one hash tag.
 func (b leaseBatch) keysArgs() ([]string, []any) {
-	keys := make([]string, 0, 2*len(b))
-	args := make([]any, 0, 16*len(b))
+	keys := make([]string, 0, len(b))
+	args := make([]any, 0, 17*len(b))
 	for _, r := range b {
-		k, a := r.keysArgs()
-		keys = append(keys, k...)
-		args = append(args, a...)
+		keys = append(keys, r.Key)
+		args = append(args, r.args()...)
 	}
 	return keys, args
 }
 
-// leaseResult decodes one key's 9 integers.
+// leaseResult decodes one key's 10 integers.
 func leaseResult(v []int64, err error) (LeaseResult, error) {
 	if err != nil {
 		return LeaseResult{}, err
 	}
-	if len(v) != 9 {
-		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values for a key, want 9", len(v))
+	if len(v) != 10 {
+		return LeaseResult{}, fmt.Errorf("global: lease script returned %d values for a key, want 10", len(v))
 	}
 	return LeaseResult{Allowed: v[0] == 1, Granted: v[1], Prev: v[2], Cur: v[3], PrevAttempts: v[4], CurAttempts: v[5],
-		Now: v[6], Version: v[7], Restored: v[8] == 1}, nil
+		Now: v[6], Version: v[7], Restored: v[8] == 1, Replayed: v[9] == 1, Stale: v[9] == 2}, nil
 }
 
 // Lease runs one LeaseRequest through the coalescer, like Take.

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,16 +21,21 @@ import (
 // leaseModel is a Go reference model of scripts/lease.lua, written from the
 // script's header and code and sharing nothing with it. It holds as plain Go
 // values what the script keeps in Redis for the keys it is given (each key's
-// hash {w, c, p, t, ac, ap, v} and each operation key's saved reply) and
-// answers a call key by key, in order, as the script does:
+// hash {w, c, p, t, ac, ap, v} and its op records, one field per op stream)
+// and answers a call key by key, in order, as the script does:
 //
-//   - A named call (Op set) whose operation key, Key+":op:"+Op, holds a
-//     reply answers that reply and changes nothing, not even a TTL.
-//   - Otherwise the call's time is its Now, or the key's newest time t if
-//     that is later, and idx = floor(time / Window) its window index. The
-//     key's counts are read as of idx: its window's counts and attempts
-//     when w = idx; its current ones as the previous window's when
-//     w = idx-1; zeros when w is older.
+//   - The call's time is its Now, or the key's newest time t if that is
+//     later, and idx = floor(time / Window) its window index. The key's
+//     counts are read as of idx: its window's counts and attempts when
+//     w = idx; its current ones as the previous window's when w = idx-1;
+//     zeros when w is older.
+//   - The key records for each op stream the last two ops of it that it
+//     applied (one, after the first). A named call (Op set) that is one of
+//     them (a copy), or older than both (stale), changes nothing, not even
+//     a TTL, and answers the key's counts as of idx, its version,
+//     Restored 0 and Op 1 (a copy) or 2 (stale). A copy answers the
+//     recorded op's Allowed, and its Granted if floor(Now / Window) = idx
+//     (else 0); a stale call answers 0 for both.
 //   - A missing key with Known.Version > 0 and Known.Window = idx or idx-1
 //     was lost (Redis restarted, flushed, failed over): it starts from
 //     Known, Cur and Prev when Known.Window = idx, Cur as the previous
@@ -44,8 +50,13 @@ import (
 //     cur plus N is at most Limit; Fixed gives prev no weight. Only if
 //     admitted (N = 0 always is) it grants the largest number of tokens up
 //     to Want that fit under Limit the same way, at least 0.
-//   - It writes the whole hash, sets its TTL to 2·Window ms, and saves the
-//     reply under the operation key, also for 2·Window ms.
+//   - It writes the whole hash, and for a named call its stream's record:
+//     the call's op, then the recorded op of the higher Seq, if any, each
+//     as "Seq:x" with x = 8·Granted + 2·(idx mod 4) + Allowed for the idx
+//     it applied in, joined by ':'. If the hash then has more than 12
+//     fields, it drops every stream (but the call's) whose first op's
+//     idx mod 4 is neither idx mod 4 nor (idx-1) mod 4. It sets the TTL to
+//     2·Window ms.
 //
 // Versions: a call that changes a key answers the key's version plus one.
 // A key that starts (a new key, or a restored one) takes T+1, where T is
@@ -71,42 +82,52 @@ import (
 // Limit·Window over 2^50, where the script's floats lose integers).
 type leaseModel struct {
 	hashes map[string]leaseHash // the keys that exist
-	ops    map[string]leaseInts // operation key → the reply saved under it
 }
 
 // leaseHash is a key's hash: window index, counts of that window and the
-// one before, newest time, attempts of the two windows, version.
-type leaseHash struct{ w, c, p, t, ac, ap, v int64 }
+// one before, newest time, attempts of the two windows, version, and the
+// op records by stream.
+type leaseHash struct {
+	w, c, p, t, ac, ap, v int64
+	ops                   map[string][]opRecord // by stream: the latest applied first
+}
+
+// opRecord is an op of a stream that a key applied: its number, what it
+// answered, and the window index it applied in.
+type opRecord struct {
+	seq                     uint64
+	allowed, granted, index int64
+}
 
 // fields returns the hash as HGETALL answers it.
 func (h leaseHash) fields() map[string]string {
 	f := func(x int64) string { return strconv.FormatInt(x, 10) }
-	return map[string]string{"w": f(h.w), "c": f(h.c), "p": f(h.p), "t": f(h.t), "ac": f(h.ac), "ap": f(h.ap), "v": f(h.v)}
+	out := map[string]string{"w": f(h.w), "c": f(h.c), "p": f(h.p), "t": f(h.t), "ac": f(h.ac), "ap": f(h.ap), "v": f(h.v)}
+	for stream, recs := range h.ops {
+		var parts []string
+		for _, rec := range recs {
+			parts = append(parts, fmt.Sprintf("%d:%d", rec.seq, 8*rec.granted+2*(rec.index%4)+rec.allowed))
+		}
+		out[stream] = strings.Join(parts, ":")
+	}
+	return out
 }
 
-// leaseInts is the script's reply for one key, its 9 integers in order.
+// leaseInts is the script's reply for one key, its 10 integers in order.
 type leaseInts struct {
-	Allowed, Granted, Prev, Cur, PrevAttempts, CurAttempts, Now, Version, Restored int64
+	Allowed, Granted, Prev, Cur, PrevAttempts, CurAttempts, Now, Version, Restored, Op int64
 }
 
 func toLeaseInts(v []int64) leaseInts {
-	return leaseInts{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]}
-}
-
-// encode returns the reply as the operation key holds it: the integers
-// joined by commas.
-func (r leaseInts) encode() string {
-	parts := make([]string, 0, 9)
-	for _, x := range []int64{r.Allowed, r.Granted, r.Prev, r.Cur, r.PrevAttempts, r.CurAttempts, r.Now, r.Version, r.Restored} {
-		parts = append(parts, strconv.FormatInt(x, 10))
-	}
-	return strings.Join(parts, ",")
+	return leaseInts{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]}
 }
 
 // modelAnswer is what the model expects of one key's call.
 type modelAnswer struct {
 	reply    leaseInts
-	replayed bool // the operation key answered: nothing changed
+	replayed bool // a copy or a stale call: nothing changed
+	pruned   int  // records dropped
+	behind   bool // applied, though older than an op of its stream the key applied
 	// newVersion: the key started at this call; reply.Version is not known
 	// and the version must lie in [max(T0+1, floor), max(T1+1, floor)]
 	// for T0 and T1 the server's clock (µs) before and after the call.
@@ -115,10 +136,8 @@ type modelAnswer struct {
 }
 
 func newLeaseModel() *leaseModel {
-	return &leaseModel{hashes: make(map[string]leaseHash), ops: make(map[string]leaseInts)}
+	return &leaseModel{hashes: make(map[string]leaseHash)}
 }
-
-func opKeyOf(r LeaseRequest) string { return r.Key + ":op:" + r.Op }
 
 // floorDiv is ⌊a/b⌋ for b > 0.
 func floorDiv(a, b int64) int64 {
@@ -131,11 +150,6 @@ func floorDiv(a, b int64) int64 {
 
 // lease answers r and applies it, as the script would.
 func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
-	if r.Op != "" {
-		if saved, ok := m.ops[opKeyOf(r)]; ok {
-			return modelAnswer{reply: saved, replayed: true}
-		}
-	}
 	w := r.Window
 	h, exists := m.hashes[r.Key]
 	now := r.Now
@@ -157,6 +171,24 @@ func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
 		prev, cur, restored = r.Known.Prev, r.Known.Cur, true
 	case r.Known.Version > 0 && r.Known.Window == idx-1:
 		prev, restored = r.Known.Cur, true
+	}
+
+	recs := h.ops[r.Op.Stream]
+	if !r.Op.IsZero() {
+		ro := leaseInts{Prev: prev, Cur: cur, PrevAttempts: prevAttempts, CurAttempts: curAttempts, Now: now, Version: h.v}
+		for _, rec := range recs {
+			if rec.seq == r.Op.Seq { // a copy
+				ro.Op, ro.Allowed = 1, rec.allowed
+				if floorDiv(r.Now, w) == idx {
+					ro.Granted = rec.granted
+				}
+				return modelAnswer{replayed: true, reply: ro}
+			}
+		}
+		if len(recs) == 2 && r.Op.Seq < recs[0].seq && r.Op.Seq < recs[1].seq { // stale
+			ro.Op = 2
+			return modelAnswer{replayed: true, reply: ro}
+		}
 	}
 
 	for _, ret := range r.Returns {
@@ -208,10 +240,33 @@ func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
 	if a.newVersion {
 		a.reply.Version = 0 // not known until pinned
 	}
-	m.hashes[r.Key] = leaseHash{w: idx, c: cur, p: prev, t: now, ac: curAttempts, ap: prevAttempts, v: a.reply.Version}
-	if r.Op != "" {
-		m.ops[opKeyOf(r)] = a.reply
+	ops := h.ops // a missing key has none
+	if ops == nil {
+		ops = make(map[string][]opRecord)
 	}
+	if !r.Op.IsZero() {
+		next := []opRecord{{seq: r.Op.Seq, allowed: a.reply.Allowed, granted: granted, index: idx}}
+		for _, rec := range recs {
+			a.behind = a.behind || rec.seq > r.Op.Seq
+		}
+		if len(recs) > 0 {
+			keep := recs[0]
+			if len(recs) > 1 && recs[1].seq > keep.seq {
+				keep = recs[1]
+			}
+			next = append(next, keep)
+		}
+		ops[r.Op.Stream] = next
+		if 7+len(ops) > 12 {
+			for stream, recs := range ops {
+				if win := recs[0].index % 4; win != idx%4 && win != (idx-1)%4 {
+					delete(ops, stream)
+					a.pruned++
+				}
+			}
+		}
+	}
+	m.hashes[r.Key] = leaseHash{w: idx, c: cur, p: prev, t: now, ac: curAttempts, ap: prevAttempts, v: a.reply.Version, ops: ops}
 	return a
 }
 
@@ -221,25 +276,11 @@ func (m *leaseModel) pin(r LeaseRequest, v int64) {
 	h := m.hashes[r.Key]
 	h.v = v
 	m.hashes[r.Key] = h
-	if r.Op != "" {
-		saved := m.ops[opKeyOf(r)]
-		saved.Version = v
-		m.ops[opKeyOf(r)] = saved
-	}
 }
 
-// lose forgets key, as Redis does when it loses it, and its operation keys
-// too with ops (a flush or restart loses everything; an eviction one key).
-func (m *leaseModel) lose(key string, ops bool) {
-	delete(m.hashes, key)
-	if ops {
-		for k := range m.ops {
-			if strings.HasPrefix(k, key+":op:") {
-				delete(m.ops, k)
-			}
-		}
-	}
-}
+// lose forgets key, as Redis does when it loses it (an eviction, a flush, a
+// restart): its op records with it.
+func (m *leaseModel) lose(key string) { delete(m.hashes, key) }
 
 func b2i(b bool) int64 {
 	if b {
@@ -263,16 +304,18 @@ const leaseOracleMaxRun = 30 * time.Second
 // TestLeaseScriptMatchesModel runs random histories of several instances
 // through scripts/lease.lua on Redis and through leaseModel, and requires
 // the same reply, field by field, for every key of every call, and the same
-// state after every step: each key's hash (HGETALL), its TTL, and the
-// saved reply and TTL of every operation key a step used. The histories
-// are valid ones, of the kind hybrid.go sends: instances whose clocks
-// differ, that admit, lease, spend leases locally, give unspent leases back
-// (of the current window, the previous one, or one that no longer counts),
-// report attempts, pass windows, name their calls, have answers lost and
-// send the call again, see old named calls arrive again, and send what they
-// last learned of a key (Known) while Redis loses keys, with or without
-// their operation keys. Some steps send several keys (the same one twice,
-// even) in one script call, as a sync pass does.
+// state after every step: each key's hash (HGETALL, op records included)
+// and its TTL, and no other key. The histories are valid ones, of the kind
+// hybrid.go sends: instances whose clocks differ, that admit, lease, spend
+// leases locally, give unspent leases back (of the current window, the
+// previous one, or one that no longer counts), report attempts, pass
+// windows, name their calls from a stream of ops each, have answers lost
+// and send the call again (a copy), hold a call back while a newer one of
+// theirs overtakes it (stale when it lands), see old named calls arrive
+// again (copies or stale), restart with a new stream (so that records
+// pile up and are dropped), and send what they last learned of a key
+// (Known) while Redis loses keys. Some steps send several keys (the same
+// one twice, even) in one script call, as a sync pass does.
 //
 // The seed is logged; LEASE_ORACLE_SEED=<seed> repeats a run.
 func TestLeaseScriptMatchesModel(t *testing.T) {
@@ -316,7 +359,10 @@ func TestLeaseScriptMatchesModel(t *testing.T) {
 	for name, n := range map[string]int{
 		"denials": totals.denied, "grants cut by the limit": totals.cut, "restores": totals.restored,
 		"restores from the previous window": totals.restoredPrev, "restores ahead of the clock": totals.ahead,
-		"replays": totals.replayed, "rolls": totals.rolled, "old timestamps": totals.clamped,
+		"replays": totals.replayed, "replays with their grant": totals.replayedGrant,
+		"replays without their grant": totals.replayedNoGrant, "stale calls": totals.stale,
+		"overtaken calls": totals.overtaken, "calls applied behind a newer one": totals.behind, "dropped records": totals.pruned, "restarts": totals.restarts,
+		"rolls": totals.rolled, "old timestamps": totals.clamped,
 		"batches": totals.batches, "lost keys": totals.lost,
 	} {
 		if n == 0 {
@@ -327,7 +373,8 @@ func TestLeaseScriptMatchesModel(t *testing.T) {
 
 // leaseOracleCounts counts what the histories exercised.
 type leaseOracleCounts struct {
-	calls, batches, denied, cut, restored, restoredPrev, ahead, replayed, rolled, clamped, lost int
+	calls, batches, denied, cut, restored, restoredPrev, ahead, rolled, clamped, lost    int
+	replayed, replayedGrant, replayedNoGrant, stale, overtaken, behind, pruned, restarts int
 }
 
 func (c *leaseOracleCounts) add(o leaseOracleCounts) {
@@ -339,6 +386,13 @@ func (c *leaseOracleCounts) add(o leaseOracleCounts) {
 	c.restoredPrev += o.restoredPrev
 	c.ahead += o.ahead
 	c.replayed += o.replayed
+	c.replayedGrant += o.replayedGrant
+	c.replayedNoGrant += o.replayedNoGrant
+	c.stale += o.stale
+	c.overtaken += o.overtaken
+	c.behind += o.behind
+	c.pruned += o.pruned
+	c.restarts += o.restarts
 	c.rolled += o.rolled
 	c.clamped += o.clamped
 	c.lost += o.lost
@@ -359,6 +413,21 @@ type instView struct {
 	pending *LeaseRequest   // a named call whose answer was lost: sent again next
 }
 
+// oracleInstance is one instance of a history: its clock's skew, its
+// stream of ops (a new one when it restarts), and its views of the keys.
+type oracleInstance struct {
+	skew   int64 // ms the instance's clock is off the history's
+	stream string
+	seq    uint64
+	views  []*instView // by key
+}
+
+// next returns the instance's next op.
+func (in *oracleInstance) next() Op {
+	in.seq++
+	return Op{Stream: in.stream, Seq: in.seq}
+}
+
 // ttlMark is when a TTL of ttl ms was set: between lo and hi.
 type ttlMark struct {
 	lo, hi time.Time
@@ -374,11 +443,11 @@ type leaseHistory struct {
 	prefix string // of the history's keys
 	model  *leaseModel
 	keys   []oracleKey
-	skews  []int64       // ms each instance's clock is off the history's
-	views  [][]*instView // [instance][key]
-	clock  int64         // the history's time, ms
+	insts  []*oracleInstance
+	clock  int64 // the history's time, ms
 	sent   []LeaseRequest
-	ttls   map[string]ttlMark // key or operation key → its TTL's last setting
+	late   []oracleCall       // overtaken calls, still to land
+	ttls   map[string]ttlMark // key → its TTL's last setting
 	n      int                // steps done
 	start  time.Time
 	counts leaseOracleCounts
@@ -397,14 +466,34 @@ func newLeaseHistory(c *redis.Client, prefix string, rng *rand.Rand) *leaseHisto
 		})
 	}
 	for range 3 {
-		h.skews = append(h.skews, rng.Int64N(1000)-500)
-		var vs []*instView
+		in := &oracleInstance{skew: rng.Int64N(1000) - 500, stream: h.newStream()}
 		for range h.keys {
-			vs = append(vs, &instView{leases: make(map[int64]int64)})
+			in.views = append(in.views, &instView{leases: make(map[int64]int64)})
 		}
-		h.views = append(h.views, vs)
+		h.insts = append(h.insts, in)
 	}
 	return h
+}
+
+// newStream returns a stream's name as NewOps draws one, from the
+// history's random source.
+func (h *leaseHistory) newStream() string {
+	b := []byte{'~'}
+	for range 8 {
+		b = append(b, opAlphabet[h.rng.IntN(64)])
+	}
+	return string(b)
+}
+
+// restart gives an instance a new stream, as a restarted process has;
+// its views start over, its calls in flight still land.
+func (h *leaseHistory) restart() {
+	in := h.insts[h.rng.IntN(len(h.insts))]
+	in.stream, in.seq = h.newStream(), 0
+	for i := range in.views {
+		in.views[i] = &instView{leases: make(map[int64]int64)}
+	}
+	h.counts.restarts++
 }
 
 // run returns a function that runs steps steps of the history and checks
@@ -452,6 +541,9 @@ func (h *leaseHistory) step() {
 		h.loseKey()
 		return
 	}
+	if h.rng.IntN(12) == 0 {
+		h.restart()
+	}
 	var calls []oracleCall
 	size := 1
 	if h.rng.IntN(5) == 0 {
@@ -461,53 +553,56 @@ func (h *leaseHistory) step() {
 	for range size {
 		calls = append(calls, h.nextCall())
 	}
+	if len(h.late) > 0 && h.rng.IntN(3) == 0 {
+		i := h.rng.IntN(len(h.late))
+		calls = append(calls, h.late[i])
+		h.late = slices.Delete(h.late, i, i+1)
+	}
 	h.send(calls)
 }
 
-// loseKey deletes a key as Redis loses it: alone (an eviction) or with its
-// operation keys (a flush, a restart), sometimes as the key's window ends
-// (a restart takes a while).
+// loseKey deletes a key as Redis loses it (an eviction, a flush, a
+// restart), sometimes as the key's window ends (a restart takes a while).
 func (h *leaseHistory) loseKey() {
 	lost := h.keys[h.rng.IntN(len(h.keys))]
 	if h.rng.IntN(3) == 0 {
 		h.clock += lost.w/2 + h.rng.Int64N(lost.w)
 	}
 	k := lost.key
-	withOps := h.rng.IntN(2) == 0
-	del := []string{k}
-	if withOps {
-		for op := range h.model.ops {
-			if strings.HasPrefix(op, k+":op:") {
-				del = append(del, op)
-			}
-		}
-	}
-	if err := h.c.Del(context.Background(), del...).Err(); err != nil {
+	if err := h.c.Del(context.Background(), k).Err(); err != nil {
 		h.fatalf("DEL: %v", err)
 	}
-	h.model.lose(k, withOps)
-	for _, d := range del {
-		delete(h.ttls, d)
-	}
+	h.model.lose(k)
+	delete(h.ttls, k)
 	h.counts.lost++
 	h.checkState()
 }
 
 // nextCall picks the next key call: a late duplicate of an old named call,
-// a call sent again after its answer was lost, or a new one.
+// a call sent again after its answer was lost, a call held back that a
+// newer one overtook, or a new one (held back, sometimes, if named).
 func (h *leaseHistory) nextCall() oracleCall {
 	if len(h.sent) > 0 && h.rng.IntN(12) == 0 {
 		r := h.sent[h.rng.IntN(len(h.sent))]
 		return oracleCall{r: r, key: h.keyOf(r.Key)}
 	}
-	inst, k := h.rng.IntN(len(h.views)), h.rng.IntN(len(h.keys))
-	v := h.views[inst][k]
+	inst, k := h.rng.IntN(len(h.insts)), h.rng.IntN(len(h.keys))
+	v := h.insts[inst].views[k]
 	if v.pending != nil {
 		r := *v.pending
 		v.pending = nil
 		return oracleCall{r: r, view: v, key: h.keys[k]}
 	}
-	return oracleCall{r: h.newRequest(inst, k), view: v, key: h.keys[k]}
+	r := h.newRequest(inst, k)
+	if !r.Op.IsZero() && h.rng.IntN(8) == 0 {
+		// r is slow (a sync pass's call, say): the instance's next call
+		// for the key overtakes it, and r lands later in this step or in
+		// a later one.
+		h.late = append(h.late, oracleCall{r: r, view: v, key: h.keys[k]})
+		h.counts.overtaken++
+		r = h.newRequest(inst, k)
+	}
+	return oracleCall{r: r, view: v, key: h.keys[k]}
 }
 
 func (h *leaseHistory) keyOf(key string) oracleKey {
@@ -524,9 +619,10 @@ func (h *leaseHistory) keyOf(key string) oracleKey {
 // would make it: stamped no earlier than what the instance has seen, after
 // spending some of its lease, giving some back, with its knowledge.
 func (h *leaseHistory) newRequest(inst, k int) LeaseRequest {
-	key, v, rng := h.keys[k], h.views[inst][k], h.rng
+	in := h.insts[inst]
+	key, v, rng := h.keys[k], in.views[k], h.rng
 	w := key.w
-	now := max(h.clock+h.skews[inst], v.last)
+	now := max(h.clock+in.skew, v.last)
 	v.last = now
 	idx := floorDiv(now, w)
 	r := LeaseRequest{Key: key.key, Now: now, Window: w, Limit: key.limit, Fixed: key.fixed}
@@ -571,7 +667,7 @@ func (h *leaseHistory) newRequest(inst, k int) LeaseRequest {
 		r.Attempts = r.N + rng.Int64N(6)
 	}
 	if r.Returns[0].N > 0 || r.Returns[1].N > 0 || rng.IntN(4) == 0 {
-		r.Op = strconv.FormatUint(rng.Uint64(), 36)
+		r.Op = in.next()
 	}
 	r.Known = h.known(v, idx)
 	return r
@@ -630,7 +726,7 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		t0 = pipe.Time(ctx)
 		cmd = pipe.EvalSha(ctx, leaseScript.Hash(), keys, args...)
 		t1 = pipe.Time(ctx)
-		reads = h.readState(pipe, calls)
+		reads = h.readState(pipe)
 		_, err = pipe.Exec(ctx)
 		after = time.Now()
 		// Another package's test may flush the scripts of a shared Redis:
@@ -656,8 +752,8 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		if replies[i].err != nil {
 			h.fatalf("lease(%+v): %v", c.r, replies[i].err)
 		}
-		if len(replies[i].v) != 9 {
-			h.fatalf("lease(%+v) answered %d integers, want 9", c.r, len(replies[i].v))
+		if len(replies[i].v) != 10 {
+			h.fatalf("lease(%+v) answered %d integers, want 10", c.r, len(replies[i].v))
 		}
 		got := toLeaseInts(replies[i].v)
 		want := h.model.lease(c.r)
@@ -676,15 +772,14 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		h.count(c, want)
 		if !want.replayed {
 			h.ttls[c.r.Key] = ttlMark{lo: before, hi: after, ttl: 2 * c.r.Window}
-			if c.r.Op != "" {
-				h.ttls[opKeyOf(c.r)] = ttlMark{lo: before, hi: after, ttl: 2 * c.r.Window}
+			if !c.r.Op.IsZero() {
 				h.sent = append(h.sent, c.r)
 			}
 		}
-		if c.view == nil {
-			continue // a late duplicate: nobody waits for it
+		if c.view == nil || got.Op == 2 {
+			continue // a late duplicate, that nobody waits for; or a stale answer, that hybrid.go drops
 		}
-		if c.r.Op != "" && h.rng.IntN(8) == 0 {
+		if !c.r.Op.IsZero() && h.rng.IntN(8) == 0 {
 			c.view.pending = &c.r // the answer is lost: go-redis sends the call again
 			continue
 		}
@@ -696,9 +791,21 @@ func (h *leaseHistory) send(calls []oracleCall) {
 // count notes the paths a call took.
 func (h *leaseHistory) count(c oracleCall, a modelAnswer) {
 	r, rep := c.r, a.reply
+	h.counts.pruned += a.pruned
+	if a.behind {
+		h.counts.behind++
+	}
 	switch {
+	case a.replayed && rep.Op == 2:
+		h.counts.stale++
+		return
 	case a.replayed:
 		h.counts.replayed++
+		if rep.Granted > 0 {
+			h.counts.replayedGrant++
+		} else if rep.Now/r.Window != r.Now/r.Window {
+			h.counts.replayedNoGrant++
+		}
 		return
 	case rep.Allowed == 0:
 		h.counts.denied++
@@ -737,24 +844,15 @@ func micros(t time.Time) int64 { return t.Unix()*1_000_000 + int64(t.Nanosecond(
 type stateReads struct {
 	hashes map[string]*redis.MapStringStringCmd
 	ttls   map[string]*redis.DurationCmd
-	values map[string]*redis.StringCmd // operation keys the step used
 }
 
-// readState queues HGETALL and PTTL of every key of the history, and GET
-// and PTTL of every operation key of calls.
-func (h *leaseHistory) readState(pipe redis.Pipeliner, calls []oracleCall) stateReads {
+// readState queues HGETALL and PTTL of every key of the history.
+func (h *leaseHistory) readState(pipe redis.Pipeliner) stateReads {
 	ctx := context.Background()
-	s := stateReads{hashes: map[string]*redis.MapStringStringCmd{}, ttls: map[string]*redis.DurationCmd{}, values: map[string]*redis.StringCmd{}}
+	s := stateReads{hashes: map[string]*redis.MapStringStringCmd{}, ttls: map[string]*redis.DurationCmd{}}
 	for _, k := range h.keys {
 		s.hashes[k.key] = pipe.HGetAll(ctx, k.key)
 		s.ttls[k.key] = pipe.PTTL(ctx, k.key)
-	}
-	for _, c := range calls {
-		if c.r.Op != "" {
-			op := opKeyOf(c.r)
-			s.values[op] = pipe.Get(ctx, op)
-			s.ttls[op] = pipe.PTTL(ctx, op)
-		}
 	}
 	return s
 }
@@ -763,7 +861,7 @@ func (h *leaseHistory) readState(pipe redis.Pipeliner, calls []oracleCall) state
 func (h *leaseHistory) checkState() {
 	before := time.Now()
 	pipe := h.c.Pipeline()
-	reads := h.readState(pipe, nil)
+	reads := h.readState(pipe)
 	if _, err := pipe.Exec(context.Background()); err != nil && !errors.Is(err, redis.Nil) {
 		h.fatalf("pipeline: %v", err)
 	}
@@ -771,8 +869,8 @@ func (h *leaseHistory) checkState() {
 }
 
 // checkReads compares state read between before and after with the
-// model's: the hashes field by field, the operation keys' saved replies,
-// and every TTL against when it was set.
+// model's: the hashes field by field (op records included), and every TTL
+// against when it was set.
 func (h *leaseHistory) checkReads(s stateReads, before, after time.Time) {
 	for key, cmd := range s.hashes {
 		want := map[string]string{}
@@ -781,16 +879,6 @@ func (h *leaseHistory) checkReads(s stateReads, before, after time.Time) {
 		}
 		if got := cmd.Val(); !maps.Equal(got, want) {
 			h.fatalf("HGETALL %s = %v, want %v", key, got, want)
-		}
-	}
-	for op, cmd := range s.values {
-		want, ok := h.model.ops[op]
-		got, err := cmd.Result()
-		switch {
-		case !ok && !errors.Is(err, redis.Nil):
-			h.fatalf("GET %s = %q, %v; want none", op, got, err)
-		case ok && (err != nil || got != want.encode()):
-			h.fatalf("GET %s = %q, %v; want %q", op, got, err, want.encode())
 		}
 	}
 	for key, cmd := range s.ttls {
@@ -816,7 +904,7 @@ func (h *leaseHistory) checkReads(s stateReads, before, after time.Time) {
 }
 
 // checkKeyspace checks that the history's keys in Redis are exactly the
-// model's: the hashes and the operation keys, nothing else.
+// model's hashes: no key of an op, nor anything else.
 func (h *leaseHistory) checkKeyspace() {
 	ctx := context.Background()
 	prefix := h.prefix
@@ -833,9 +921,6 @@ func (h *leaseHistory) checkKeyspace() {
 	}
 	want := map[string]bool{}
 	for k := range h.model.hashes {
-		want[k] = true
-	}
-	for k := range h.model.ops {
 		want[k] = true
 	}
 	if !maps.Equal(got, want) {

@@ -31,6 +31,7 @@ func TestLeaseBatchMatchesSingleCalls(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	now := int64(1_700_000_000_000)
 	lastVersion := make(map[string]int64)
+	ops := NewOps()
 	for pass := range passes {
 		now += rng.Int64N(400)
 		var a, b []LeaseRequest
@@ -51,7 +52,7 @@ func TestLeaseBatchMatchesSingleCalls(t *testing.T) {
 			r.Returns[0] = Return{Window: idx - 1, N: rng.Int64N(3)}
 			r.Returns[1] = Return{Window: idx, N: rng.Int64N(5)}
 			if rng.IntN(2) == 0 {
-				r.Op = NewOp()
+				r.Op = ops.Next()
 			}
 			ra, rb := r, r
 			ra.Key = Key(p+"single", "r", fmt.Sprint("u", k))
@@ -85,13 +86,20 @@ func TestLeaseBatchMatchesSingleCalls(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("pass %d: batched answers\n%+v\nwant (key by key)\n%+v", pass, got, want)
 		}
-		// A re-sent batch: the named requests answer as before and apply
-		// nothing; the unnamed ones apply again, so send only the named.
+		// A re-sent batch: the named requests answer the key as it is and
+		// their own admission and grant (a grant only while the request's
+		// Now is of the key's window), and apply nothing; the unnamed ones
+		// apply again, so send only the named.
 		var named []LeaseRequest
 		var namedWant []LeaseResult
 		for i, r := range b {
-			if r.Op != "" {
-				named, namedWant = append(named, r), append(namedWant, answered[i])
+			if !r.Op.IsZero() {
+				want := answered[i]
+				want.Replayed, want.Restored = true, false
+				if r.Now/w != want.Now/w {
+					want.Granted = 0
+				}
+				named, namedWant = append(named, r), append(namedWant, want)
 			}
 		}
 		again, errs := batched.LeaseBatch(ctx, named)

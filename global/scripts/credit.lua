@@ -1,9 +1,7 @@
 -- Credit: add admissions decided without Redis (while it was unreachable, or
 -- before it lost its data) to a key's counts, for every algorithm, once.
 -- KEYS[1]  the key (layout of the algorithm's script)
--- KEYS[2]  the sliding log's hash ("...:m"), else KEYS[1] again
--- KEYS[3]  the operation key: a re-sent copy of a call answers what the
---          first one did and changes nothing
+-- KEYS[2]  the sliding log's hash ("...:m"); absent for the other kinds
 -- ARGV     kind ("w": sliding or fixed window, strict or hybrid; "b": token
 --          bucket; "l": sliding log), window_ms, limit, idx (the window
 --          index of the newer admissions), n_cur (admitted in window idx),
@@ -12,13 +10,21 @@
 --          counts), known_window, known_prev, known_cur, known_version (a
 --          hybrid instance's last knowledge of the key, as in lease.lua: a
 --          key missing while known in a live window was lost, and starts
---          again from it)
+--          again from it), op_stream, op_seq (the credit's op: the
+--          hash, KEYS[2] or else KEYS[1], records the stream's last two
+--          ops applied; see prelude.lua)
 -- Returns  1 if the credit was applied (in whole or in part), 0 if every
---          admission it carried belongs to a window that is over
+--          admission it carried belongs to a window that is over; a copy
+--          of an op recorded answers what it did and changes nothing. An
+--          op older than the recorded ones (stale) may have been applied
+--          or not: it applies, since counting admissions twice errs on the
+--          safe side and dropping them would not, and leaves the record.
 -- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
-local done = redis.call('GET', KEYS[3])
-if done then return tonumber(done) end
+local hkey = KEYS[2] or KEYS[1]
+local stream, seq = ARGV[13], tonumber(ARGV[14])
+local op, x, ops = op_state(redis.call('HGET', hkey, stream), seq)
+if op == 1 then return x % 2 end
 
 local kind = ARGV[1]
 local w = tonumber(ARGV[2])
@@ -28,6 +34,7 @@ local ncur = tonumber(ARGV[5])
 local nprev = tonumber(ARGV[6])
 local last = tonumber(ARGV[7])
 local applied = 0
+local at = last -- the key's newest time after the call
 
 if kind == 'w' then
   local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't', 'v')
@@ -50,8 +57,9 @@ if kind == 'w' then
   elseif sidx == idx + 1 then
     p, applied = p + ncur, 1
   end
+  at = math.max(t, last)
   if applied == 1 then
-    local fields = {'w', int(sidx), 'c', int(c), 'p', int(p), 't', int(math.max(t, last))}
+    local fields = {'w', int(sidx), 'c', int(c), 'p', int(p), 't', int(at)}
     if ARGV[8] == '1' then
       local v = tonumber(st[5])
       if v == nil then -- as lease.lua starts a new key's versions
@@ -68,6 +76,7 @@ elseif kind == 'b' then
   local st = redis.call('HMGET', KEYS[1], 'l', 't')
   local level, t = tonumber(st[1]) or 0, tonumber(st[2]) or 0
   local now = math.max(t, last)
+  at = now
   level = math.max(level - (now - t) * limit, 0)
   local add = (ncur + nprev) * w - (now - last) * limit
   if add > 0 then
@@ -79,6 +88,7 @@ else
   -- The sliding log: the admissions as members at last_ms, at most limit.
   local t = tonumber(redis.call('HGET', KEYS[2], 't')) or 0
   local now = math.max(t, last)
+  at = now
   local n = math.min(ncur + nprev, limit)
   if last > now - w and n > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
@@ -87,5 +97,11 @@ else
   end
 end
 
-redis.call('SET', KEYS[3], applied, 'PX', 2 * w)
+-- The record: in a hash that exists (a credit that applied nothing to a
+-- missing key would apply nothing again), which keeps its TTL.
+if op == 0 and (applied == 1 or redis.call('EXISTS', hkey) == 1) then
+  local idx_at = fdiv(at, w)
+  redis.call('HSET', hkey, stream, op_record(ops, seq, idx_at, applied))
+  op_prune(hkey, idx_at)
+end
 return applied

@@ -3,21 +3,25 @@
 -- one key or for a batch of keys (a sync pass sends many in one call: Redis
 -- pays its per-call cost once per batch instead of once per key).
 -- Each key has the layout of sliding_window.lua, plus attempts per window:
--- KEYS[2i-1]  key i: hash {w, c, p, t, ac = attempts in window w,
---             ap = in window w-1, v = version, incremented by every call}
--- KEYS[2i]    key i's operation key, when ARGV[16(i-1)+12] is "1" (else any
---             key of the same slot, unused). A call that gives tokens back is
---             not idempotent, and clients re-send a call whose answer timed
---             out; with an operation key a repeated call answers what the
---             first one did and changes nothing.
--- ARGV        16 per key: now_ms, window_ms, limit, n (to admit now; 0 =
+-- KEYS[i]     key i: hash {w, c, p, t, ac = attempts in window w,
+--             ap = in window w-1, v = version, incremented by every call
+--             that changes it; and one field per op stream, see below}
+-- ARGV        17 per key: now_ms, window_ms, limit, n (to admit now; 0 =
 --             sync only), want (lease to reserve), return_window_1,
 --             return_n_1, return_window_2, return_n_2 (unspent leases given
 --             back), attempts (requests seen since the last report), fixed
---             ("1": no previous-window weight), has_op ("1": KEYS[2i] is
---             the operation key), known_window, known_prev, known_cur,
---             known_version (the counts the caller last learned of the key,
---             its own unspent leases included; version 0: none)
+--             ("1": no previous-window weight), op_stream (a field name, or
+--             "": the call names no op), known_window, known_prev,
+--             known_cur, known_version (the counts the caller last learned
+--             of the key, its own unspent leases included; version 0:
+--             none), op_seq
+-- A call that gives tokens back is not idempotent, and clients re-send a
+-- call whose answer timed out: such a call names an op (prelude.lua), and
+-- the key's field op_stream records the stream's last two ops applied. A
+-- copy of one answers the key's counts with the op's own allowed, and its
+-- granted if the copy's now_ms is still of the key's window (else 0: the
+-- grant stays counted, unspent), and changes nothing; so does an op older
+-- than both (stale), which admits and grants nothing.
 -- A key the caller knew in a window still live cannot have expired (every
 -- write sets a TTL of two windows): if it is missing, Redis lost it (a
 -- restart, a flush, a failover), and the key starts again from what the
@@ -25,23 +29,17 @@
 -- fresh budget.
 -- Counts include every lease reserved and not returned, so leased tokens are
 -- spent locally without ever exceeding the limit.
--- Returns  one reply per key: 9 integers {allowed (0|1), granted, prev,
+-- Returns  one reply per key: 10 integers {allowed (0|1), granted, prev,
 --          cur, prev_attempts, cur_attempts, now_used, version, restored
---          (1: the key was missing and started from the caller's counts)}, or, when
---          that key's commands failed (a foreign value under it, say), the
---          error's text. One key's error changes nothing of the others'.
--- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
+--          (1: the key was missing and started from the caller's counts),
+--          op (0: applied, 1: a copy of the op applied before, 2: a stale
+--          op; for 1 and 2 nothing changed)}, or, when that key's commands
+--          failed (a foreign value under it, say), the error's text. One
+--          key's error changes nothing of the others'.
+-- Helpers (fdiv, int, op_state, ...): prelude.lua, which Go puts before
+-- this file.
 
-local function lease(key, opkey, a)
-  if opkey then
-    local done = redis.call('GET', opkey)
-    if done then
-      local r = {}
-      for v in string.gmatch(done, '[^,]+') do r[#r + 1] = tonumber(v) end
-      return r
-    end
-  end
-
+local function lease(key, a)
   local now = tonumber(ARGV[a + 1])
   local w = tonumber(ARGV[a + 2])
   local limit = tonumber(ARGV[a + 3])
@@ -49,8 +47,16 @@ local function lease(key, opkey, a)
   local want = tonumber(ARGV[a + 5])
   local attempts = tonumber(ARGV[a + 10])
   local fixed = ARGV[a + 11] == '1'
+  local stream, seq = ARGV[a + 12], tonumber(ARGV[a + 17])
 
-  local st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+  local st
+  local op, x, ops = 0, 0, nil
+  if stream ~= '' then
+    st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v', stream)
+    op, x, ops = op_state(st[8], seq)
+  else
+    st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+  end
   local version = tonumber(st[7])
   if version == nil then
     -- A new key's versions start at the server's clock in microseconds, so
@@ -83,6 +89,16 @@ local function lease(key, opkey, a)
   elseif sidx == idx - 1 then
     prev, ap = tonumber(st[2]) or 0, tonumber(st[5]) or 0
   end
+  if op ~= 0 then
+    -- A copy of the recorded op, or an older op: the key as it is. (A
+    -- record lives in the key, so the key exists: it was not restored.)
+    local allowed, granted = 0, 0
+    if op == 1 then
+      allowed = x % 2
+      if fdiv(tonumber(ARGV[a + 1]), w) == idx then granted = fdiv(x, 8) end
+    end
+    return {allowed, granted, prev, cur, ap, ac, now, tonumber(st[7]) or 0, 0, op}
+  end
 
   for i = a + 6, a + 8, 2 do
     local ret_w, ret_n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -112,26 +128,24 @@ local function lease(key, opkey, a)
     cur = cur + granted
   end
 
-  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
-  redis.call('PEXPIRE', key, 2 * w)
-  local r = {allowed, granted, prev, cur, ap, ac, now, version, restored}
-  if opkey then
-    local parts = {}
-    for i, v in ipairs(r) do parts[i] = int(v) end
-    redis.call('SET', opkey, table.concat(parts, ','), 'PX', 2 * w)
+  if stream ~= '' then
+    redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap),
+      'v', int(version), stream, op_record(ops, seq, idx, 8 * granted + allowed))
+    op_prune(key, idx)
+  else
+    redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
   end
-  return r
+  redis.call('PEXPIRE', key, 2 * w)
+  return {allowed, granted, prev, cur, ap, ac, now, version, restored, 0}
 end
 
 local out = {}
-for i = 1, #KEYS / 2 do
-  local a = 16 * (i - 1)
-  local opkey = nil
-  if ARGV[a + 12] == '1' then opkey = KEYS[2 * i] end
+for i = 1, #KEYS do
+  local a = 17 * (i - 1)
   -- A key fails on its first command in practice (a foreign value under
   -- it) and writes nothing; a later failure (out of memory) may leave its
   -- writes, which the caller treats as a lost answer.
-  local ok, r = pcall(lease, KEYS[2 * i - 1], opkey, a)
+  local ok, r = pcall(lease, KEYS[i], a)
   if ok then
     out[i] = r
   elseif type(r) == 'table' and r.err then

@@ -48,3 +48,64 @@ local function log_add(zkey, hkey, at, n, now, w)
   redis.call('PEXPIRE', zkey, 2 * w)
   redis.call('PEXPIRE', hkey, 2 * w)
 end
+
+-- Operation fields (global/op.go): a call that must change a key at most
+-- once names an op, a stream (a hash field: '~' and a few characters) and
+-- its sequence number there, which only grows. The key's hash keeps in the
+-- stream's field its last two ops applied, the latest first, each as
+-- "seq:x", x = 8 * granted + 2 * (window index % 4) + allowed (for a
+-- credit: applied, granted 0): "seq:x:seq:x". Every op of the stream that
+-- the key applied is one of them or older than both, so an op between or
+-- above them was never applied: two calls of a stream may race for a key
+-- and both apply.
+-- op_state(rec, seq) tells the op seq from the stream's field rec (nil:
+-- none), and returns the ops recorded: 0, apply it; 1 and x, a copy of a
+-- recorded op; 2, an op older than both recorded ones (stale), which may
+-- have been applied or not.
+local function op_state(rec, seq)
+  local ops = {}
+  if not rec then return 0, 0, ops end
+  for s, x in string.gmatch(rec, '(%d+):(%d+)') do ops[#ops + 1] = {tonumber(s), tonumber(x)} end
+  local low = ops[1][1]
+  for _, o in ipairs(ops) do
+    if o[1] == seq then return 1, o[2], ops end
+    low = math.min(low, o[1])
+  end
+  if #ops >= 2 and seq < low then return 2, 0, ops end
+  return 0, 0, ops
+end
+
+-- op_record returns the stream's field once op seq applied in window index
+-- idx (x less the window bits): it, then the newest of the ops recorded.
+local function op_record(ops, seq, idx, x)
+  local rec = int(seq) .. ':' .. int(x + 2 * (idx % 4))
+  local keep = ops[1]
+  for _, o in ipairs(ops) do
+    if o[1] > keep[1] then keep = o end
+  end
+  if keep then rec = rec .. ':' .. int(keep[1]) .. ':' .. int(keep[2]) end
+  return rec
+end
+
+-- op_prune: a hash of more than 12 fields drops its op fields whose latest
+-- op is older than the window before idx, the window of the op being
+-- recorded (any op recorded in the key was of idx or an earlier window). A
+-- late copy of a dropped op then applies again, to windows that no longer
+-- count (a return, a credit) or that count it twice (an admission, a
+-- grant): never fewer tokens than were admitted. Two bits of window tell
+-- a live op (idx or idx-1) from an older one but for some older ones,
+-- dropped a window or two later.
+local function op_prune(key, idx)
+  if redis.call('HLEN', key) <= 12 then return end
+  local all = redis.call('HGETALL', key)
+  local live1, live2 = idx % 4, (idx - 1) % 4
+  local dead = {}
+  for i = 1, #all, 2 do
+    local f, rec = all[i], all[i + 1]
+    if string.byte(f, 1) == 126 then -- '~'
+      local win = fdiv(tonumber(string.match(rec, '^%d+:(%d+)')), 2) % 4
+      if win ~= live1 and win ~= live2 then dead[#dead + 1] = f end
+    end
+  end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+end
