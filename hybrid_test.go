@@ -435,6 +435,45 @@ func TestLeaseReturnIsIdempotent(t *testing.T) {
 	require.Equal(t, int64(12), redisCount(t, c, key, base, time.Minute), "and changes nothing")
 }
 
+// TestHybridStaleDecisionAsksAgain: a decision whose call gives its lease
+// back and comes back stale (the key recorded two newer ops of this
+// instance) is asked again without the return, and decided: the returned
+// tokens stay counted, unspent, never given back twice.
+func TestHybridStaleDecisionAsksAgain(t *testing.T) {
+	forEachFront(t, testHybridStaleDecisionAsksAgain)
+}
+
+func testHybridStaleDecisionAsksAgain(t *testing.T, front bool) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "stale", Limit: 100, Window: time.Minute}
+	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
+	key := global.Key(prefix, rule.Name, "u")
+	d, err := l.Allow(ctx, rule.Name, "u", base)
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	first := redisCount(t, c, key, base, time.Minute) // 1 and the lease
+	require.Greater(t, first, int64(1), "a lease")
+	// Two ops of this instance's stream, newer than any it will send soon.
+	stream := l.hybrid.ops.Next().Stream
+	rec := "1000001:0:1000000:0"
+	require.NoError(t, c.HSet(ctx, key, stream, rec).Err())
+	d, err = l.AllowN(ctx, rule.Name, "u", base, 50) // more than the lease: it goes back with the call
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "decided by the call sent again")
+	s := l.hybrid.cache.State(l.hybrid.cache.Get("u", 0))
+	require.NotNil(t, s)
+	s.Lock()
+	lease := s.Lease
+	s.Unlock()
+	require.Equal(t, first+50+lease, redisCount(t, c, key, base, time.Minute),
+		"the first lease stays counted (stranded), 50 admitted, the new lease counted")
+	got, err := c.HGet(ctx, key, stream).Result()
+	require.NoError(t, err)
+	require.Equal(t, rec, got, "the stale call recorded nothing")
+}
+
 // TestHybridAllowNAbovePartialLease: a lease smaller than n goes back with
 // the call for n, so it is not counted twice against n.
 func TestHybridAllowNAbovePartialLease(t *testing.T) {
