@@ -104,7 +104,7 @@ func TestHeaderValues(t *testing.T) {
 				{500 * time.Millisecond, 200, `"orders";r=1;t=12`, ""}, // 11.5 s rounds up
 				{time.Second, 200, `"orders";r=0;t=11`, ""},
 				{time.Second, 429, `"orders";r=0;t=11`, "11"},
-				{1500 * time.Millisecond, 429, `"orders";r=0;t=11`, "11"}, // 10.5 s rounds up
+				{1500 * time.Millisecond, 429, `"orders";r=0;t=11`, "11"},             // 10.5 s rounds up
 				{11*time.Second + 999*time.Millisecond, 429, `"orders";r=0;t=1`, "1"}, // 1 ms: never 0
 				{12 * time.Second, 200, `"orders";r=2;t=60`, ""},                      // the next window
 			}
