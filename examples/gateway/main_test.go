@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestRunEmbedded runs the gateway in process on its embedded miniredis:
+// requests are proxied with the RateLimit fields until the write rule's
+// burst is spent, then answered 429 without reaching the upstream; a bad
+// flag is an error; the gateway stops when its context ends.
+func TestRunEmbedded(t *testing.T) {
+	var hits atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		fmt.Fprintln(w, "upstream", r.Method, r.URL.Path)
+	}))
+	defer upstream.Close()
+
+	require.Error(t, run(context.Background(), []string{"-upstream", "not a url"}, io.Discard))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	out, stdout := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-upstream", upstream.URL}, stdout)
+		_ = stdout.Close()
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Error("gateway did not stop")
+		}
+	}()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	base := strings.Fields(strings.TrimPrefix(line, "listening on "))[0]
+
+	transport := &http.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport, Timeout: 5 * time.Second}
+	post := func() *http.Response {
+		req, _ := http.NewRequest("POST", base+"/v1/orders", strings.NewReader("{}"))
+		req.Header.Set("X-User-ID", "alice")
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp
+	}
+	for i := range 5 { // orders-write: a bucket of 5
+		resp := post()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "request %d", i)
+		require.Equal(t, `"orders-write";q=5;w=1, "default";q=1000;w=60`, resp.Header.Get("RateLimit-Policy"))
+		require.NotEmpty(t, resp.Header.Get("RateLimit"))
+	}
+	resp := post()
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	require.Equal(t, "1", resp.Header.Get("Retry-After"))
+	require.Equal(t, `"orders-write";r=0;t=1`, resp.Header.Get("RateLimit"))
+	require.Equal(t, "application/problem+json", resp.Header.Get("Content-Type"))
+	require.Equal(t, int64(5), hits.Load())
+}
