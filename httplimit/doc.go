@@ -23,9 +23,8 @@
 //
 // A route with several rules is checked rule by rule, in the order given,
 // and stops at the first denial; the rules before it have counted the
-// request (an all-or-nothing multi-rule call in the core will replace this:
-// the checks live in one function, Middleware.decide). The most restrictive
-// decision is the one reported.
+// request (until the Limiter offers an all-or-nothing call over several
+// rules). The most restrictive decision is the one reported.
 //
 // # Keys
 //

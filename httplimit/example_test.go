@@ -53,5 +53,5 @@ func Example() {
 	// order 2
 	// 429 "orders";q=2;w=60 "orders";r=0;t=12
 	// Retry-After: 12
-	// {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429,"detail":"quota of policy \"orders\" exceeded: 2 requests per 1m0s; retry in 12 s","violated-policies":["orders"]}
+	// {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429,"detail":"quota of policy \"orders\" (2 per 1m0s) exceeded; retry in 12 s","violated-policies":["orders"]}
 }

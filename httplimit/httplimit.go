@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,8 +24,9 @@ var ErrNoKey = fmt.Errorf("httplimit: no key: %w", ratelimit.ErrInvalidKey)
 // default; New does not modify the Options.
 type Options struct {
 	// KeyFunc names the caller of a request: the user key passed to the
-	// Limiter. An error goes to OnError. Default: the IdentityHeader
-	// header, else the client address (ClientKey).
+	// Limiter. An error goes to OnError. Default: "user:" and the
+	// IdentityHeader header when the request has one, else the client
+	// address (ClientKey with TrustedProxies).
 	KeyFunc func(*http.Request) (string, error)
 	// IdentityHeader is the header the default KeyFunc reads the user from.
 	// Default "X-User-ID".
@@ -139,22 +141,23 @@ func (m *Middleware) newRoute(pattern string, ruleNames []string) (*route, error
 // Route binds rules to a route pattern for Wrap (and PatternFunc). A
 // pattern bound twice keeps its last rules.
 func (m *Middleware) Route(pattern string, ruleNames ...string) error {
+	_, err := m.addRoute(pattern, ruleNames)
+	return err
+}
+
+// addRoute binds ruleNames to pattern and returns the route.
+func (m *Middleware) addRoute(pattern string, ruleNames []string) (*route, error) {
 	rt, err := m.newRoute(pattern, ruleNames)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.routes[pattern] = rt
-	if method, _, ok := strings.Cut(pattern, " "); ok {
-		for _, have := range m.methods {
-			if have == method {
-				return nil
-			}
-		}
+	if method, _, ok := strings.Cut(pattern, " "); ok && !slices.Contains(m.methods, method) {
 		m.methods = append(m.methods, method)
 	}
-	return nil
+	return rt, nil
 }
 
 // Handle registers h on mux at pattern, limited by the named rules, and
@@ -162,12 +165,10 @@ func (m *Middleware) Route(pattern string, ruleNames ...string) error {
 // counted (see the package doc); a request already limited by Wrap is not
 // counted again.
 func (m *Middleware) Handle(mux *http.ServeMux, pattern string, h http.Handler, ruleNames ...string) error {
-	if err := m.Route(pattern, ruleNames...); err != nil {
+	rt, err := m.addRoute(pattern, ruleNames)
+	if err != nil {
 		return err
 	}
-	m.mu.RLock()
-	rt := m.routes[pattern]
-	m.mu.RUnlock()
 	mux.Handle(pattern, m.limit(rt, h))
 	return nil
 }
@@ -320,7 +321,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, rt *route) bo
 		Type:   QuotaExceededType,
 		Title:  "Request cannot be satisfied as assigned quota has been exceeded",
 		Status: http.StatusTooManyRequests,
-		Detail: fmt.Sprintf("quota of policy %q exceeded: %d requests per %v; retry in %s s",
+		Detail: fmt.Sprintf("quota of policy %q (%d per %v) exceeded; retry in %s s",
 			best.rule.Name(), best.rule.Limit(), m.rules[best.rule.Name()].Window, retry),
 		ViolatedPolicies: violated,
 	})

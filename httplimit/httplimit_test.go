@@ -139,7 +139,7 @@ func TestDeniedProblem(t *testing.T) {
 		Type:             "https://iana.org/assignments/http-problem-types#quota-exceeded",
 		Title:            "Request cannot be satisfied as assigned quota has been exceeded",
 		Status:           429,
-		Detail:           `quota of policy "orders" exceeded: 1 requests per 1m0s; retry in 12 s`,
+		Detail:           `quota of policy "orders" (1 per 1m0s) exceeded; retry in 12 s`,
 		ViolatedPolicies: []string{"orders"},
 	}, p)
 	require.Equal(t, strconv.Itoa(rec.Body.Len()), rec.Header().Get("Content-Length"))
