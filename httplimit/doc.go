@@ -30,9 +30,10 @@
 //
 // Options.KeyFunc names the caller. The default is the Options.IdentityHeader
 // header (X-User-ID), else the client address: an IPv4 address as is, an
-// IPv6 address masked to its /64. X-Forwarded-For and Forwarded are believed
-// only when the immediate peer is in Options.TrustedProxies; the client is
-// then the right-most address of the chain that is not a trusted proxy.
+// IPv6 address masked to its /64. X-Forwarded-For (or Forwarded, per
+// Options.ForwardedHeader) is believed only when the immediate peer is in
+// Options.TrustedProxies; the client is then the right-most address of the
+// chain that is not a trusted proxy.
 // The identity header is believed as sent: put the middleware behind an
 // authenticating layer that sets it, or strip it from untrusted callers.
 //

@@ -31,10 +31,13 @@ type Options struct {
 	// IdentityHeader is the header the default KeyFunc reads the user from.
 	// Default "X-User-ID".
 	IdentityHeader string
-	// TrustedProxies are the peers whose X-Forwarded-For and Forwarded
-	// headers the default KeyFunc believes. Default none: the client
-	// address is the TCP peer's.
+	// TrustedProxies are the peers whose ForwardedHeader the default
+	// KeyFunc believes. Default none: the client address is the TCP peer's.
 	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the header the trusted proxies append the client
+	// address to: "X-Forwarded-For" (the default) or "Forwarded" (RFC
+	// 7239). The other one is ignored, since a caller can set it.
+	ForwardedHeader string
 	// PatternFunc returns the route pattern of a request, for Wrap. Default:
 	// r.Pattern when the request was routed, else, when Wrap is given an
 	// *http.ServeMux, the pattern ServeMux.Handler finds.
@@ -89,13 +92,16 @@ func New(lim *ratelimit.Limiter, rules []ratelimit.Rule, opts Options) (*Middlew
 	if opts.IdentityHeader == "" {
 		opts.IdentityHeader = "X-User-ID"
 	}
+	if opts.ForwardedHeader == "" {
+		opts.ForwardedHeader = "X-Forwarded-For"
+	}
 	if opts.KeyFunc == nil {
-		header, trusted := opts.IdentityHeader, append([]netip.Prefix(nil), opts.TrustedProxies...)
+		header, trusted, fwd := opts.IdentityHeader, slices.Clone(opts.TrustedProxies), opts.ForwardedHeader
 		opts.KeyFunc = func(r *http.Request) (string, error) {
 			if id := r.Header.Get(header); id != "" {
 				return "user:" + id, nil
 			}
-			return ClientKey(r, trusted)
+			return ClientKey(r, trusted, fwd)
 		}
 	}
 	if opts.OnError == nil {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,10 +27,18 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // a FixedWindow rule of a minute resets 12 s after it.
 var t0 = time.UnixMilli(1_700_000_040_000 + 48_000)
 
-// clock is a settable clock for the Limiter and the middleware.
-type clock struct{ now time.Time }
+// clock is a settable clock for the Limiter and the middleware; the
+// Limiter's goroutines read it too.
+type clock struct{ ms atomic.Int64 }
 
-func (c *clock) Now() time.Time { return c.now }
+func newClock(t time.Time) *clock {
+	c := &clock{}
+	c.set(t)
+	return c
+}
+
+func (c *clock) set(t time.Time) { c.ms.Store(t.UnixMilli()) }
+func (c *clock) Now() time.Time  { return time.UnixMilli(c.ms.Load()) }
 
 // modes are the modes the header tests run under: Local, and Strict on a
 // miniredis.
@@ -87,7 +96,7 @@ func do(h http.Handler, method, path, user string) *httptest.ResponseRecorder {
 func TestHeaderValues(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
-			clk := &clock{now: t0}
+			clk := newClock(t0)
 			rule := orders(3)
 			lim := newLimiter(t, mode, clk, rule)
 			m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -109,7 +118,7 @@ func TestHeaderValues(t *testing.T) {
 				{12 * time.Second, 200, `"orders";r=2;t=60`, ""},                      // the next window
 			}
 			for i, s := range steps {
-				clk.now = t0.Add(s.at)
+				clk.set(t0.Add(s.at))
 				rec := do(mux, "GET", "/v1/orders", "alice")
 				require.Equal(t, s.status, rec.Code, "step %d", i)
 				require.Equal(t, `"orders";q=3;w=60`, rec.Header().Get("RateLimit-Policy"), "step %d", i)
@@ -122,7 +131,7 @@ func TestHeaderValues(t *testing.T) {
 
 // TestDeniedProblem: a 429's body is the draft's quota-exceeded problem.
 func TestDeniedProblem(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	rule := orders(1)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -150,7 +159,7 @@ func TestDeniedProblem(t *testing.T) {
 // fourth request is a 429, not the mux's 405. Behind Handle, HEAD counts.
 func TestEveryMethodCounts(t *testing.T) {
 	t.Run("Wrap", func(t *testing.T) {
-		clk := &clock{now: t0}
+		clk := newClock(t0)
 		rule := orders(3)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
 		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -172,7 +181,7 @@ func TestEveryMethodCounts(t *testing.T) {
 		require.Equal(t, http.StatusNotFound, do(h, "GET", "/v1/other", "carol").Code) // no rule: unlimited
 	})
 	t.Run("Handle", func(t *testing.T) {
-		clk := &clock{now: t0}
+		clk := newClock(t0)
 		rule := orders(2)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
 		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -183,7 +192,7 @@ func TestEveryMethodCounts(t *testing.T) {
 		require.Equal(t, http.StatusTooManyRequests, do(mux, "HEAD", "/v1/orders", "dave").Code)
 	})
 	t.Run("HandleBehindWrapCountsOnce", func(t *testing.T) {
-		clk := &clock{now: t0}
+		clk := newClock(t0)
 		rule := orders(2)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
 		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -198,7 +207,7 @@ func TestEveryMethodCounts(t *testing.T) {
 // TestPathParametersShareARule: every id under /v1/orders/{id} draws on
 // one limit, per user.
 func TestPathParametersShareARule(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	rule := orders(3)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -214,7 +223,7 @@ func TestPathParametersShareARule(t *testing.T) {
 // TestSeveralRules: a route's rules are all listed in RateLimit-Policy; the
 // most restrictive decision is reported, and a denial names its policy.
 func TestSeveralRules(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	burst := ratelimit.Rule{Name: "burst", Limit: 2, Window: 10 * time.Second, Algorithm: ratelimit.FixedWindow}
 	perMin := orders(5)
 	lim := newLimiter(t, ratelimit.Local, clk, perMin, burst)
@@ -235,14 +244,14 @@ func TestSeveralRules(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &p))
 	require.Equal(t, []string{"burst"}, p.ViolatedPolicies)
 
-	clk.now = t0.Add(2 * time.Second) // the next burst window; "orders" has counted 3
+	clk.set(t0.Add(2 * time.Second)) // the next burst window; "orders" has counted 3
 	require.Equal(t, `"orders";r=1;t=10`, do(mux, "GET", "/v1/orders", "heidi").Header().Get("RateLimit"))
 }
 
 // TestPolicyNameQuoted: a rule name is a Structured Field string, with '"'
 // and '\' escaped; a name that cannot be one is refused.
 func TestPolicyNameQuoted(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	odd := ratelimit.Rule{Name: `GET "a\b"`, Limit: 1, Window: 1500 * time.Millisecond}
 	bad := ratelimit.Rule{Name: "caf\u00e9", Limit: 1, Window: time.Second}
 	lim := newLimiter(t, ratelimit.Local, clk, odd, bad)
@@ -259,7 +268,7 @@ func TestPolicyNameQuoted(t *testing.T) {
 // TestErrors: a key the Limiter rejects is a 400, a failing Limiter a 503
 // with Retry-After: 1, both problem+json; OnError replaces them.
 func TestErrors(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	rule := orders(3)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
@@ -297,7 +306,7 @@ func TestErrors(t *testing.T) {
 
 // TestPatternFunc: another router's pattern, known once it has routed.
 func TestPatternFunc(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	rule := orders(1)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{PatternFunc: func(r *http.Request) string {
@@ -342,7 +351,9 @@ func TestClientKey(t *testing.T) {
 			http.Header{"X-Forwarded-For": {"6.6.6.6, 198.51.100.1", "10.2.2.2"}}, "ip:198.51.100.1"},
 		{"all trusted: left-most", "10.1.1.1:1",
 			http.Header{"X-Forwarded-For": {"10.3.3.3, 10.2.2.2"}}, "ip:10.3.3.3"},
-		{"Forwarded before XFF, ipv6 masked", "[fd00::1]:1",
+		{"Forwarded ignored by default", "10.1.1.1:1",
+			http.Header{"Forwarded": {"for=6.6.6.6"}, "X-Forwarded-For": {"7.7.7.7"}}, "ip:7.7.7.7"},
+		{"Forwarded when named, ipv6 masked", "[fd00::1]:1",
 			http.Header{"Forwarded": {`for=6.6.6.6, for="[2001:db8::1]:4711";proto=https`}, "X-Forwarded-For": {"7.7.7.7"}},
 			"ip:2001:db8::/64"},
 		{"trusted peer without headers", "10.1.1.1:1", nil, "ip:10.1.1.1"},
@@ -354,21 +365,25 @@ func TestClientKey(t *testing.T) {
 			for k, v := range c.header {
 				req.Header[k] = v
 			}
-			got, err := httplimit.ClientKey(req, trusted)
+			fwd := "X-Forwarded-For"
+			if strings.HasPrefix(c.name, "Forwarded when") || strings.HasPrefix(c.name, "obfuscated") {
+				fwd = "Forwarded"
+			}
+			got, err := httplimit.ClientKey(req, trusted, fwd)
 			require.NoError(t, err)
 			require.Equal(t, c.want, got)
 		})
 	}
 	req := httptest.NewRequest("GET", "/", nil)
 	req.RemoteAddr = "pipe"
-	_, err := httplimit.ClientKey(req, trusted)
+	_, err := httplimit.ClientKey(req, trusted, "X-Forwarded-For")
 	require.ErrorIs(t, err, ratelimit.ErrInvalidKey)
 }
 
 // TestDefaultKey: the identity header wins; without it the client address
 // is the key, so two users behind one address share it.
 func TestDefaultKey(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := newClock(t0)
 	rule := orders(1)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{IdentityHeader: "X-Caller"}, rule)

@@ -11,11 +11,13 @@ import (
 // ClientKey returns the key of r's client address: "ip:" and an IPv4
 // address, or "ip:" and the /64 prefix of an IPv6 address (one subscriber
 // usually holds a whole /64). The address is the TCP peer's, unless the
-// peer is in trusted: then it is the right-most address of the Forwarded
-// header (else X-Forwarded-For) that is not in trusted, or the left-most
-// one when all are. An entry that is not an address (an obfuscated
+// peer is in trusted: then it is the right-most address of the header
+// named forwarded ("X-Forwarded-For", or "Forwarded" for RFC 7239's) that
+// is not in trusted, or the left-most one when all are. Only the header
+// the trusted proxies maintain may be named: a caller can send the other
+// one with any value. An entry that is not an address (an obfuscated
 // identifier, "unknown") ends the walk and is keyed as sent, behind "fwd:".
-func ClientKey(r *http.Request, trusted []netip.Prefix) (string, error) {
+func ClientKey(r *http.Request, trusted []netip.Prefix, forwarded string) (string, error) {
 	peer, err := parseAddr(r.RemoteAddr)
 	if err != nil {
 		return "", fmt.Errorf("%w: remote address %q", ErrNoKey, r.RemoteAddr)
@@ -23,9 +25,11 @@ func ClientKey(r *http.Request, trusted []netip.Prefix) (string, error) {
 	if !isTrusted(peer, trusted) {
 		return addrKey(peer), nil
 	}
-	chain := forwardedFor(r.Header)
-	if chain == nil {
-		chain = xForwardedFor(r.Header)
+	var chain []string
+	if strings.EqualFold(forwarded, "Forwarded") {
+		chain = forwardedFor(r.Header)
+	} else {
+		chain = listValues(r.Header, forwarded)
 	}
 	client := peer
 	for i := len(chain) - 1; i >= 0; i-- {
@@ -75,11 +79,11 @@ func parseAddr(s string) (netip.Addr, error) {
 	return a.Unmap().WithZone(""), nil
 }
 
-// xForwardedFor returns the addresses of every X-Forwarded-For field, in
-// order, or nil.
-func xForwardedFor(h http.Header) []string {
+// listValues returns the comma-separated members of every field named
+// name (X-Forwarded-For), in order, or nil.
+func listValues(h http.Header, name string) []string {
 	var out []string
-	for _, v := range h.Values("X-Forwarded-For") {
+	for _, v := range h.Values(name) {
 		for part := range strings.SplitSeq(v, ",") {
 			if part = strings.TrimSpace(part); part != "" {
 				out = append(out, part)

@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	redisAddr := fs.String("redis", "", "Redis address; empty: an embedded miniredis")
 	prefix := fs.String("prefix", "rl", "prefix of the Redis keys")
 	trusted := fs.String("trusted", "", "comma-separated prefixes of trusted proxies, e.g. 10.0.0.0/8")
+	forwarded := fs.String("forwarded", "X-Forwarded-For", "the header trusted proxies set: X-Forwarded-For or Forwarded")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,7 +116,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer lim.Close()
-	m, err := httplimit.New(lim, rules, httplimit.Options{TrustedProxies: proxies})
+	m, err := httplimit.New(lim, rules, httplimit.Options{TrustedProxies: proxies, ForwardedHeader: *forwarded})
 	if err != nil {
 		return err
 	}
