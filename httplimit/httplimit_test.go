@@ -404,3 +404,71 @@ func TestDefaultKey(t *testing.T) {
 	require.Equal(t, 200, serve("leo", "[2001:db8::2]:1"))
 	require.Equal(t, 429, serve("leo", "192.0.2.1:1"))
 }
+
+// TestWrapProbesOtherMethods: a method the mux answers 405 to is charged
+// to the route that serves the path under another method.
+func TestWrapProbesOtherMethods(t *testing.T) {
+	clk := newClock(t0)
+	rule := orders(2)
+	lim := newLimiter(t, ratelimit.Local, clk, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/orders/{id}", ok)
+	require.NoError(t, m.Route("POST /v1/orders/{id}", "orders"))
+	h := m.Wrap(mux)
+	rec := do(h, "GET", "/v1/orders/1", "mallory")
+	require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+	require.Equal(t, "POST", rec.Header().Get("Allow"))
+	require.Equal(t, `"orders";r=1;t=12`, rec.Header().Get("RateLimit"))
+	require.Equal(t, 200, do(h, "POST", "/v1/orders/2", "mallory").Code)
+	require.Equal(t, 429, do(h, "PUT", "/v1/orders/3", "mallory").Code)
+	require.Equal(t, 429, do(h, "POST", "/v1/orders/4", "mallory").Code)
+}
+
+// FuzzClientKey: any peer and forwarding headers give a key of the client
+// address or a "fwd:" entry, or ErrNoKey; an untrusted peer's headers never
+// change its key.
+func FuzzClientKey(f *testing.F) {
+	f.Add("10.1.1.1:1", "198.51.100.1, 10.2.2.2", `for="[2001:db8::1]:1"`)
+	f.Add("[2001:db8::1]:1", "::1", "for=unknown")
+	f.Add("pipe", "", "")
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	f.Fuzz(func(t *testing.T, remote, xff, fwd string) {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.RemoteAddr = remote
+		req.Header.Set("X-Forwarded-For", xff)
+		req.Header.Set("Forwarded", fwd)
+		bare := httptest.NewRequest("GET", "/", nil)
+		bare.RemoteAddr = remote
+		for _, header := range []string{"X-Forwarded-For", "Forwarded"} {
+			key, err := httplimit.ClientKey(req, trusted, header)
+			if err != nil {
+				require.ErrorIs(t, err, ratelimit.ErrInvalidKey)
+				continue
+			}
+			require.True(t, strings.HasPrefix(key, "ip:") || strings.HasPrefix(key, "fwd:"), key)
+			if peer, err := httplimit.ClientKey(bare, trusted, header); err == nil && !strings.HasPrefix(peer, "ip:10.") {
+				require.Equal(t, peer, key, "an untrusted peer's headers changed its key")
+			}
+		}
+	})
+}
+
+// BenchmarkMiddleware: the cost of a Local rule's decision through the
+// middleware, headers included.
+func BenchmarkMiddleware(b *testing.B) {
+	rule := ratelimit.Rule{Name: "orders", Limit: 1 << 30, Window: time.Minute, Mode: ratelimit.Local}
+	lim, err := ratelimit.New(ratelimit.Config{Rules: []ratelimit.Rule{rule}})
+	require.NoError(b, err)
+	defer lim.Close()
+	m, err := httplimit.New(lim, []ratelimit.Rule{rule}, httplimit.Options{})
+	require.NoError(b, err)
+	mux := http.NewServeMux()
+	require.NoError(b, m.Handle(mux, "GET /v1/orders/{id}", http.HandlerFunc(ok), "orders"))
+	req := httptest.NewRequest("GET", "/v1/orders/1", nil)
+	req.Header.Set("X-User-ID", "bench")
+	b.ReportAllocs()
+	for b.Loop() {
+		mux.ServeHTTP(httptest.NewRecorder(), req)
+	}
+}
