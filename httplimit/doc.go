@@ -54,7 +54,8 @@
 // are the rules' names, serialized as Structured Field strings (RFC 8941).
 //
 // A denied request gets 429 with Retry-After (whole seconds, rounded up, at
-// least 1, equal to t) and an application/problem+json body (RFC 9457) of
+// least 1, equal to t: the draft's section 6 wants Retry-After no earlier
+// than the end of the effective window) and an application/problem+json body (RFC 9457) of
 // the draft's problem type (section 5.1)
 // "https://iana.org/assignments/http-problem-types#quota-exceeded", with
 // the extension member "violated-policies".
