@@ -16,7 +16,9 @@
 //     with ServeMux.Handler before the mux runs. A request the mux would
 //     answer with 405 (OPTIONS, DELETE, ... on a GET route) is charged to
 //     the rules of a route that serves its path under another method, so no
-//     method passes unlimited where its path has a rule.
+//     method passes unlimited where its path has a rule. Wrap around a
+//     handler registered on a mux reads the pattern from r.Pattern, which
+//     the mux has set by then.
 //   - Options.PatternFunc gives the pattern for other routers (chi's
 //     RouteContext(ctx).RoutePattern(), known once chi has routed: wrap the
 //     route's handler, not the router).
