@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,9 +17,10 @@ import (
 )
 
 // TestRunEmbedded runs the gateway in process on its embedded miniredis:
-// requests are proxied with the RateLimit fields until the write rule's
-// burst is spent, then answered 429 without reaching the upstream; a bad
-// flag is an error; the gateway stops when its context ends.
+// requests are proxied with the RateLimit fields until the read rule's
+// quota is spent, then answered 429 (HEAD too) without reaching the
+// upstream; a bad flag is an error; the gateway stops when its context
+// ends.
 func TestRunEmbedded(t *testing.T) {
 	var hits atomic.Int64
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -53,8 +55,8 @@ func TestRunEmbedded(t *testing.T) {
 	transport := &http.Transport{}
 	defer transport.CloseIdleConnections()
 	client := &http.Client{Transport: transport, Timeout: 5 * time.Second}
-	post := func() *http.Response {
-		req, _ := http.NewRequest("POST", base+"/v1/orders", strings.NewReader("{}"))
+	send := func(method, path string) *http.Response {
+		req, _ := http.NewRequest(method, base+path, nil)
 		req.Header.Set("X-User-ID", "alice")
 		resp, err := client.Do(req)
 		require.NoError(t, err)
@@ -62,16 +64,25 @@ func TestRunEmbedded(t *testing.T) {
 		_ = resp.Body.Close()
 		return resp
 	}
-	for i := range 5 { // orders-write: a bucket of 5
-		resp := post()
+	resp := send("POST", "/v1/orders") // a route of two rules
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, `"orders-write";q=5;w=1, "default";q=1000;w=60`, resp.Header.Get("RateLimit-Policy"))
+
+	// orders-read: strict sliding log, exactly 20 a minute, whatever the
+	// machine's speed.
+	for i := range 20 {
+		resp := send("GET", "/v1/orders/"+strconv.Itoa(i))
 		require.Equal(t, http.StatusOK, resp.StatusCode, "request %d", i)
-		require.Equal(t, `"orders-write";q=5;w=1, "default";q=1000;w=60`, resp.Header.Get("RateLimit-Policy"))
-		require.NotEmpty(t, resp.Header.Get("RateLimit"))
+		require.Equal(t, `"orders-read";q=20;w=60`, resp.Header.Get("RateLimit-Policy"))
+		require.True(t, strings.HasPrefix(resp.Header.Get("RateLimit"), `"orders-read";r=`+strconv.Itoa(19-i)+";t="),
+			"request %d: RateLimit %q", i, resp.Header.Get("RateLimit"))
 	}
-	resp := post()
+	resp = send("HEAD", "/v1/orders/20")
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
-	require.Equal(t, "1", resp.Header.Get("Retry-After"))
-	require.Equal(t, `"orders-write";r=0;t=1`, resp.Header.Get("RateLimit"))
+	ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	require.NoError(t, err)
+	require.True(t, ra >= 1 && ra <= 60, "Retry-After %d", ra)
+	require.Equal(t, `"orders-read";r=0;t=`+strconv.Itoa(ra), resp.Header.Get("RateLimit"))
 	require.Equal(t, "application/problem+json", resp.Header.Get("Content-Type"))
-	require.Equal(t, int64(5), hits.Load())
+	require.Equal(t, int64(21), hits.Load(), "the denied request did not reach the upstream")
 }
