@@ -47,7 +47,9 @@ var modes = []ratelimit.Mode{ratelimit.Local, ratelimit.Strict}
 // newLimiter returns a Limiter of rules, all in mode, on clk.
 func newLimiter(t *testing.T, mode ratelimit.Mode, clk *clock, rules ...ratelimit.Rule) *ratelimit.Limiter {
 	t.Helper()
-	cfg := ratelimit.Config{Now: clk.Now}
+	// A long Timeout: on a loaded machine a slow miniredis call must not be
+	// decided by the FailLocal fallback, whose counts are its own.
+	cfg := ratelimit.Config{Now: clk.Now, Timeout: 10 * time.Second}
 	for i := range rules {
 		rules[i].Mode = mode
 	}

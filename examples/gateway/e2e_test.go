@@ -132,7 +132,8 @@ func TestEndToEnd(t *testing.T) {
 	bin := buildGateway(t)
 	var gateways []string
 	for range 3 {
-		gateways = append(gateways, startGateway(t, bin, "-upstream", upstream.URL, "-redis", redisAddr, "-prefix", prefix))
+		gateways = append(gateways, startGateway(t, bin, "-upstream", upstream.URL, "-redis", redisAddr, "-prefix", prefix,
+			"-timeout", "10s")) // a loaded machine's slow call must not fall back to FailLocal's separate count
 	}
 
 	transport := &http.Transport{MaxIdleConnsPerHost: 8}

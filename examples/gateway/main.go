@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	redisAddr := fs.String("redis", "", "Redis address; empty: an embedded miniredis")
 	prefix := fs.String("prefix", "rl", "prefix of the Redis keys")
 	trusted := fs.String("trusted", "", "comma-separated prefixes of trusted proxies, e.g. 10.0.0.0/8")
+	timeout := fs.Duration("timeout", 0, "longest a decision waits on Redis before the rule's failure policy decides; 0: the library's default (1s)")
 	forwarded := fs.String("forwarded", "X-Forwarded-For", "the header trusted proxies set: X-Forwarded-For or Forwarded")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -110,7 +111,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		Redis:     rdb,
 		Rules:     rules,
 		KeyPrefix: *prefix,
-		Timeout:   100 * time.Millisecond, // then the rule's failure policy decides
+		Timeout:   *timeout,
 	})
 	if err != nil {
 		return err
