@@ -79,14 +79,24 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 		}
 	}
 	s := h.cache.State(ref)
+	if s == nil && h.cache.FirstSight(ref) {
+		return h.admitOnce(ctx, r, user, ms, n)
+	}
 	if s == nil {
 		// Not found: a new key (decideLocal sends it to Redis), or one so
 		// recent that ristretto has not applied its Set yet, or one let go
 		// of that serves until the next Forget: GetOrCreate finds those in
 		// its side map, with whatever lease they hold.
+		created := false
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
+			created = true
 			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
 		})
+		if created {
+			s.Lock()
+			s.Seen++ // the request of its first sighting (admitOnce) is part of its demand
+			s.Unlock()
+		}
 	}
 	res, promote, ok := h.decideLocal(s, r, ms, n)
 	if !ok {
@@ -257,15 +267,24 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
 	}
 	h.apply(s, r, req, res)
-	idx := res.Now / w
-	if idx == s.Window {
-		s.MineCur += n // Redis counted n among the key's attempts in idx
-	}
-	elapsed := res.Now - idx*w
-	prev, cur := r.prevWeight(res.Prev), res.Cur-res.Granted
-	if idx == s.Window {
+	cur := res.Cur - res.Granted
+	if res.Now/w == s.Window {
+		s.MineCur += n // Redis counted n among the key's attempts
 		cur = max(s.Cur-s.Lease, 0)
 	}
+	out := h.answer(r, res, cur, ms, n)
+	s.Unlock()
+	h.registry.Add(s)
+	return out, nil
+}
+
+// answer is the result of a decision that Redis made (res), for a request
+// of n at ms; cur is the window's count as the caller sees it, all
+// instances' leases but its own included.
+func (h *hybrid) answer(r *rule, res global.LeaseResult, cur, ms, n int64) result {
+	w := r.window
+	elapsed := res.Now - res.Now/w*w
+	prev := r.prevWeight(res.Prev)
 	out := result{allowed: res.Allowed}
 	if res.Allowed {
 		h.remoteAllowed.Add(1)
@@ -278,9 +297,32 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 	}
 	out.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
 	out.resetAfter = h.resetAfter(r, prev, res.Cur, elapsed)
-	s.Unlock()
-	h.registry.Add(s)
-	return out.shift(res.Now - ms), nil
+	return out.shift(res.Now - ms)
+}
+
+// admitOnce decides in Redis, without a State, the request of a key not
+// seen lately (Cache.FirstSight): one call of the admit script, which
+// leases nothing and counts the request among the key's attempts, so that
+// nothing of the key is left for a sync pass, and a key seen once costs no
+// local memory. Its next request, if it comes soon, gets a State.
+func (h *hybrid) admitOnce(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
+	key := global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+	switch {
+	case h.l.store.Refuses(key): // straight to the policy
+		return result{}, global.ErrBreakerOpen
+	case h.l.pending.has(r, user):
+		return result{}, errPending
+	}
+	h.remote.Add(1)
+	res, err := h.l.store.Lease(ctx, global.LeaseRequest{Key: key, Now: ms, Window: r.window, Limit: r.Limit, N: n,
+		Fixed: r.Algorithm == FixedWindow})
+	switch {
+	case errors.Is(err, global.ErrClosed):
+		return result{}, ErrClosed
+	case err != nil:
+		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+	}
+	return h.answer(r, res, res.Cur, ms, n), nil
 }
 
 // view returns what s knows for sizing a lease at now. It requires the lock.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -450,12 +451,15 @@ func testHybridStaleDecisionAsksAgain(t *testing.T, front bool) {
 	rule := Rule{Name: "stale", Limit: 100, Window: time.Minute}
 	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
 	key := global.Key(prefix, rule.Name, "u")
-	// A demand of minLeaseDemand calls for a lease.
-	d, err := l.AllowN(ctx, rule.Name, "u", base, minLeaseDemand)
+	// A key seen before, with a demand of minLeaseDemand: a lease.
+	d, err := l.Allow(ctx, rule.Name, "u", base)
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
-	first := redisCount(t, c, key, base, time.Minute) // the request and the lease
-	require.Greater(t, first, int64(minLeaseDemand), "a lease")
+	d, err = l.AllowN(ctx, rule.Name, "u", base, minLeaseDemand)
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	first := redisCount(t, c, key, base, time.Minute) // the requests and the lease
+	require.Greater(t, first, int64(1+minLeaseDemand), "a lease")
 	// Two ops of this instance's stream, newer than any it will send soon.
 	stream := l.hybrid.ops.Next().Stream
 	rec := "1000001:0:1000000:0"
@@ -620,8 +624,10 @@ func testHybridBadNeighbourKey(t *testing.T, front bool) {
 	}
 	allowA()
 	require.NoError(t, c.Set(ctx, global.Key(prefix, rule.Name, "b"), "foreign", 0).Err())
-	_, err := l.Allow(ctx, rule.Name, "b", now)
-	require.ErrorContains(t, err, "WRONGTYPE")
+	for range 2 { // the first sighting has no State; the second leaves one, with its attempt to report
+		_, err := l.Allow(ctx, rule.Name, "b", now)
+		require.ErrorContains(t, err, "WRONGTYPE")
+	}
 	for range 30 {
 		allowA()
 		now = now.Add(100 * time.Millisecond)
@@ -836,4 +842,49 @@ func testHybridKeyResetAdoptsNewCounts(t *testing.T, front bool) {
 	require.NoError(t, err)
 	require.False(t, d.Allowed, "a adopted Redis's counts: it denies locally now")
 	require.Positive(t, d.RetryAfter)
+}
+
+// TestHybridSparseKeysCostNoState: keys seen once are decided in Redis
+// without a State (Cache.FirstSight): after 4 000 one-off users, the cache
+// holds states for at most the doorkeeper's false positives (3 %), no
+// sync pass has anything to send, and Redis counts every request once and
+// leases nothing. A user seen a second time gets a State.
+func TestHybridSparseKeysCostNoState(t *testing.T) {
+	forEachFront(t, testHybridSparseKeysCostNoState)
+}
+
+func testHybridSparseKeysCostNoState(t *testing.T, front bool) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "sp", Limit: 5, Window: time.Minute}
+	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 1<<14)
+	const users = 4000
+	name := func(i int) string { return "s" + strconv.Itoa(i) }
+	for i := range users {
+		d, err := l.Allow(ctx, rule.Name, name(i), base)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		require.Equal(t, int64(rule.Limit-1), d.Remaining, name(i))
+	}
+	states := 0
+	for i := range users {
+		if l.hybrid.cache.State(l.hybrid.cache.Get(name(i), 0)) != nil {
+			states++
+		}
+	}
+	require.LessOrEqual(t, states, users*3/100, "states of keys seen once")
+	require.Equal(t, int64(states), l.Stats().ActiveKeys, "only keys with a State wait for the pass")
+	for i := range users {
+		require.Equal(t, int64(1), redisCount(t, c, global.Key(prefix, rule.Name, name(i)), base, rule.Window), name(i))
+	}
+	require.NoError(t, l.Sync(ctx))
+	// Seen again: a State, which learns the key's counts from Redis.
+	d, err := l.Allow(ctx, rule.Name, name(0), base)
+	require.NoError(t, err)
+	require.Equal(t, int64(rule.Limit-2), d.Remaining)
+	require.Equal(t, int64(1), l.Stats().ActiveKeys, "a State, registered for the next pass (the pass let go of the others)")
+	st := l.Stats()
+	require.Equal(t, int64(users+1), st.HybridRedis, "every decision asked Redis")
+	require.Equal(t, int64(users+1), st.HybridRedisAllowed)
 }

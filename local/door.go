@@ -1,0 +1,85 @@
+package local
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// doorkeeper remembers, approximately, the keys seen lately, so that a
+// key's first request needs no State: a sparse user (one request, or one
+// now and then) costs no State, no ristretto Set and no place in the sync
+// pass, and a flood of one-off ids cannot fill the cache whatever
+// ristretto's buffers drop under a saturated CPU.
+//
+// It is a Bloom filter with two hashes (the Cache's two independent hashes
+// of the key), in two generations: a key is seen if the current or the
+// previous generation holds it; after capacity first sightings the current
+// generation becomes the previous one and a cleared one takes its place.
+// So a key is remembered for at least capacity first sightings of other
+// keys. A false positive (a new key taken for one seen) only costs that
+// key a State a request early; a key forgotten only costs it one more
+// request without State. It is safe for concurrent use, and lock-free but
+// for the rotation.
+type doorkeeper struct {
+	gens     atomic.Pointer[doorGens]
+	sighted  atomic.Int64 // first sightings in the current generation
+	capacity int64
+	mu       sync.Mutex // rotation
+}
+
+type doorGens struct {
+	cur, prev []atomic.Uint64
+	mask      uint64 // of bit indexes
+}
+
+// Sizing: bits per key of capacity (16 bits and two hashes: about 1.4 %
+// false positives at capacity), and the bounds of a generation's bits.
+const (
+	doorBitsPerKey = 16
+	doorMinBits    = 1 << 16
+	doorMaxBits    = 1 << 26 // 8 MiB a generation
+)
+
+// newDoorkeeper returns a doorkeeper that remembers at least capacity keys.
+func newDoorkeeper(capacity int64) *doorkeeper {
+	bits := int64(doorMinBits)
+	for bits < doorBitsPerKey*capacity && bits < doorMaxBits {
+		bits *= 2
+	}
+	d := &doorkeeper{capacity: min(max(capacity, 1), bits/doorBitsPerKey)}
+	d.gens.Store(&doorGens{cur: make([]atomic.Uint64, bits/64), prev: make([]atomic.Uint64, bits/64), mask: uint64(bits - 1)})
+	return d
+}
+
+// has reports whether both bits of (a, b) are set in g.
+func has(g []atomic.Uint64, a, b uint64) bool {
+	return g[a/64].Load()&(1<<(a%64)) != 0 && g[b/64].Load()&(1<<(b%64)) != 0
+}
+
+// seen reports whether the key of hashes (key, check) was seen lately; if
+// not, it records it.
+func (d *doorkeeper) seen(key, check uint64) bool {
+	g := d.gens.Load()
+	a, b := key&g.mask, (check>>1)&g.mask
+	if has(g.cur, a, b) || has(g.prev, a, b) {
+		return true
+	}
+	g.cur[a/64].Or(1 << (a % 64))
+	g.cur[b/64].Or(1 << (b % 64))
+	if d.sighted.Add(1) >= d.capacity {
+		d.rotate(g)
+	}
+	return false
+}
+
+// rotate makes g's current generation the previous one, unless another
+// call already rotated g.
+func (d *doorkeeper) rotate(g *doorGens) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gens.Load() != g {
+		return
+	}
+	d.gens.Store(&doorGens{cur: make([]atomic.Uint64, len(g.cur)), prev: g.cur, mask: g.mask})
+	d.sighted.Store(0)
+}

@@ -1,0 +1,88 @@
+package local
+
+import (
+	"strconv"
+	"sync"
+	"testing"
+)
+
+// TestFirstSight: a key is new once; it is remembered for at least the
+// cache's maxKeys first sightings of others; and at capacity few new keys
+// are taken for seen ones.
+func TestFirstSight(t *testing.T) {
+	const maxKeys = 1 << 12
+	c, err := NewCache(maxKeys, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first := func(u string, rule int) bool { return c.FirstSight(c.Get(u, rule)) }
+	if !first("a", 0) {
+		t.Fatal("a key never seen is not new")
+	}
+	if first("a", 0) {
+		t.Fatal("a key just seen is new again")
+	}
+	if !first("a", 1) {
+		t.Fatal("the same user under another rule is another key")
+	}
+	falsePos := 0
+	for i := range maxKeys - 2 {
+		if !first("u"+strconv.Itoa(i), 0) {
+			falsePos++
+		}
+	}
+	if first("a", 0) {
+		t.Fatalf("a forgotten after %d first sightings of others, want at least %d", maxKeys-2, maxKeys)
+	}
+	if limit := maxKeys * 3 / 100; falsePos > limit {
+		t.Fatalf("%d of %d new keys taken for seen ones, want at most %d (3%%)", falsePos, maxKeys-2, limit)
+	}
+	t.Logf("%d of %d new keys taken for seen ones", falsePos, maxKeys-2)
+	// Two generations later a key seen once is new again.
+	for i := range 3 * maxKeys {
+		first("v"+strconv.Itoa(i), 0)
+	}
+	if !first("a", 1) {
+		t.Fatal("a key seen once is remembered forever")
+	}
+}
+
+// TestFirstSightConcurrent: goroutines sighting the same keys at once
+// (under -race); afterwards every key is remembered, and each was new to at
+// most as many goroutines as saw it (no more than one when their tests did
+// not overlap), in total at most keys × goroutines and at least keys less
+// the false positives.
+func TestFirstSightConcurrent(t *testing.T) {
+	c, err := NewCache(1<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const keys, goroutines = 1 << 9, 4
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	news := 0
+	for range goroutines {
+		wg.Go(func() {
+			n := 0
+			for i := range keys {
+				if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0)) {
+					n++
+				}
+			}
+			mu.Lock()
+			news += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for i := range keys {
+		if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0)) {
+			t.Fatalf("key %d forgotten", i)
+		}
+	}
+	if news < keys*97/100 || news > keys*goroutines {
+		t.Fatalf("%d first sightings of %d keys by %d goroutines", news, keys, goroutines)
+	}
+}
