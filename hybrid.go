@@ -265,6 +265,7 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		cur = max(s.Cur-s.Lease, 0)
 	}
 	out := result{allowed: res.Allowed}
+	r.stats.redis(res.Allowed)
 	if res.Allowed {
 		h.remoteAllowed.Add(1)
 	} else {
@@ -378,6 +379,7 @@ func (h *hybrid) owe(s *local.State, ret global.Return) {
 
 // apply folds Redis's answer to req into s. It requires the lock.
 func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res global.LeaseResult) {
+	r.stats.lease(req, res)
 	idx := res.Now / r.window
 	if idx < s.Window {
 		// The key moved on while the request was out: the grant belongs to
@@ -454,6 +456,7 @@ func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
+	h.rules[s.Rule].stats.fold(s.LocalAllowed, s.LocalDenied)
 	if uses := s.LocalAllowed + s.LocalDenied; uses > 0 {
 		s.Touches = uint8(1 + min(uses/touchEvery, maxTouches-1))
 	}
@@ -475,6 +478,7 @@ const (
 // Apply implements syncer.Planner.
 func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {
 	r := h.rules[s.Rule]
+	h.reconcile(r, res, err)
 	s.Lock()
 	defer s.Unlock()
 	if err != nil {

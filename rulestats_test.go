@@ -1,0 +1,80 @@
+package ratelimit
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
+)
+
+// TestRuleStatsOvershootAccounting: a sync pass's lease answer counts as a
+// reconciliation, and as an overshoot by the excess of the key's weighted
+// count over the limit (rounded up), unless the call failed or came back
+// stale; every answer, failed ones included, counts in the pass's keys.
+func TestRuleStatsOvershootAccounting(t *testing.T) {
+	l := &Limiter{passes: newPassStats()}
+	h := &hybrid{l: l}
+	sw := &rule{Rule: Rule{Name: "sw", Limit: 10, Window: time.Second}, window: 1000}
+	fw := &rule{Rule: Rule{Name: "fw", Limit: 10, Window: time.Second, Algorithm: FixedWindow}, window: 1000}
+	mid := int64(7_000_500) // half way into a window
+
+	h.reconcile(sw, global.LeaseResult{Now: mid, Prev: 10, Cur: 8}, nil) // 5 + 8 = 13: 3 over
+	h.reconcile(sw, global.LeaseResult{Now: mid, Prev: 3, Cur: 9}, nil)  // 1.5 + 9 = 10.5: 1 over, rounded up
+	h.reconcile(sw, global.LeaseResult{Now: mid, Prev: 10, Cur: 5}, nil) // 5 + 5: at the limit, not over
+	h.reconcile(sw, global.LeaseResult{Now: mid, Prev: 0, Cur: 99}, errors.New("down"))
+	h.reconcile(sw, global.LeaseResult{Now: mid, Cur: 99, Stale: true}, nil)
+	h.reconcile(fw, global.LeaseResult{Now: mid, Prev: 100, Cur: 10}, nil) // the previous window does not count
+	h.reconcile(fw, global.LeaseResult{Now: mid, Prev: 0, Cur: 12}, nil)
+
+	c := &sw.stats
+	require.Equal(t, int64(3), c.reconciled.Load())
+	require.Equal(t, int64(2), c.overshoots.Load())
+	require.Equal(t, int64(4), c.overSum.Load())
+	require.Equal(t, int64(3), c.overMax.Load())
+	c = &fw.stats
+	require.Equal(t, int64(2), c.reconciled.Load())
+	require.Equal(t, int64(1), c.overshoots.Load())
+	require.Equal(t, int64(2), c.overSum.Load())
+	require.Equal(t, int64(2), c.overMax.Load())
+	require.Equal(t, int64(7), l.passes.keys.Load())
+
+	// Far above the limit (instances configured apart), the count does
+	// not overflow.
+	big := &rule{Rule: Rule{Name: "big", Limit: 1, Window: 100 * 365 * 24 * time.Hour}, window: maxWindow.Milliseconds()}
+	require.Equal(t, int64(1<<40-1), big.overshoot(global.LeaseResult{Now: 1, Cur: 1 << 40}))
+}
+
+// TestRuleStatsLeaseCounts: an answered lease call counts its grant and
+// the tokens its request gave back.
+func TestRuleStatsLeaseCounts(t *testing.T) {
+	var c ruleCounters
+	req := global.LeaseRequest{Returns: [2]global.Return{{Window: 6, N: 2}, {Window: 7, N: 3}}}
+	c.lease(req, global.LeaseResult{Granted: 4})
+	c.lease(global.LeaseRequest{}, global.LeaseResult{})
+	require.Equal(t, int64(4), c.granted.Load())
+	require.Equal(t, int64(5), c.returned.Load())
+}
+
+// TestSyncStatsHistogram: observations land in the first bucket whose
+// bound is at least them; the snapshot's buckets are cumulative.
+func TestSyncStatsHistogram(t *testing.T) {
+	h := newHistogram(passKeysBounds, 1)
+	for _, v := range []int64{0, 0, 1, 2, 10, 11, 5_000_000} {
+		h.observe(v)
+	}
+	s := h.snapshot()
+	require.Equal(t, passKeysBounds, s.UpperBounds)
+	require.Equal(t, []uint64{2, 3, 5, 6, 6, 6, 6, 6}, s.Counts)
+	require.Equal(t, uint64(7), s.Count)
+	require.Equal(t, float64(5_000_024), s.Sum)
+
+	d := newHistogram(passSecondsBounds, 1e-9)
+	d.observe(int64(3 * time.Millisecond))
+	s = d.snapshot()
+	require.Equal(t, uint64(0), s.Counts[2], "≤ 2.5 ms")
+	require.Equal(t, uint64(1), s.Counts[3], "≤ 5 ms")
+	require.InDelta(t, 0.003, s.Sum, 1e-12)
+}
