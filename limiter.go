@@ -782,6 +782,10 @@ type Stats struct {
 	// PendingExpired those whose window was over before Redis answered (they
 	// no longer count); PendingFlushed those credited.
 	PendingKeys, PendingDropped, PendingExpired, PendingFlushed int64
+	// Evictions are the hybrid key states the local cache (MaxLocalKeys)
+	// evicted or refused to admit: each costs its user a Redis call on
+	// their next request.
+	Evictions int64
 }
 
 // Stats returns the decision counters. It reads a few atomic counters and
@@ -821,6 +825,9 @@ func (l *Limiter) Stats() Stats {
 		st.HybridInProcessAllowed, st.HybridInProcessDenied = h.localAllowed.Load(), h.localDenied.Load()
 		st.HybridRedis, st.HybridRedisAllowed, st.HybridRedisDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.ActiveKeys = int64(h.registry.Len())
+		if h.cache != nil { // nil only while New builds the Limiter
+			st.Evictions = h.cache.LetGo()
+		}
 	}
 	return st
 }

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -77,4 +78,20 @@ func TestSyncStatsHistogram(t *testing.T) {
 	require.Equal(t, uint64(0), s.Counts[2], "≤ 2.5 ms")
 	require.Equal(t, uint64(1), s.Counts[3], "≤ 5 ms")
 	require.InDelta(t, 0.003, s.Sum, 1e-12)
+}
+
+// TestStatsEvictions: keys beyond MaxLocalKeys are let go of by the cache,
+// and Stats counts them.
+func TestStatsEvictions(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	l := manualHybrid(t, true, c, prefix, Rule{Name: "e", Limit: 5, Window: time.Minute}, fixedClock(base), 8)
+	for i := range 200 {
+		_, err := l.Allow(t.Context(), "e", fmt.Sprint("u", i), base)
+		require.NoError(t, err)
+	}
+	l.hybrid.cache.Wait()
+	ev := l.Stats().Evictions
+	require.Greater(t, ev, int64(100), "a cache of 8 keys holds at most 8 of 200")
+	require.LessOrEqual(t, ev, int64(200))
 }

@@ -25,7 +25,7 @@ type Collector struct {
 
 	decisions, leaseTokens, reconciliations, overshoots, overshootTokens, overshootMax *prometheus.Desc
 
-	redisErrors, syncPasses, syncDuration, syncKeys, instances, activeKeys *prometheus.Desc
+	redisErrors, syncPasses, syncDuration, syncKeys, instances, activeKeys, evictions *prometheus.Desc
 
 	timeouts, givenUp, breakerState, breakerOpened, breakerRejected *prometheus.Desc
 	health, pendingKeys, pendingAdmissions                          *prometheus.Desc
@@ -65,6 +65,8 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 			"Live instances seen in the Redis registry at the last sync pass.", nil, nil),
 		activeKeys: prometheus.NewDesc("ratelimit_active_keys",
 			"Hybrid keys with activity since the last sync pass.", nil, nil),
+		evictions: prometheus.NewDesc("ratelimit_local_evictions_total",
+			"Hybrid key states the local cache (Config.MaxLocalKeys) evicted or refused to admit; each costs its user a Redis call on their next request.", nil, nil),
 		timeouts: prometheus.NewDesc("ratelimit_redis_timeouts_total",
 			"Calls to Redis that did not answer within Config.Timeout.", nil, nil),
 		givenUp: prometheus.NewDesc("ratelimit_redis_calls_given_up_total",
@@ -89,7 +91,7 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 
 func (c *Collector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{c.decisions, c.leaseTokens, c.reconciliations, c.overshoots, c.overshootTokens, c.overshootMax,
-		c.redisErrors, c.syncPasses, c.syncDuration, c.syncKeys, c.instances, c.activeKeys,
+		c.redisErrors, c.syncPasses, c.syncDuration, c.syncKeys, c.instances, c.activeKeys, c.evictions,
 		c.timeouts, c.givenUp, c.breakerState, c.breakerOpened, c.breakerRejected,
 		c.health, c.pendingKeys, c.pendingAdmissions}
 }
@@ -151,6 +153,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	histogram(c.syncKeys, ss.Keys)
 	gauge(c.instances, st.Instances)
 	gauge(c.activeKeys, st.ActiveKeys)
+	counter(c.evictions, st.Evictions)
 	counter(c.timeouts, st.Timeouts)
 	counter(c.givenUp, st.NotSent, "false")
 	counter(c.givenUp, st.Abandoned, "true")

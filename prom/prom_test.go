@@ -155,7 +155,7 @@ ratelimit_breaker_state{node=""} 0
 
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
-	require.Equal(t, 36, n, "series")
+	require.Equal(t, 37, n, "series")
 }
 
 // TestPromFallback: with Redis refusing connections, each policy's
