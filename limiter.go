@@ -880,7 +880,6 @@ func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
 		if l.syncer != nil {
-			l.syncer.Stop()
 			l.stopLoop()
 			l.syncGate.Lock() // waits for the Syncs under way
 			l.syncClosed = true

@@ -95,3 +95,29 @@ func TestStatsEvictions(t *testing.T) {
 	require.Greater(t, ev, int64(100), "a cache of 8 keys holds at most 8 of 200")
 	require.LessOrEqual(t, ev, int64(200))
 }
+
+// TestSyncStatsLoop: the Limiter's own loop times every pass, and Close's
+// last one too: after Close the histograms count every pass Stats counts,
+// and their keys every reconciliation.
+func TestSyncStatsLoop(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	// A fixed clock (the ticker is real), so that no window ends under the
+	// test and drops a lease.
+	l, err := New(Config{Redis: c, KeyPrefix: prefix, SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 64, Now: fixedClock(base),
+		Rules: []Rule{{Name: "p", Limit: 1000, Window: time.Minute}}})
+	require.NoError(t, err)
+	for i := 0; l.Stats().SyncPasses < 5; i++ {
+		_, err := l.Allow(t.Context(), "p", fmt.Sprint("u", i%10), base)
+		require.NoError(t, err)
+		time.Sleep(time.Millisecond)
+	}
+	require.NoError(t, l.Close())
+	st, ss, rs := l.Stats(), l.SyncStats(), l.RuleStats()[0]
+	require.Equal(t, uint64(st.SyncPasses), ss.Duration.Count)
+	require.Equal(t, uint64(st.SyncPasses), ss.Keys.Count)
+	require.Greater(t, ss.Duration.Sum, 0.0)
+	require.GreaterOrEqual(t, ss.Keys.Sum, float64(rs.Reconciliations), "every reconciliation is a key of a pass")
+	require.Positive(t, rs.Reconciliations)
+	require.Equal(t, rs.LeaseGranted, rs.LeaseReturned+rs.LocalAllowed, "Close gave back every token not spent")
+}
