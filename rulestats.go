@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -213,7 +214,7 @@ func (h *histogram) observe(v int64) {
 }
 
 func (h *histogram) snapshot() Histogram {
-	out := Histogram{UpperBounds: h.bounds, Counts: make([]uint64, len(h.bounds))}
+	out := Histogram{UpperBounds: slices.Clone(h.bounds), Counts: make([]uint64, len(h.bounds))}
 	var cum uint64
 	for i := range h.counts {
 		cum += h.counts[i].Load()
