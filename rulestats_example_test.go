@@ -11,11 +11,10 @@ import (
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
 )
 
-// RuleStats tells where each rule's decisions were made. A hybrid key's
-// first request goes to Redis, which leases it a token; the next spends
-// it in process; the third asks Redis again for the last token; the rest
-// are denied in process from the counts Redis reported. In-process counts
-// join at the next sync pass.
+// RuleStats tells where each rule's decisions were made. A hybrid key
+// without lease asks Redis; once the key is at its limit, the Limiter
+// denies in process from the counts Redis reported. In-process counts join
+// at the next sync pass.
 func ExampleLimiter_RuleStats() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
@@ -26,14 +25,14 @@ func ExampleLimiter_RuleStats() {
 	defer rdb.Close()
 	lim, err := ratelimit.New(ratelimit.Config{
 		Redis: rdb, ManualSync: true, Now: func() time.Time { return t0 },
-		Rules: []ratelimit.Rule{{Name: "search", Limit: 3, Window: time.Minute, Algorithm: ratelimit.FixedWindow}},
+		Rules: []ratelimit.Rule{{Name: "search", Limit: 1, Window: time.Minute, Algorithm: ratelimit.FixedWindow}},
 	})
 	if err != nil {
 		panic(err)
 	}
 	defer lim.Close()
 	ctx := context.Background()
-	for range 5 {
+	for range 3 {
 		if _, err := lim.Allow(ctx, "search", "alice", t0); err != nil {
 			panic(err)
 		}
@@ -42,9 +41,9 @@ func ExampleLimiter_RuleStats() {
 		panic(err)
 	}
 	for _, r := range lim.RuleStats() {
-		fmt.Printf("%s (%v): in process %d allowed, %d denied; Redis %d allowed, %d denied; %d token leased\n",
-			r.Name, r.Mode, r.LocalAllowed, r.LocalDenied, r.RedisAllowed, r.RedisDenied, r.LeaseGranted)
+		fmt.Printf("%s (%v): in process %d allowed, %d denied; Redis %d allowed, %d denied\n",
+			r.Name, r.Mode, r.LocalAllowed, r.LocalDenied, r.RedisAllowed, r.RedisDenied)
 	}
 	// Output:
-	// search (hybrid): in process 1 allowed, 2 denied; Redis 2 allowed, 0 denied; 1 token leased
+	// search (hybrid): in process 0 allowed, 2 denied; Redis 1 allowed, 0 denied
 }
