@@ -15,6 +15,15 @@ import "math/bits"
 // one to reach the next sync, one of slack for bursts.
 const leaseHorizon = 2
 
+// minLeaseDemand is the demand (requests per sync interval, on this
+// instance) below which a key gets no lease: it is decided by Redis, one
+// call a request, as in strict mode. A lease costs a call to give back what
+// is left of it, and to renew it; it pays only for a key that would
+// otherwise make several calls an interval. So a sparse user (a few
+// requests, or one now and then) costs what a strict decision costs, and
+// leaves nothing to hand back.
+const minLeaseDemand = 4
+
 // leaseView is what one instance knows of one key when it sizes a lease.
 type leaseView struct {
 	fit       int64 // tokens that still fit under the limit, in the last global view
@@ -30,10 +39,10 @@ type leaseView struct {
 // share of what fits, so that instances whose views agree never ask for
 // more than fits between them. The share is mine/total: an instance that
 // sees 90 % of a key's requests may take up to 90 % of what is left. With no
-// demand data it is 1/instances.
+// demand data it is 1/instances. A demand under minLeaseDemand gets nothing.
 func (v leaseView) topUp() int64 {
 	want := leaseHorizon*max(v.demand, 0) - max(v.held, 0)
-	if want <= 0 || v.fit <= 0 {
+	if want <= 0 || v.fit <= 0 || v.demand < minLeaseDemand {
 		return 0
 	}
 	var share int64

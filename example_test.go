@@ -260,7 +260,7 @@ func Example_hybrid() {
 	}
 	fmt.Printf("admitted %d of 1500; decided locally %d, in Redis %d\n", admitted, local, remote)
 	// Output:
-	// admitted 1000 of 1500; decided locally 1494, in Redis 6
+	// admitted 1000 of 1500; decided locally 1490, in Redis 10
 }
 
 // Each rule says what it decides when Redis cannot answer. Here Redis is

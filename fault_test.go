@@ -659,7 +659,9 @@ func TestFaultKeyStaysLocalUntilCredited(t *testing.T) {
 	proxy := redistest.StartProxy(t, proc.Addr())
 	rdb := faultClient(t, proxy.Addr())
 	clock := &vclock{t: windowStart.Add(time.Second)}
-	l, err := New(Config{Redis: rdb, KeyPrefix: "fl", Now: clock.Now, ManualSync: true,
+	// Timeout 3 s: a credit pipeline of 1 000 keys at 150 ms of latency
+	// took more than the default 1 s under -race on a loaded machine.
+	l, err := New(Config{Redis: rdb, KeyPrefix: "fl", Now: clock.Now, ManualSync: true, Timeout: 3 * time.Second,
 		Rules:   []Rule{{Name: "r", Limit: 1, Window: time.Minute, Algorithm: FixedWindow, Mode: Strict}},
 		Breaker: BreakerConfig{Jitter: -1}})
 	require.NoError(t, err)

@@ -256,9 +256,11 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 		}
 		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
 	}
-	s.Attempts += n
 	h.apply(s, r, req, res)
 	idx := res.Now / w
+	if idx == s.Window {
+		s.MineCur += n // Redis counted n among the key's attempts in idx
+	}
 	elapsed := res.Now - idx*w
 	prev, cur := r.prevWeight(res.Prev), res.Cur-res.Granted
 	if idx == s.Window {

@@ -450,11 +450,12 @@ func testHybridStaleDecisionAsksAgain(t *testing.T, front bool) {
 	rule := Rule{Name: "stale", Limit: 100, Window: time.Minute}
 	l := manualHybrid(t, front, c, prefix, rule, fixedClock(base), 64)
 	key := global.Key(prefix, rule.Name, "u")
-	d, err := l.Allow(ctx, rule.Name, "u", base)
+	// A demand of minLeaseDemand calls for a lease.
+	d, err := l.AllowN(ctx, rule.Name, "u", base, minLeaseDemand)
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
-	first := redisCount(t, c, key, base, time.Minute) // 1 and the lease
-	require.Greater(t, first, int64(1), "a lease")
+	first := redisCount(t, c, key, base, time.Minute) // the request and the lease
+	require.Greater(t, first, int64(minLeaseDemand), "a lease")
 	// Two ops of this instance's stream, newer than any it will send soon.
 	stream := l.hybrid.ops.Next().Stream
 	rec := "1000001:0:1000000:0"

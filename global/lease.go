@@ -14,6 +14,10 @@ var (
 	leaseLua    string
 	leaseScript = newScript(leaseLua)
 
+	//go:embed scripts/admit.lua
+	admitLua    string
+	admitScript = newScript(admitLua)
+
 	//go:embed scripts/heartbeat.lua
 	heartbeatLua    string
 	heartbeatScript = newScript(heartbeatLua)
@@ -23,13 +27,16 @@ var (
 // leases, admit N now, reserve up to Want more, and report Attempts. Any
 // part may be zero.
 type LeaseRequest struct {
-	Key      string // base key, from Key; same layout as SlidingWindow's
-	Now      int64  // ms
-	Window   int64  // ms
-	Limit    int64
-	N        int64
-	Want     int64
-	Returns  [2]Return // unspent leases given back
+	Key     string // base key, from Key; same layout as SlidingWindow's
+	Now     int64  // ms
+	Window  int64  // ms
+	Limit   int64
+	N       int64
+	Want    int64
+	Returns [2]Return // unspent leases given back
+	// Attempts are requests seen since the last report, N not among them:
+	// Redis counts N as one more attempt, so that a decision reports its
+	// own request in the call that decides it.
 	Attempts int64
 	Fixed    bool // fixed window: the previous window carries no weight
 	// Known is what the caller last learned of the key's counts. If the
@@ -78,23 +85,45 @@ type LeaseResult struct {
 	Stale bool
 }
 
-func (r LeaseRequest) script() *redis.Script { return leaseScript }
+func (r LeaseRequest) script() *redis.Script {
+	if r.admitOnly() {
+		return admitScript
+	}
+	return leaseScript
+}
+
+// admitOnly reports whether r only asks for N, reports attempts and knows
+// the key's counts: the admit script's share of the lease script, which
+// costs Redis about what a strict decision does (a sparse user's
+// decisions, which give nothing back and lease nothing).
+func (r LeaseRequest) admitOnly() bool {
+	return r.N > 0 && r.Want == 0 && r.Returns[0].N == 0 && r.Returns[1].N == 0 && r.Op.Stream == ""
+}
 
 func (r LeaseRequest) route() string { return r.Key }
 
-// keysArgs returns the request's one key and seventeen arguments in the
-// lease script's layout.
-func (r LeaseRequest) keysArgs() ([]string, []any) { return []string{r.Key}, r.args() }
+// keysArgs returns the request's one key and its arguments in its script's
+// layout.
+func (r LeaseRequest) keysArgs() ([]string, []any) {
+	if r.admitOnly() {
+		return []string{r.Key}, []any{r.Now, r.Window, r.Limit, r.N, r.Attempts, r.fixed(),
+			r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version}
+	}
+	return []string{r.Key}, r.args()
+}
+
+func (r LeaseRequest) fixed() string {
+	if r.Fixed {
+		return "1"
+	}
+	return "0"
+}
 
 // args returns the request's seventeen arguments in the lease script's
 // layout.
 func (r LeaseRequest) args() []any {
-	fixed := "0"
-	if r.Fixed {
-		fixed = "1"
-	}
 	return []any{r.Now, r.Window, r.Limit, r.N, r.Want,
-		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, fixed, r.Op.Stream,
+		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts, r.fixed(), r.Op.Stream,
 		r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version, r.Op.Seq}
 }
 

@@ -43,8 +43,8 @@ import (
 //     Known of any other window, or with version 0, is ignored: the key
 //     starts from zero.
 //   - Returns (N > 0) of window idx come off cur, of idx-1 off prev, never
-//     below zero; returns of other windows are ignored. Attempts add to the
-//     current window's.
+//     below zero; returns of other windows are ignored. Attempts, and N,
+//     add to the current window's.
 //   - N (> 0) is admitted when prev, weighted by the part of its window
 //     still inside the sliding window, (Window-elapsed)/Window exactly, plus
 //     cur plus N is at most Limit; Fixed gives prev no weight. Only if
@@ -202,7 +202,7 @@ func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
 			prev = max(prev-ret.N, 0)
 		}
 	}
-	curAttempts += r.Attempts
+	curAttempts += r.Attempts + r.N
 
 	// fits reports whether cur+extra stays within the limit, with prev
 	// weighted by (w-elapsed)/w; both sides are multiplied by w to stay in
@@ -321,8 +321,10 @@ const leaseOracleMaxRun = 30 * time.Second
 func TestLeaseScriptMatchesModel(t *testing.T) {
 	c, p := testClient(t)
 	ctx := context.Background()
-	if err := leaseScript.Load(ctx, c).Err(); err != nil {
-		t.Fatal(err)
+	for _, sc := range []*redis.Script{leaseScript, admitScript} {
+		if err := sc.Load(ctx, c).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seed := rand.Uint64()
 	if s := os.Getenv("LEASE_ORACLE_SEED"); s != "" {
@@ -364,6 +366,7 @@ func TestLeaseScriptMatchesModel(t *testing.T) {
 		"overtaken calls": totals.overtaken, "calls applied behind a newer one": totals.behind, "dropped records": totals.pruned, "restarts": totals.restarts,
 		"rolls": totals.rolled, "old timestamps": totals.clamped,
 		"batches": totals.batches, "lost keys": totals.lost,
+		"admit-script calls": totals.admits, "admit-script restores": totals.admitRestores,
 	} {
 		if n == 0 {
 			t.Errorf("seed %d: the histories had no %s", seed, name)
@@ -375,6 +378,7 @@ func TestLeaseScriptMatchesModel(t *testing.T) {
 type leaseOracleCounts struct {
 	calls, batches, denied, cut, restored, restoredPrev, ahead, rolled, clamped, lost    int
 	replayed, replayedGrant, replayedNoGrant, stale, overtaken, behind, pruned, restarts int
+	admits, admitRestores                                                                int // calls of the admit script
 }
 
 func (c *leaseOracleCounts) add(o leaseOracleCounts) {
@@ -396,6 +400,8 @@ func (c *leaseOracleCounts) add(o leaseOracleCounts) {
 	c.rolled += o.rolled
 	c.clamped += o.clamped
 	c.lost += o.lost
+	c.admits += o.admits
+	c.admitRestores += o.admitRestores
 }
 
 // oracleKey is one key of a history, with its rule's settings.
@@ -517,9 +523,10 @@ func (h *leaseHistory) fatalf(format string, args ...any) {
 // oracleCall is one key's call in a step: the request, and the view its
 // answer goes to (nil: nobody takes it, as for a late duplicate).
 type oracleCall struct {
-	r    LeaseRequest
-	view *instView
-	key  oracleKey
+	r     LeaseRequest
+	view  *instView
+	key   oracleKey
+	admit bool // sent to the admit script
 }
 
 // step moves the clock and then loses a key or sends a script call.
@@ -664,7 +671,7 @@ func (h *leaseHistory) newRequest(inst, k int) LeaseRequest {
 		r.Want = rng.Int64N(min(key.limit, 20) + 1)
 	}
 	if rng.IntN(5) != 0 {
-		r.Attempts = r.N + rng.Int64N(6)
+		r.Attempts = rng.Int64N(6)
 	}
 	if r.Returns[0].N > 0 || r.Returns[1].N > 0 || rng.IntN(4) == 0 {
 		r.Op = in.next()
@@ -713,6 +720,12 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		batch[i] = c.r
 	}
 	keys, args := batch.keysArgs()
+	script := leaseScript
+	if len(batch) == 1 { // a call of one key may go to the admit script
+		keys, args = batch[0].keysArgs()
+		script = batch[0].script()
+		calls[0].admit = script == admitScript
+	}
 	var (
 		before, after time.Time
 		t0, t1        *redis.TimeCmd
@@ -724,7 +737,7 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		before = time.Now()
 		pipe := h.c.Pipeline()
 		t0 = pipe.Time(ctx)
-		cmd = pipe.EvalSha(ctx, leaseScript.Hash(), keys, args...)
+		cmd = pipe.EvalSha(ctx, script.Hash(), keys, args...)
 		t1 = pipe.Time(ctx)
 		reads = h.readState(pipe)
 		_, err = pipe.Exec(ctx)
@@ -734,7 +747,7 @@ func (h *leaseHistory) send(calls []oracleCall) {
 		if err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT") || try == 3 {
 			break
 		}
-		if err := leaseScript.Load(ctx, h.c).Err(); err != nil {
+		if err := script.Load(ctx, h.c).Err(); err != nil {
 			h.fatalf("SCRIPT LOAD: %v", err)
 		}
 	}
@@ -811,6 +824,10 @@ func (h *leaseHistory) count(c oracleCall, a modelAnswer) {
 		h.counts.denied++
 	case rep.Granted < r.Want:
 		h.counts.cut++
+	}
+	if c.admit {
+		h.counts.admits++
+		h.counts.admitRestores += int(rep.Restored)
 	}
 	if rep.Restored == 1 {
 		h.counts.restored++

@@ -27,6 +27,7 @@ func TestScriptsShareThePrelude(t *testing.T) {
 		"fixed_window.lua":   {fixedWindowLua, scripts[FixedWindow]},
 		"token_bucket.lua":   {tokenBucketLua, scripts[TokenBucket]},
 		"lease.lua":          {leaseLua, leaseScript},
+		"admit.lua":          {admitLua, admitScript},
 		"heartbeat.lua":      {heartbeatLua, heartbeatScript},
 		"credit.lua":         {creditLua, creditScript},
 	}

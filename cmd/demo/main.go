@@ -47,12 +47,12 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{Seconds: 5, Instances: 3, RPS: 50, Sync: 100 * time.Millisecond}
+	return options{Seconds: 5, Instances: 3, RPS: 500, Sync: 100 * time.Millisecond}
 }
 
 // rules are the gateway's limits, one per endpoint.
 var rules = []ratelimit.Rule{
-	{Name: "GET /v1/orders", Limit: 10, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Hybrid},
+	{Name: "GET /v1/orders", Limit: 100, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Hybrid},
 	{Name: "POST /v1/orders", Limit: 5, Window: time.Second, Algorithm: ratelimit.TokenBucket, Mode: ratelimit.Strict},
 	{Name: "GET /v1/catalog", Limit: 20, Window: time.Second, Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Local},
 }
@@ -103,7 +103,7 @@ func main() {
 	flag.StringVar(&opts.Redis, "redis", "", "address of a Redis to use (host:port); empty starts an embedded miniredis")
 	flag.IntVar(&opts.Seconds, "seconds", opts.Seconds, "virtual seconds to simulate")
 	flag.IntVar(&opts.Instances, "instances", opts.Instances, "gateway instances sharing the store")
-	flag.IntVar(&opts.RPS, "rps", opts.RPS, "hot user's requests per second on GET /v1/orders (limit 10/s); its other endpoints get the same multiple of their limit")
+	flag.IntVar(&opts.RPS, "rps", opts.RPS, "hot user's requests per second on GET /v1/orders (limit 100/s); its other endpoints get the same multiple of their limit")
 	flag.DurationVar(&opts.Sync, "sync", opts.Sync, "hybrid sync interval, in virtual time: every instance runs a sync pass this often")
 	flag.Parse()
 

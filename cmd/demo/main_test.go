@@ -32,7 +32,7 @@ func TestRulesAreWhatTheTestsAssume(t *testing.T) {
 		algo  ratelimit.Algorithm
 		mode  ratelimit.Mode
 	}{
-		getOrders:  {10, ratelimit.SlidingWindow, ratelimit.Hybrid},
+		getOrders:  {100, ratelimit.SlidingWindow, ratelimit.Hybrid},
 		postOrders: {5, ratelimit.TokenBucket, ratelimit.Strict},
 		getCatalog: {20, ratelimit.SlidingWindow, ratelimit.Local},
 	}
@@ -136,10 +136,10 @@ func TestHybridNeverOverAdmits(t *testing.T) {
 		instances, rps int
 		sync           time.Duration
 	}{
-		{1, 50, 100 * time.Millisecond},
-		{5, 20, 25 * time.Millisecond},
-		{5, 200, time.Second},
-		{10, 20, time.Second},
+		{1, 500, 100 * time.Millisecond},
+		{5, 200, 25 * time.Millisecond},
+		{5, 2000, time.Second},
+		{10, 200, time.Second},
 	} {
 		opts := defaultOptions()
 		opts.Instances, opts.RPS, opts.Sync = o.instances, o.rps, o.sync

@@ -9,7 +9,8 @@
 -- ARGV        17 per key: now_ms, window_ms, limit, n (to admit now; 0 =
 --             sync only), want (lease to reserve), return_window_1,
 --             return_n_1, return_window_2, return_n_2 (unspent leases given
---             back), attempts (requests seen since the last report), fixed
+--             back), attempts (requests seen since the last report; n
+--             is counted as one more of them), fixed
 --             ("1": no previous-window weight), op_stream (a field name, or
 --             "": the call names no op), known_window, known_prev,
 --             known_cur, known_version (the counts the caller last learned
@@ -110,7 +111,7 @@ local function lease(key, a)
       end
     end
   end
-  ac = ac + attempts
+  ac = ac + attempts + n -- the request decided now is one of them
 
   local elapsed = now - idx * w
   local pw = prev

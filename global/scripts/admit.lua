@@ -1,0 +1,55 @@
+-- Hybrid mode, a key's decision that gives nothing back and asks for no
+-- lease (a sparse user's): admit n now and answer the key's counts, as
+-- lease.lua would for the same call, at about the cost of a strict
+-- decision: ten arguments, no op record, no grant; a key Redis lost is
+-- restored from the caller's counts as lease.lua does.
+-- KEYS[1]  the key, in lease.lua's layout
+-- ARGV     now_ms, window_ms, limit, n (> 0), attempts (requests seen since
+--          the last report, n not among them), fixed ("1": no
+--          previous-window weight), known_window, known_prev,
+--          known_cur, known_version (as in lease.lua)
+-- Returns  lease.lua's reply for one key: {{allowed, granted (0), prev,
+--          cur, prev_attempts, cur_attempts, now_used, version, restored,
+--          op (0)}}
+local key = KEYS[1]
+local now, w, limit, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local attempts, fixed = tonumber(ARGV[5]), ARGV[6] == '1'
+
+local st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+local version = tonumber(st[7])
+if version == nil then version = server_us() end -- as in lease.lua
+version = version + 1
+local last = tonumber(st[4]) or 0
+if now < last then now = last end
+local idx = fdiv(now, w)
+local prev, cur, ap, ac = 0, 0, 0, 0
+local sidx = tonumber(st[1])
+local restored = 0
+local kv = tonumber(ARGV[10])
+if sidx == nil and kv > 0 then -- lost, not expired: see lease.lua
+  local kw, kp, kc = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  if kw == idx then
+    sidx, st[2], st[3], restored = idx, kc, kp, 1
+  elseif kw == idx - 1 then
+    sidx, st[2], restored = kw, kc, 1
+  end
+  if restored == 1 then version = math.max(version, kv + 1) end
+end
+if sidx == idx then
+  cur, prev = tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  ac, ap = tonumber(st[5]) or 0, tonumber(st[6]) or 0
+elseif sidx == idx - 1 then
+  prev, ap = tonumber(st[2]) or 0, tonumber(st[5]) or 0
+end
+ac = ac + attempts + n
+
+local elapsed = now - idx * w
+local pw = prev
+if fixed then pw = 0 end
+local allowed = 0
+if pw * (w - elapsed) + (cur + n) * w <= limit * w then
+  cur, allowed = cur + n, 1
+end
+redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+redis.call('PEXPIRE', key, 2 * w)
+return {{allowed, 0, prev, cur, ap, ac, now, version, restored, 0}}

@@ -1,0 +1,347 @@
+package httplimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	ratelimit "github.com/drl-go/distributed-rate-limiter"
+)
+
+// ErrNoKey is wrapped by the error of a request whose caller cannot be named
+// (no identity header and an unparsable client address). It wraps
+// ratelimit.ErrInvalidKey, so that the default OnError answers 400.
+var ErrNoKey = fmt.Errorf("httplimit: no key: %w", ratelimit.ErrInvalidKey)
+
+// Options configures a Middleware. The zero value of each field means its
+// default; New does not modify the Options.
+type Options struct {
+	// KeyFunc names the caller of a request: the user key passed to the
+	// Limiter. An error goes to OnError. Default: "user:" and the
+	// IdentityHeader header when the request has one, else the client
+	// address (ClientKey with TrustedProxies).
+	KeyFunc func(*http.Request) (string, error)
+	// IdentityHeader is the header the default KeyFunc reads the user from.
+	// Default "X-User-ID".
+	IdentityHeader string
+	// TrustedProxies are the peers whose ForwardedHeader the default
+	// KeyFunc believes. Default none: the client address is the TCP peer's.
+	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the header the trusted proxies append the client
+	// address to: "X-Forwarded-For" (the default) or "Forwarded" (RFC
+	// 7239). The other one is ignored, since a caller can set it.
+	ForwardedHeader string
+	// PatternFunc returns the route pattern of a request, for Wrap. Default:
+	// r.Pattern when the request was routed, else, when Wrap is given an
+	// *http.ServeMux, the pattern ServeMux.Handler finds.
+	PatternFunc func(*http.Request) string
+	// OnError answers a request whose key or decision failed. Default:
+	// WriteError (400 for ratelimit.ErrInvalidKey, else 503).
+	OnError func(w http.ResponseWriter, r *http.Request, err error)
+	// Now is the clock of the decisions. Default time.Now.
+	Now func() time.Time
+}
+
+// Middleware limits HTTP requests by route with a ratelimit.Limiter. Build
+// it with New and bind rules to routes (Handle, Route) before it serves;
+// it is then safe for concurrent use. It does not close the Limiter.
+type Middleware struct {
+	lim   *ratelimit.Limiter
+	opts  Options
+	rules map[string]ratelimit.Rule // by name: the windows, which a RuleLimiter does not expose
+
+	mu      sync.RWMutex
+	routes  map[string]*route // by pattern, for Wrap
+	methods []string          // the methods of the patterns with rules, in order of registration: the 405 probes
+}
+
+// route is the rules of one pattern, resolved once, and its
+// RateLimit-Policy value.
+type route struct {
+	pattern string
+	rules   []*ratelimit.RuleLimiter
+	names   []string // the rules' names as Structured Field strings
+	policy  string
+}
+
+// New returns a Middleware deciding with lim. rules are the Config.Rules
+// lim was built with: the middleware reads their windows for the
+// RateLimit-Policy field (a RuleLimiter does not expose its window).
+func New(lim *ratelimit.Limiter, rules []ratelimit.Rule, opts Options) (*Middleware, error) {
+	if lim == nil {
+		return nil, errors.New("httplimit: nil Limiter")
+	}
+	byName := make(map[string]ratelimit.Rule, len(rules))
+	for _, r := range rules {
+		rl, err := lim.Rule(r.Name)
+		if err != nil {
+			return nil, fmt.Errorf("httplimit: %w", err)
+		}
+		if rl.Limit() != r.Limit {
+			return nil, fmt.Errorf("httplimit: rule %q: limit %d, the Limiter's is %d", r.Name, r.Limit, rl.Limit())
+		}
+		byName[r.Name] = r
+	}
+	if opts.IdentityHeader == "" {
+		opts.IdentityHeader = "X-User-ID"
+	}
+	if opts.ForwardedHeader == "" {
+		opts.ForwardedHeader = "X-Forwarded-For"
+	}
+	if opts.KeyFunc == nil {
+		header, trusted, fwd := opts.IdentityHeader, slices.Clone(opts.TrustedProxies), opts.ForwardedHeader
+		opts.KeyFunc = func(r *http.Request) (string, error) {
+			if id := r.Header.Get(header); id != "" {
+				return "user:" + id, nil
+			}
+			return ClientKey(r, trusted, fwd)
+		}
+	}
+	if opts.OnError == nil {
+		opts.OnError = WriteError
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Middleware{lim: lim, opts: opts, rules: byName, routes: make(map[string]*route)}, nil
+}
+
+// newRoute resolves the named rules of pattern.
+func (m *Middleware) newRoute(pattern string, ruleNames []string) (*route, error) {
+	if len(ruleNames) == 0 {
+		return nil, fmt.Errorf("httplimit: route %q: no rules", pattern)
+	}
+	rt := &route{pattern: pattern}
+	var policy strings.Builder
+	for i, name := range ruleNames {
+		rl, err := m.lim.Rule(name)
+		if err != nil {
+			return nil, fmt.Errorf("httplimit: route %q: %w", pattern, err)
+		}
+		cfg, ok := m.rules[name]
+		if !ok {
+			return nil, fmt.Errorf("httplimit: route %q: rule %q is not among the rules given to New", pattern, name)
+		}
+		sf, err := sfString(name)
+		if err != nil {
+			return nil, fmt.Errorf("httplimit: route %q: rule %q: %w", pattern, name, err)
+		}
+		if i > 0 {
+			policy.WriteString(", ")
+		}
+		fmt.Fprintf(&policy, "%s;q=%d;w=%d", sf, rl.Limit(), ceilSeconds(cfg.Window))
+		rt.rules = append(rt.rules, rl)
+		rt.names = append(rt.names, sf)
+	}
+	rt.policy = policy.String()
+	return rt, nil
+}
+
+// Route binds rules to a route pattern for Wrap (and PatternFunc). A
+// pattern bound twice keeps its last rules.
+func (m *Middleware) Route(pattern string, ruleNames ...string) error {
+	_, err := m.addRoute(pattern, ruleNames)
+	return err
+}
+
+// addRoute binds ruleNames to pattern and returns the route.
+func (m *Middleware) addRoute(pattern string, ruleNames []string) (*route, error) {
+	rt, err := m.newRoute(pattern, ruleNames)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.routes[pattern] = rt
+	if method, _, ok := strings.Cut(pattern, " "); ok && !slices.Contains(m.methods, method) {
+		m.methods = append(m.methods, method)
+	}
+	return rt, nil
+}
+
+// Handle registers h on mux at pattern, limited by the named rules, and
+// binds them to pattern as Route does. Only requests the mux hands to h are
+// counted (see the package doc); a request already limited by Wrap is not
+// counted again.
+func (m *Middleware) Handle(mux *http.ServeMux, pattern string, h http.Handler, ruleNames ...string) error {
+	rt, err := m.addRoute(pattern, ruleNames)
+	if err != nil {
+		return err
+	}
+	mux.Handle(pattern, m.limit(rt, h))
+	return nil
+}
+
+// limitedKey marks, in a request's context, that Wrap has decided it.
+type limitedKey struct{}
+
+// limit admits each request under rt before h serves it, unless Wrap
+// already decided it.
+func (m *Middleware) limit(rt *route, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Context().Value(limitedKey{}) != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if m.serve(w, r, rt) {
+			h.ServeHTTP(w, r)
+		}
+	})
+}
+
+// Wrap limits the requests next serves by the rules bound to their route
+// pattern (Options.PatternFunc; or, when next is an *http.ServeMux, the
+// pattern it would route to). A request whose pattern has no rules passes
+// unlimited.
+func (m *Middleware) Wrap(next http.Handler) http.Handler {
+	mux, _ := next.(*http.ServeMux)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt := m.lookup(r, mux)
+		if rt == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if m.serve(w, r, rt) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), limitedKey{}, true)))
+		}
+	})
+}
+
+// lookup returns the route of r, or nil.
+func (m *Middleware) lookup(r *http.Request, mux *http.ServeMux) *route {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var pattern string
+	switch {
+	case m.opts.PatternFunc != nil:
+		pattern = m.opts.PatternFunc(r)
+	case r.Pattern != "":
+		pattern = r.Pattern
+	case mux != nil:
+		_, pattern = mux.Handler(r)
+		if pattern == "" {
+			// 405 or 404: charge a route serving the path under another
+			// method, so that no method passes unlimited.
+			for _, method := range m.methods {
+				if method == r.Method {
+					continue
+				}
+				probe := *r
+				probe.Method = method
+				if _, p := mux.Handler(&probe); m.routes[p] != nil {
+					return m.routes[p]
+				}
+			}
+		}
+	}
+	return m.routes[pattern]
+}
+
+// result is one rule's decision.
+type result struct {
+	rule *ratelimit.RuleLimiter
+	name string // Structured Field string
+	d    ratelimit.Decision
+}
+
+// decide checks the request of key at now against every rule of rt, in
+// order, stopping at the first denial, and returns the decisions made. This
+// is the one place that calls the Limiter: an all-or-nothing multi-rule
+// call replaces its loop.
+func (m *Middleware) decide(ctx context.Context, rt *route, key string, now time.Time) ([]result, error) {
+	res := make([]result, 0, len(rt.rules))
+	for i, rl := range rt.rules {
+		d, err := rl.Allow(ctx, key, now)
+		if err != nil {
+			return nil, err
+		}
+		res = append(res, result{rule: rl, name: rt.names[i], d: d})
+		if !d.Allowed {
+			break
+		}
+	}
+	return res, nil
+}
+
+// mostRestrictive returns the decision to report: a denial before an
+// admission, the longest wait among denials, the fewest remaining among
+// admissions (then the latest reset).
+func mostRestrictive(res []result) result {
+	best := res[0]
+	for _, c := range res[1:] {
+		switch {
+		case c.d.Allowed != best.d.Allowed:
+			if !c.d.Allowed {
+				best = c
+			}
+		case !c.d.Allowed:
+			if c.d.RetryAfter > best.d.RetryAfter {
+				best = c
+			}
+		case c.d.Remaining < best.d.Remaining,
+			c.d.Remaining == best.d.Remaining && c.d.ResetAfter > best.d.ResetAfter:
+			best = c
+		}
+	}
+	return best
+}
+
+// serve decides r under rt and writes the headers; it answers a denied or
+// failed request itself and reports whether r may proceed.
+func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, rt *route) bool {
+	key, err := m.opts.KeyFunc(r)
+	if err != nil {
+		m.opts.OnError(w, r, err)
+		return false
+	}
+	res, err := m.decide(r.Context(), rt, key, m.opts.Now())
+	if err != nil {
+		m.opts.OnError(w, r, err)
+		return false
+	}
+	best := mostRestrictive(res)
+	h := w.Header()
+	h.Set("RateLimit-Policy", rt.policy)
+	if best.d.Allowed {
+		h.Set("RateLimit", best.name+";r="+strconv.FormatInt(max(best.d.Remaining, 0), 10)+
+			";t="+strconv.FormatInt(ceilSeconds(best.d.ResetAfter), 10))
+		return true
+	}
+	retry := strconv.Itoa(retryAfterSeconds(best.d))
+	h.Set("RateLimit", best.name+";r=0;t="+retry)
+	h.Set("Retry-After", retry)
+	var violated []string
+	for _, c := range res {
+		if !c.d.Allowed {
+			violated = append(violated, c.rule.Name())
+		}
+	}
+	writeProblem(w, Problem{
+		Type:   QuotaExceededType,
+		Title:  "Request cannot be satisfied as assigned quota has been exceeded",
+		Status: http.StatusTooManyRequests,
+		Detail: fmt.Sprintf("quota of policy %q (%d per %v) exceeded; retry in %s s",
+			best.rule.Name(), best.rule.Limit(), m.rules[best.rule.Name()].Window, retry),
+		ViolatedPolicies: violated,
+	})
+	return false
+}
+
+// retryAfterSeconds is d's Retry-After: whole seconds, rounded up, at
+// least 1 (a 0 would invite an immediate retry that is denied again).
+func retryAfterSeconds(d ratelimit.Decision) int { return max(d.RetryAfterSeconds(), 1) }
+
+// ceilSeconds rounds d up to whole seconds.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
