@@ -208,7 +208,8 @@ ratelimit_health{} 1
 // TestPromOvershoot provokes a real overshoot: two instances configured
 // with different limits for one hybrid rule. B (limit 10) admits 8 and
 // closes, giving its leases back, so that Redis holds 8; A (limit 2) is
-// denied by Redis, and its sync pass's lease answer reports 8 against its
+// denied by Redis, then in process from the counts Redis told it, and its
+// sync pass, reporting that request, gets a lease answer of 8 against its
 // limit of 2: one overshooting reconciliation of 6 tokens, which is what
 // Redis holds less the limit.
 func TestPromOvershoot(t *testing.T) {
@@ -237,15 +238,21 @@ func TestPromOvershoot(t *testing.T) {
 	defer a.Close()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(prom.NewCollector(a))
-	d, err := a.Allow(ctx, "o", "u", base)
-	require.NoError(t, err)
-	require.False(t, d.Allowed)
+	for range 2 {
+		d, err := a.Allow(ctx, "o", "u", base)
+		require.NoError(t, err)
+		require.False(t, d.Allowed)
+	}
+	as := a.RuleStats()[0]
+	require.Equal(t, int64(1), as.RedisDenied)
 	require.NoError(t, a.Sync(ctx))
+	require.Equal(t, int64(1), a.RuleStats()[0].LocalDenied)
 
 	held, err := c.HGet(ctx, global.Key(prefix, "o", "u"), "c").Int64()
 	require.NoError(t, err)
 	require.Equal(t, int64(8), held)
-	as := a.RuleStats()[0]
+	as = a.RuleStats()[0]
+	require.Equal(t, int64(1), as.Reconciliations)
 	require.Equal(t, int64(1), as.Overshoots)
 	require.Equal(t, held-2, as.OvershootTokens)
 	require.Equal(t, held-2, as.MaxOvershoot)
