@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,4 +270,59 @@ ratelimit_overshoot_reconciliations_total{rule="o"} 1
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "ratelimit_overshoot_tokens_total",
 		"ratelimit_overshoot_max_tokens", "ratelimit_overshoot_reconciliations_total"))
+}
+
+// TestPromScrapeWhileDeciding: scrapes run while decisions and the sync
+// loop do (the race detector watches), counters never go down between
+// scrapes, and after Close the decisions add up to those made.
+func TestPromScrapeWhileDeciding(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	l, err := ratelimit.New(ratelimit.Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 64,
+		Rules: []ratelimit.Rule{
+			{Name: "h", Limit: 20, Window: time.Minute},
+			{Name: "s", Limit: 20, Window: time.Minute, Mode: ratelimit.Strict},
+		}})
+	require.NoError(t, err)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(prom.NewCollector(l))
+	total := func() float64 {
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		var sum float64
+		for _, mf := range mfs {
+			if mf.GetName() == "ratelimit_decisions_total" {
+				for _, m := range mf.GetMetric() {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return sum
+	}
+	const workers, each = 2, 300
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				_, err := l.Allow(context.Background(), []string{"h", "s"}[i%2], fmt.Sprint("u", (w+i)%7), base)
+				require.NoError(t, err)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	last := 0.0
+	for scraping := true; scraping; {
+		select {
+		case <-done:
+			scraping = false
+		default:
+			n := total()
+			require.GreaterOrEqual(t, n, last, "counters never go down")
+			last = n
+			time.Sleep(time.Millisecond)
+		}
+	}
+	require.NoError(t, l.Close())
+	require.Equal(t, float64(workers*each), total())
 }
