@@ -17,9 +17,10 @@ import (
 //
 // Cost on the decision path: none for a hybrid decision made in process
 // (it is counted in its key's State, and fold adds the counts to its
-// rule's here as the sync pass takes the key); one uncontended-per-rule
-// atomic add for a decision that asked Redis or fell back to a policy,
-// paths that pay a round trip or an outage anyway.
+// rule's here as the sync pass takes the key); one atomic add on a
+// per-rule counter for a decision that asked Redis or fell back to a
+// policy, paths that pay a round trip or an outage anyway; a few per key
+// sent at a sync pass.
 
 // RuleStats counts one rule's decisions and, for a Hybrid rule, its leases
 // and reconciliations, since New. Counters never go down.
@@ -45,7 +46,10 @@ type RuleStats struct {
 
 	// LeaseGranted are the tokens Redis leased to this instance (Hybrid),
 	// LeaseReturned the unspent tokens it gave back, in calls Redis
-	// answered.
+	// answered. Every token admitted from a lease was granted, so
+	// LeaseGranted ≥ LeaseReturned + the rule's in-process admissions;
+	// the difference is tokens whose window ended unspent, and returns of
+	// calls that came back stale (they stay counted in Redis, unspent).
 	LeaseGranted, LeaseReturned int64
 	// Reconciliations are the lease answers of sync passes for the rule's
 	// keys. Overshoots are those in which the key's global weighted count,
