@@ -280,10 +280,12 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 		return result{}, fmt.Errorf("%w: rule %q: %w", ErrUnavailable, r.Name, cause)
 	case FailOpen:
 		l.fallbacks.open.Add(1)
+		r.stats.fallback(true)
 		l.pending.add(r, user, ms, n)
 		return result{allowed: true, remaining: r.Limit - n}, nil
 	case FailClosed:
 		l.fallbacks.closed.Add(1)
+		r.stats.fallback(false)
 		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}, nil
 	}
@@ -298,6 +300,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 			return res.allowed
 		})
 	}
+	r.stats.fallback(res.allowed)
 	if res.allowed {
 		l.fallbacks.localAllowed.Add(1)
 		l.pending.add(r, user, ms, n)

@@ -286,6 +286,7 @@ func (h *hybrid) answer(r *rule, res global.LeaseResult, cur, ms, n int64) resul
 	elapsed := res.Now - res.Now/w*w
 	prev := r.prevWeight(res.Prev)
 	out := result{allowed: res.Allowed}
+	r.stats.redis(res.Allowed)
 	if res.Allowed {
 		h.remoteAllowed.Add(1)
 	} else {
@@ -422,6 +423,7 @@ func (h *hybrid) owe(s *local.State, ret global.Return) {
 
 // apply folds Redis's answer to req into s. It requires the lock.
 func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res global.LeaseResult) {
+	r.stats.lease(req, res)
 	idx := res.Now / r.window
 	if idx < s.Window {
 		// The key moved on while the request was out: the grant belongs to
@@ -498,6 +500,7 @@ func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
+	h.rules[s.Rule].stats.fold(s.LocalAllowed, s.LocalDenied)
 	if uses := s.LocalAllowed + s.LocalDenied; uses > 0 {
 		s.Touches = uint8(1 + min(uses/touchEvery, maxTouches-1))
 	}
@@ -519,6 +522,7 @@ const (
 // Apply implements syncer.Planner.
 func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {
 	r := h.rules[s.Rule]
+	h.reconcile(r, res, err)
 	s.Lock()
 	defer s.Unlock()
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
@@ -177,15 +176,6 @@ type Config struct {
 	// line when one starts and when it ends, a summary per LogInterval in
 	// between. Default: discarded.
 	Logger *slog.Logger
-	// Registerer, when set, gets the Limiter's Prometheus metrics
-	// (ratelimit_decisions_total, ratelimit_redis_errors_total,
-	// ratelimit_sync_passes_total, ratelimit_instances,
-	// ratelimit_active_keys, and the failure ones: fallback decisions,
-	// timeouts, calls given up, the breaker, health, pending admissions:
-	// see README), read from Stats when scraped; Close
-	// unregisters them. Wrap it (prometheus.WrapRegistererWith) to label
-	// several Limiters apart.
-	Registerer prometheus.Registerer
 	// Now is the clock for work not tied to a request (sync ticks,
 	// validating timestamps). Default time.Now. Decisions use the
 	// timestamp passed to Allow, never this clock.
@@ -309,7 +299,8 @@ type Limiter struct {
 	fallbacks fallbackCounts
 
 	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
-	collector                                *collector   // registered with Config.Registerer, or nil
+	passes                                   *passStats   // SyncStats's (rulestats.go)
+	loop                                     syncLoop     // the sync loop, unless ManualSync (rulestats.go)
 }
 
 // rule is a validated Rule with its derived values.
@@ -322,6 +313,8 @@ type rule struct {
 	fallback *local.Table[localState] // FailLocal's decisions (Hybrid and Strict)
 
 	hybridIndex int // Hybrid mode only: index in hybrid.rules
+
+	stats ruleCounters // RuleStats's (rulestats.go)
 }
 
 // New validates cfg and returns a Limiter. When a rule needs Redis it loads
@@ -332,7 +325,7 @@ func New(cfg Config) (*Limiter, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules))}
+	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules)), passes: newPassStats()}
 	l.health = healthTracker{l: l, started: cfg.Now()}
 	l.health.cur = Health{State: Healthy, Since: l.health.started}
 	l.pending = newPending(cfg.MaxPendingKeys)
@@ -439,7 +432,7 @@ func New(cfg Config) (*Limiter, error) {
 			h.instances = l.syncer.Instances
 		}
 		if !cfg.ManualSync {
-			l.syncer.Start(func(err error) {
+			l.startLoop(func(err error) {
 				if errors.Is(err, global.ErrUnavailable) {
 					l.health.summary(cfg.Now()) // outages are logged rate-limited
 					return
@@ -447,14 +440,6 @@ func New(cfg Config) (*Limiter, error) {
 				cfg.Logger.Warn("ratelimit: sync pass failed", "err", err)
 			})
 		}
-	}
-	if cfg.Registerer != nil {
-		c := newCollector(l)
-		if err := cfg.Registerer.Register(c); err != nil {
-			_ = l.Close()
-			return nil, fmt.Errorf("ratelimit: registering metrics: %w", err)
-		}
-		l.collector = c
 	}
 	return l, nil
 }
@@ -681,6 +666,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 			l.redisErrors.Add(1)
 			return Decision{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
 		}
+		r.stats.redis(g.Allowed)
 		if g.Allowed {
 			l.strictAllowed.Add(1)
 		} else {
@@ -796,6 +782,10 @@ type Stats struct {
 	// PendingExpired those whose window was over before Redis answered (they
 	// no longer count); PendingFlushed those credited.
 	PendingKeys, PendingDropped, PendingExpired, PendingFlushed int64
+	// Evictions are the hybrid key states the local cache (MaxLocalKeys)
+	// evicted or refused to admit: each costs its user a Redis call on
+	// their next request.
+	Evictions int64
 }
 
 // Stats returns the decision counters. It reads a few atomic counters and
@@ -835,6 +825,9 @@ func (l *Limiter) Stats() Stats {
 		st.HybridInProcessAllowed, st.HybridInProcessDenied = h.localAllowed.Load(), h.localDenied.Load()
 		st.HybridRedis, st.HybridRedisAllowed, st.HybridRedisDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.ActiveKeys = int64(h.registry.Len())
+		if h.cache != nil { // nil only while New builds the Limiter
+			st.Evictions = h.cache.LetGo()
+		}
 	}
 	return st
 }
@@ -866,7 +859,7 @@ func (l *Limiter) Sync(ctx context.Context) error {
 			return ErrClosed
 		}
 	}
-	if err := l.syncer.Pass(ctx); err != nil {
+	if err := l.pass(ctx); err != nil {
 		l.health.summary(l.cfg.Now())
 		if errors.Is(err, global.ErrUnavailable) {
 			return fmt.Errorf("ratelimit: sync: %w: %w", ErrUnavailable, err)
@@ -887,7 +880,7 @@ func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
 		if l.syncer != nil {
-			l.syncer.Stop()
+			l.stopLoop()
 			l.syncGate.Lock() // waits for the Syncs under way
 			l.syncClosed = true
 			l.syncGate.Unlock()
@@ -898,7 +891,7 @@ func (l *Limiter) Close() error {
 				h.closing.Store(true)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err = l.syncer.Pass(ctx)
+			err = l.pass(ctx)
 			if lerr := l.store.Leave(ctx, l.cfg.KeyPrefix+":instances", l.cfg.InstanceID); err == nil {
 				err = lerr
 			}
@@ -912,9 +905,6 @@ func (l *Limiter) Close() error {
 		}
 		if l.store != nil {
 			l.store.Close()
-		}
-		if l.collector != nil {
-			l.cfg.Registerer.Unregister(l.collector)
 		}
 	})
 	if errors.Is(err, global.ErrUnavailable) {

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
 )
@@ -52,8 +53,12 @@ type Cache struct {
 
 	guard closeGuard // every call into ristretto passes it
 
-	door *doorkeeper // keys seen lately: see FirstSight
+	door    *doorkeeper  // keys seen lately: see FirstSight
+	letGoes atomic.Int64 // states evicted or rejected, for LetGo
 }
+
+// LetGo returns how many states ristretto evicted or rejected.
+func (c *Cache) LetGo() int64 { return c.letGoes.Load() }
 
 // frontBucket is a set of Cache.front: four slots, a cache line each.
 type frontBucket [frontWays]hot
@@ -121,6 +126,7 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 // side map until the next Forget, which the same sync pass runs before it
 // plans.)
 func (c *Cache) letGo(item *ristretto.Item[*State]) {
+	c.letGoes.Add(1)
 	s := item.Value
 	s.Lock()
 	s.orphan()
