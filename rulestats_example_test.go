@@ -12,9 +12,10 @@ import (
 )
 
 // RuleStats tells where each rule's decisions were made. A hybrid key
-// without lease asks Redis; once the key is at its limit, the Limiter
-// denies in process from the counts Redis reported. In-process counts join
-// at the next sync pass.
+// without lease asks Redis (its first request in a while without local
+// state, the next one with a State that learns the key's counts); once the
+// key is at its limit, the Limiter denies in process from the counts Redis
+// reported. In-process counts join at the next sync pass.
 func ExampleLimiter_RuleStats() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
@@ -45,5 +46,5 @@ func ExampleLimiter_RuleStats() {
 			r.Name, r.Mode, r.LocalAllowed, r.LocalDenied, r.RedisAllowed, r.RedisDenied)
 	}
 	// Output:
-	// search (hybrid): in process 0 allowed, 2 denied; Redis 1 allowed, 0 denied
+	// search (hybrid): in process 0 allowed, 1 denied; Redis 1 allowed, 1 denied
 }

@@ -80,7 +80,7 @@ func TestPromDecisions(t *testing.T) {
 		}
 	}
 	for _, u := range []string{"u1", "u2", "u3"} {
-		allow("h", u, 2)
+		allow("h", u, 3)
 	}
 	allow("s", "u", 2)
 	allow("l", "u", 3)
@@ -90,12 +90,13 @@ func TestPromDecisions(t *testing.T) {
 	rs := l.RuleStats()
 	require.Len(t, rs, 3)
 	h := rs[0]
-	// Each hybrid key: a first request that Redis admits (a key without
-	// lease asks Redis; with a limit of 1 nothing is left to lease), a
-	// second denied in process from the counts Redis reported. The pass
-	// reports the three keys' denied requests.
+	// Each hybrid key: a first request that Redis admits (a key not seen
+	// lately is decided in Redis without local state), a second that
+	// Redis denies (the key now has a State, which learns the counts), a
+	// third denied in process from those counts. The pass reports the
+	// three keys' denied requests.
 	require.Equal(t, ratelimit.RuleStats{Name: "h", Mode: ratelimit.Hybrid, Limit: 1,
-		LocalDenied: 3, RedisAllowed: 3, Reconciliations: 3}, h)
+		LocalDenied: 3, RedisAllowed: 3, RedisDenied: 3, Reconciliations: 3}, h)
 	require.Equal(t, ratelimit.RuleStats{Name: "s", Mode: ratelimit.Strict, Limit: 1, RedisAllowed: 1, RedisDenied: 1}, rs[1])
 	require.Equal(t, ratelimit.RuleStats{Name: "l", Mode: ratelimit.Local, Limit: 2, LocalAllowed: 2, LocalDenied: 1}, rs[2])
 	// The per-rule counts add up to Stats's totals.
@@ -112,7 +113,7 @@ ratelimit_decisions_total{mode="hybrid",result="allowed",rule="h",source="local"
 ratelimit_decisions_total{mode="hybrid",result="allowed",rule="h",source="redis"} 3
 ratelimit_decisions_total{mode="hybrid",result="denied",rule="h",source="fallback"} 0
 ratelimit_decisions_total{mode="hybrid",result="denied",rule="h",source="local"} 3
-ratelimit_decisions_total{mode="hybrid",result="denied",rule="h",source="redis"} 0
+ratelimit_decisions_total{mode="hybrid",result="denied",rule="h",source="redis"} 3
 ratelimit_decisions_total{mode="local",result="allowed",rule="l",source="local"} 2
 ratelimit_decisions_total{mode="local",result="denied",rule="l",source="local"} 1
 ratelimit_decisions_total{mode="strict",result="allowed",rule="s",source="fallback"} 0
@@ -209,7 +210,8 @@ ratelimit_health{} 1
 // TestPromOvershoot provokes a real overshoot: two instances configured
 // with different limits for one hybrid rule. B (limit 10) admits 8 and
 // closes, giving its leases back, so that Redis holds 8; A (limit 2) is
-// denied by Redis, then in process from the counts Redis told it, and its
+// denied by Redis twice (its first request has no State), then in process
+// from the counts Redis told it, and its
 // sync pass, reporting that request, gets a lease answer of 8 against its
 // limit of 2: one overshooting reconciliation of 6 tokens, which is what
 // Redis holds less the limit.
@@ -239,13 +241,13 @@ func TestPromOvershoot(t *testing.T) {
 	defer a.Close()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(prom.NewCollector(a))
-	for range 2 {
+	for range 3 { // the first without a State, the second learns the counts, the third is denied in process
 		d, err := a.Allow(ctx, "o", "u", base)
 		require.NoError(t, err)
 		require.False(t, d.Allowed)
 	}
 	as := a.RuleStats()[0]
-	require.Equal(t, int64(1), as.RedisDenied)
+	require.Equal(t, int64(2), as.RedisDenied)
 	require.NoError(t, a.Sync(ctx))
 	require.Equal(t, int64(1), a.RuleStats()[0].LocalDenied)
 
