@@ -152,3 +152,36 @@ func TestClusterTryAgainIsRetried(t *testing.T) {
 	require.Equal(t, Closed, short.Breaker().State, "TRYAGAIN must not open the breaker")
 	require.Zero(t, short.Counters().BreakerOpened)
 }
+
+// TestClusterLeaseBatchBySlot: on a real cluster, Slot agrees with CLUSTER
+// KEYSLOT, and a sync pass's batch of 20 000 users' keys goes out in calls
+// of one slot each, many users a call: every key answered, none refused
+// with CROSSSLOT, and fewer script calls than users.
+func TestClusterLeaseBatchBySlot(t *testing.T) {
+	c := redistest.ClusterClient(t)
+	prefix := redistest.ClusterPrefix(t, c)
+	ctx := context.Background()
+	for i := range 200 {
+		k := Key(prefix, "r", fmt.Sprint("user-", i))
+		want, err := c.ClusterKeySlot(ctx, k).Result()
+		require.NoError(t, err)
+		require.Equal(t, int(want), Slot(k), k)
+	}
+	s := NewStore(c, Options{LeaseKeysPerCall: 32})
+	defer s.Close()
+	const users = 20_000 // over 16 384 slots: about 11 500 of them
+	now := int64(1_700_000_000_000)
+	rs := make([]LeaseRequest, users)
+	for i := range rs {
+		rs[i] = LeaseRequest{Key: Key(prefix, "r", fmt.Sprint("user-", i)), Now: now, Window: 60_000, Limit: 10, Want: 3, Attempts: 2}
+	}
+	groups := s.groupLeases(rs, true)
+	require.Less(t, len(groups), users*7/10, "users share calls by slot")
+	res, errs := s.LeaseBatch(ctx, rs)
+	for i := range rs {
+		require.NoError(t, errs[i], rs[i].Key)
+		require.Equal(t, int64(3), res[i].Granted, rs[i].Key)
+		require.Equal(t, int64(2), res[i].CurAttempts, rs[i].Key)
+	}
+	t.Logf("%d users' keys in %d script calls", users, len(groups))
+}

@@ -115,9 +115,17 @@ func TestLeaseBatchMatchesSingleCalls(t *testing.T) {
 }
 
 // TestLeaseBatchGroups: on a single node any keys share a call, up to
-// LeaseKeysPerCall; on a cluster only keys of one hash tag (one user) do.
+// LeaseKeysPerCall; on a cluster only keys of one slot do (users whose
+// hash tags share a slot, too); on a Ring only keys of one hash tag.
 func TestLeaseBatchGroups(t *testing.T) {
-	keys := []string{"p:{a}:r1", "p:{b}:r1", "p:{a}:r2", "p:{a}:r3", "p:{c}:r1", "p:{b}:r2"}
+	// A user whose tag has a's slot.
+	twin := ""
+	for i := 0; twin == ""; i++ {
+		if u := fmt.Sprint("t", i); Slot("{"+u+"}") == Slot("{a}") {
+			twin = u
+		}
+	}
+	keys := []string{"p:{a}:r1", "p:{b}:r1", "p:{a}:r2", "p:{a}:r3", "p:{c}:r1", "p:{b}:r2", "p:{" + twin + "}:r1"}
 	rs := make([]LeaseRequest, len(keys))
 	for i, k := range keys {
 		rs[i].Key = k
@@ -126,15 +134,18 @@ func TestLeaseBatchGroups(t *testing.T) {
 	defer node.Close()
 	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
 	defer cluster.Close()
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1", "b": "127.0.0.1:2"}})
+	defer ring.Close()
 	for _, tc := range []struct {
 		rdb  redis.UniversalClient
 		per  int
 		want string
 	}{
-		{node, 4, "[[0 1 2 3] [4 5]]"},
-		{node, 1, "[[0] [1] [2] [3] [4] [5]]"},
-		{cluster, 32, "[[0 2 3] [1 5] [4]]"},
-		{cluster, 2, "[[0 2] [1 5] [3] [4]]"},
+		{node, 4, "[[0 1 2 3] [4 5 6]]"},
+		{node, 1, "[[0] [1] [2] [3] [4] [5] [6]]"},
+		{cluster, 32, "[[0 2 3 6] [1 5] [4]]"},
+		{cluster, 2, "[[0 2] [1 5] [3 6] [4]]"},
+		{ring, 32, "[[0 2 3] [1 5] [4] [6]]"},
 	} {
 		s := NewStore(tc.rdb, Options{LeaseKeysPerCall: tc.per})
 		if got := fmt.Sprint(s.groupLeases(rs, s.sharded.Load())); got != tc.want {
@@ -145,6 +156,12 @@ func TestLeaseBatchGroups(t *testing.T) {
 	for key, want := range map[string]string{"p:{u}:r": "u", "p:{}:r": "p:{}:r", "p:{u": "p:{u", "plain": "plain", "{a}{b}": "a"} {
 		if got := hashTag(key); got != want {
 			t.Errorf("hashTag(%q) = %q, want %q", key, got, want)
+		}
+	}
+	// CLUSTER KEYSLOT's answers (the last two from Redis's documentation).
+	for key, want := range map[string]int{"123456789": 0x31c3, "somekey": 11058, "foo{hash_tag}": 2515, "": 0} {
+		if got := Slot(key); got != want {
+			t.Errorf("Slot(%q) = %d, want %d", key, got, want)
 		}
 	}
 }

@@ -75,7 +75,12 @@ type Options struct {
 type Store struct {
 	rdb     redis.UniversalClient
 	opts    Options
-	sharded atomic.Bool // keys live on several slots: a script call takes keys of one hash tag only
+	sharded atomic.Bool // keys live on several slots: a script call takes keys of one slot only
+	// bySlot: where keys are sharded, they are by Redis Cluster's slots
+	// (a cluster client, or a single-node client of a cluster-mode
+	// server), so that keys of one slot may share a call; a client that
+	// shards otherwise (a Ring) may join only keys of one hash tag.
+	bySlot bool
 
 	breakers *breakers // one per master on a cluster
 	// ctxTimeouts: the client ends its network waits at the context's
@@ -205,6 +210,8 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	}
 	_, single := rdb.(*redis.Client)
 	s.sharded.Store(!single)
+	_, cluster := rdb.(*redis.ClusterClient)
+	s.bySlot = single || cluster
 	return s
 }
 
