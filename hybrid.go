@@ -440,7 +440,10 @@ func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res glo
 	s.Roll(idx)
 	// Answers can arrive out of order (a sync pass and a decision's call
 	// for the same key): counts come from the newest; grants all count.
-	if res.Version > s.Version || res.Restored {
+	// A key only admit.lua wrote has no version (0): its answers are
+	// taken until a versioned one comes (an older one taken late only
+	// makes the counts lower, which costs a Redis call, never a token).
+	if res.Version > s.Version || res.Restored || res.Version == 0 && s.Version == 0 {
 		s.Version = res.Version
 		s.Prev, s.Cur = res.Prev, res.Cur
 		s.AllPrev, s.AllCur = res.PrevAttempts, res.CurAttempts

@@ -41,7 +41,7 @@ var sparseNames = func() []string {
 func BenchmarkSparseUsers(b *testing.B) {
 	for _, topo := range []string{"node", "cluster"} {
 		for _, mode := range []ratelimit.Mode{ratelimit.Strict, ratelimit.Hybrid} {
-			b.Run(topo+"/"+mode.String(), func(b *testing.B) {
+			b.Run("topo="+topo+"/mode="+mode.String(), func(b *testing.B) {
 				rdb := sparseClient(b, topo)
 				benchSparse(b, rdb, mode)
 			})

@@ -102,7 +102,10 @@ type opRecord struct {
 // fields returns the hash as HGETALL answers it.
 func (h leaseHash) fields() map[string]string {
 	f := func(x int64) string { return strconv.FormatInt(x, 10) }
-	out := map[string]string{"w": f(h.w), "c": f(h.c), "p": f(h.p), "t": f(h.t), "ac": f(h.ac), "ap": f(h.ap), "v": f(h.v)}
+	out := map[string]string{"w": f(h.w), "c": f(h.c), "p": f(h.p), "t": f(h.t), "ac": f(h.ac), "ap": f(h.ap)}
+	if h.v != 0 { // a key only admit.lua wrote has no version
+		out["v"] = f(h.v)
+	}
 	for stream, recs := range h.ops {
 		var parts []string
 		for _, rec := range recs {
@@ -148,8 +151,9 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// lease answers r and applies it, as the script would.
-func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
+// lease answers r and applies it, as the lease script would, or with admit
+// the admit script (which gives a key no version of its own).
+func (m *leaseModel) lease(r LeaseRequest, admit bool) modelAnswer {
 	w := r.Window
 	h, exists := m.hashes[r.Key]
 	now := r.Now
@@ -227,10 +231,17 @@ func (m *leaseModel) lease(r LeaseRequest) modelAnswer {
 		cur += granted
 	}
 
-	a := modelAnswer{newVersion: !exists}
-	version := h.v + 1 // of an existing key; else pinned later
+	unversioned := !exists || h.v == 0
+	a := modelAnswer{newVersion: unversioned && !admit}
+	version := h.v + 1 // of a versioned key; else pinned later
 	if restored {
 		a.floor = r.Known.Version + 1
+	}
+	if admit && unversioned {
+		version = 0 // none, unless restored
+		if restored {
+			version = r.Known.Version + 1
+		}
 	}
 	a.reply = leaseInts{
 		Allowed: b2i(allowed), Granted: granted, Prev: prev, Cur: cur,
@@ -769,7 +780,7 @@ func (h *leaseHistory) send(calls []oracleCall) {
 			h.fatalf("lease(%+v) answered %d integers, want 10", c.r, len(replies[i].v))
 		}
 		got := toLeaseInts(replies[i].v)
-		want := h.model.lease(c.r)
+		want := h.model.lease(c.r, c.admit)
 		if want.newVersion {
 			vlo, vhi := max(lo+1, want.floor), max(hi+1, want.floor)
 			if got.Version < vlo || got.Version > vhi {
@@ -852,7 +863,7 @@ func (v *instView) apply(k oracleKey, res leaseInts) {
 	idx := floorDiv(res.Now, k.w)
 	v.leases[idx] += res.Granted
 	v.last = max(v.last, res.Now)
-	v.known = Known{Window: idx, Prev: res.Prev, Cur: res.Cur, Version: res.Version}
+	v.known = Known{Window: idx, Prev: res.Prev, Cur: res.Cur, Version: max(res.Version, 1)} // as hybrid.go's know
 }
 
 func micros(t time.Time) int64 { return t.Unix()*1_000_000 + int64(t.Nanosecond()/1000) }

@@ -9,16 +9,19 @@
 --          previous-window weight), known_window, known_prev,
 --          known_cur, known_version (as in lease.lua)
 -- Returns  lease.lua's reply for one key: {{allowed, granted (0), prev,
---          cur, prev_attempts, cur_attempts, now_used, version, restored,
---          op (0)}}
+--          cur, prev_attempts, cur_attempts, now_used, version (0: the key
+--          has none), restored, op (0)}}
 local key = KEYS[1]
 local now, w, limit, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local attempts, fixed = tonumber(ARGV[5]), ARGV[6] == '1'
 
 local st = redis.call('HMGET', key, 'w', 'c', 'p', 't', 'ac', 'ap', 'v')
+-- A key this script creates has no version (lease.lua gives it one, from
+-- the server's clock, at its first call there): the call costs no TIME,
+-- and its answers carry version 0, which the caller adopts only while it
+-- knows no versioned answer (hybrid.go, apply).
 local version = tonumber(st[7])
-if version == nil then version = server_us() end -- as in lease.lua
-version = version + 1
+if version ~= nil then version = version + 1 end
 local last = tonumber(st[4]) or 0
 if now < last then now = last end
 local idx = fdiv(now, w)
@@ -33,7 +36,7 @@ if sidx == nil and kv > 0 then -- lost, not expired: see lease.lua
   elseif kw == idx - 1 then
     sidx, st[2], restored = kw, kc, 1
   end
-  if restored == 1 then version = math.max(version, kv + 1) end
+  if restored == 1 then version = math.max(version or 0, kv + 1) end
 end
 if sidx == idx then
   cur, prev = tonumber(st[2]) or 0, tonumber(st[3]) or 0
@@ -50,6 +53,10 @@ local allowed = 0
 if pw * (w - elapsed) + (cur + n) * w <= limit * w then
   cur, allowed = cur + n, 1
 end
-redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+if version ~= nil then
+  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+else
+  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap))
+end
 redis.call('PEXPIRE', key, 2 * w)
-return {{allowed, 0, prev, cur, ap, ac, now, version, restored, 0}}
+return {{allowed, 0, prev, cur, ap, ac, now, version or 0, restored, 0}}
