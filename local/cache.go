@@ -47,6 +47,11 @@ type Cache struct {
 	// state ristretto lets go of leaves its slot. A cache made by
 	// NewCacheWithoutFront has none (len 0).
 	front []frontBucket
+	// owners are the states of the front's slots (slot i of bucket b is
+	// owners[b·frontWays+i]), nil for a free slot: kept apart so that the
+	// front table holds no pointer. A decision from the front table reads
+	// its slot only; State reads the owner.
+	owners []atomic.Pointer[State]
 
 	mu     sync.Mutex
 	recent map[uint64]*State // created since the last Forget
@@ -102,6 +107,7 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 			slots *= 2
 		}
 		c.front = make([]frontBucket, slots/frontWays)
+		c.owners = make([]atomic.Pointer[State], slots)
 	}
 	for i := range c.ruleMix {
 		c.ruleMix[i] = rand.Uint64()
@@ -130,8 +136,34 @@ func (c *Cache) letGo(item *ristretto.Item[*State]) {
 	s := item.Value
 	s.Lock()
 	s.orphan()
-	s.moveHome(&s.own)
+	c.moveHome(s, &s.own)
 	s.Unlock()
+}
+
+// moveHome moves s's home to h (State.moveHome) and frees the front slot it
+// left, if any. It requires s's lock.
+func (c *Cache) moveHome(s *State, h *hot) {
+	if old := s.moveHome(h); old != h && old != &s.own {
+		if o := c.owner(old, s.own.key.Load()); o != nil {
+			o.Store(nil) // free for another state
+		}
+	}
+}
+
+// owner returns the owner cell of h, a slot of key's bucket, or nil if h
+// is none of them.
+func (c *Cache) owner(h *hot, key uint64) *atomic.Pointer[State] {
+	if len(c.front) == 0 {
+		return nil
+	}
+	bi := key & uint64(len(c.front)-1)
+	b := &c.front[bi]
+	for i := range b {
+		if &b[i] == h {
+			return &c.owners[bi*frontWays+uint64(i)]
+		}
+	}
+	return nil
 }
 
 // bucket returns key's bucket of the front table, which must have some.
@@ -147,7 +179,7 @@ func (c *Cache) hash(user string, rule int) (key, check uint64) {
 // and its State. It is four words, so that it is returned in registers.
 type Ref struct {
 	hot        *hot
-	s          *State // as the front table named it: State checks it
+	s          *State // as ristretto named it (nil for a front slot, whose owner State reads): State checks it
 	key, check uint64
 }
 
@@ -156,7 +188,7 @@ func (r Ref) Found() bool { return r.hot != nil }
 
 // InFront reports whether the key's lease is in the front table (as of
 // Get). It requires Found.
-func (r Ref) InFront() bool { return r.hot != &r.s.own }
+func (r Ref) InFront() bool { return r.s == nil || r.hot != &r.s.own }
 
 // Spend takes one token of the key's lease without a lock, if it is open
 // and ms falls in its window (w ms long), no earlier than the key's Last:
@@ -187,9 +219,7 @@ func (c *Cache) Get(user string, rule int) Ref {
 		for i := range b {
 			h := &b[i]
 			if h.key.Load() == key && h.tag.Load() == check {
-				if s := h.owner.Load(); s != nil {
-					return Ref{hot: h, s: s, key: key, check: check}
-				}
+				return Ref{hot: h, key: key, check: check}
 			}
 		}
 	}
@@ -225,8 +255,19 @@ func (c *Cache) set(key uint64, s *State) bool {
 // State returns the state r names, or nil if the key has none. (A slot may
 // change owner between Get's loads; the State's own check tells.)
 func (c *Cache) State(r Ref) *State {
-	if r.s == nil || r.s.check == r.check {
-		return r.s
+	switch {
+	case r.s != nil:
+		if r.s.check == r.check {
+			return r.s
+		}
+	case r.hot != nil: // a front slot: its owner, if still the key's
+		if o := c.owner(r.hot, r.key); o != nil {
+			if s := o.Load(); s != nil && s.check == r.check {
+				return s
+			}
+		}
+	default:
+		return nil // Get found nothing
 	}
 	return c.lookup(r.key, r.check).s
 }
@@ -244,24 +285,27 @@ func (c *Cache) Promote(s *State) {
 	if s.Orphaned() || s.InFront() {
 		return
 	}
-	b := c.bucket(s.own.key.Load())
+	key := s.own.key.Load()
+	bi := key & uint64(len(c.front)-1)
+	b, owners := &c.front[bi], c.owners[bi*frontWays:(bi+1)*frontWays]
 	for i := range b {
-		if b[i].owner.CompareAndSwap(nil, s) {
-			s.moveHome(&b[i])
+		if owners[i].CompareAndSwap(nil, s) {
+			c.moveHome(s, &b[i])
 			return
 		}
 	}
-	h := &b[rand.Uint32()%frontWays]
-	o := h.owner.Load()
+	i := rand.Uint32() % frontWays
+	h := &b[i]
+	o := owners[i].Load()
 	if o == nil || !o.tryLock() { // never wait on another state's lock while holding one
 		return
 	}
 	if o.home.Load() == h { // o holds its lock, so its home is settled
-		o.moveHome(&o.own)
+		c.moveHome(o, &o.own)
 	}
 	o.Unlock()
-	if h.owner.CompareAndSwap(nil, s) {
-		s.moveHome(h)
+	if owners[i].CompareAndSwap(nil, s) {
+		c.moveHome(s, h)
 	}
 }
 

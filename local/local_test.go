@@ -179,7 +179,7 @@ func inFront(c *Cache, s *State) bool {
 	for i := range c.front {
 		for j := range c.front[i] {
 			if h == &c.front[i][j] {
-				if c.front[i][j].owner.Load() != s {
+				if c.owners[i*frontWays+j].Load() != s {
 					panic("a state's slot names another owner")
 				}
 				return true
@@ -366,19 +366,22 @@ func TestRefOfARetakenSlot(t *testing.T) {
 	// Get has read h's key and tag, a's; then a leaves h and b takes it
 	// (b leaves its own slot first, so that h is the bucket's free one).
 	a.Lock()
-	a.moveHome(&a.own)
+	c.moveHome(a, &a.own)
 	a.Unlock()
 	b.Lock()
-	b.moveHome(&b.own)
+	c.moveHome(b, &b.own)
 	b.Unlock()
 	c.Promote(b)
 	if b.home.Load() != h {
 		t.Fatal("b did not take a's slot")
 	}
-	// Then Get reads h's owner: the Ref it returns.
-	ref := Ref{hot: h, s: h.owner.Load(), key: key, check: check}
-	if !ref.Found() || ref.s != b {
-		t.Fatalf("the Ref names %p, want b %p", ref.s, b)
+	// The Ref Get returned names the slot, whose owner is now b.
+	ref := Ref{hot: h, key: key, check: check}
+	if !ref.Found() || !ref.InFront() {
+		t.Fatal("the Ref names no front slot")
+	}
+	if o := c.owner(h, key); o == nil || o.Load() != b {
+		t.Fatal("b does not own a's old slot")
 	}
 	if _, _, _, _, ok := ref.Spend(1500, 1000); ok {
 		t.Fatal("a's Ref spent from b's slot")

@@ -85,7 +85,10 @@ type hot struct {
 	prev, cur atomic.Int64  // State.Prev and Cur, as of the last Unlock
 	tag       atomic.Uint64 // the owner's check; 0 for a free slot, or in own once the Cache lets go of the state
 	key       atomic.Uint64 // the owner's Cache key (the hash of user and rule)
-	owner     atomic.Pointer[State]
+	// No pointer: the front table, made of these, is then memory the
+	// garbage collector never scans (nor makes resident); a slot's owner
+	// is in Cache.owners.
+	_ uint64 // one cache line
 }
 
 // State.flags.
@@ -114,7 +117,6 @@ func NewState(key string, rule int) *State {
 	s := &State{Key: key, Rule: uint16(rule), Window: -1, check: 1}
 	s.own.tag.Store(s.check)
 	s.own.win.Store(-1)
-	s.own.owner.Store(s)
 	s.home.Store(&s.own)
 	return s
 }
@@ -212,23 +214,24 @@ func (h *hot) spend(check uint64, ms, w int64) (prev, cur, lease, elapsed int64,
 }
 
 // moveHome makes h (a free slot the state has reserved, or its own record)
-// the state's home. It requires the lock: Lock closed the old home, and
-// Unlock opens the new one. A slot left gets tag 0 before it is freed.
-func (s *State) moveHome(h *hot) {
-	old := s.home.Load()
+// the state's home, and returns the old one. It requires the lock: Lock
+// closed the old home, and Unlock opens the new one. A slot left gets tag
+// 0 here, before the Cache frees it (Cache.moveHome).
+func (s *State) moveHome(h *hot) (old *hot) {
+	old = s.home.Load()
 	if old == h {
-		return
+		return old
 	}
 	if old != &s.own {
 		old.tag.Store(0)
 		old.key.Store(0)
-		old.owner.Store(nil) // free for another state
 	}
 	if h != &s.own {
 		h.key.Store(s.own.key.Load())
 		h.tag.Store(s.check) // last: Spend and Get find the slot from here on
 	}
 	s.home.Store(h)
+	return old
 }
 
 // InFront reports whether the state's home is a front-table slot. It
