@@ -310,12 +310,14 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 	return res, nil
 }
 
-// instances returns the number of live instances last seen.
+// instances returns the number of live instances FailLocal divides limits
+// by: the number last seen, at least Config.MinInstances.
 func (l *Limiter) instances() int64 {
-	if l.syncer == nil {
-		return 1
+	n := int64(1)
+	if l.syncer != nil {
+		n = l.syncer.Instances()
 	}
-	return l.syncer.Instances()
+	return max(n, l.cfg.MinInstances)
 }
 
 // redisFailed sorts an error of a call to Redis: a failure the rule's

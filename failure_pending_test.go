@@ -1,9 +1,13 @@
 package ratelimit
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
 )
@@ -385,3 +389,32 @@ func TestPendingDropAll(t *testing.T) {
 
 // testOp is the op of a credit that flush named and sent.
 func testOp(name string) global.Op { return global.Op{Stream: "~" + name, Seq: 1} }
+
+// TestFailLocalMinInstances: an instance that starts while Redis is down
+// has seen no other instance; FailLocal divides each limit by
+// Config.MinInstances then (30 / 3 = 10 a user), where it would otherwise
+// give each user the whole limit. A bad MinInstances is refused.
+func TestFailLocalMinInstances(t *testing.T) {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+	defer rdb.Close()
+	for _, tc := range []struct{ min, want int64 }{{0, 30}, {1, 30}, {3, 10}, {40, 1}} {
+		l, err := New(Config{Redis: rdb, ManualSync: true, MinInstances: tc.min, Now: fixedClock(base),
+			Rules: []Rule{{Name: "r", Limit: 30, Window: time.Minute, Mode: Strict, OnFailure: FailLocal}}})
+		require.NoError(t, err)
+		var admitted int64
+		for range 40 {
+			d, err := l.Allow(ctx, "r", "u", base)
+			require.NoError(t, err)
+			if d.Allowed {
+				admitted++
+			}
+		}
+		require.Equal(t, tc.want, admitted, "MinInstances %d", tc.min)
+		require.ErrorIs(t, l.Close(), ErrUnavailable, "the admissions could not be credited to Redis")
+	}
+	for _, bad := range []int64{-1, 1<<20 + 1} {
+		_, err := New(Config{Redis: rdb, MinInstances: bad, Rules: []Rule{{Name: "r", Limit: 30, Window: time.Minute}}})
+		require.ErrorIs(t, err, ErrInvalidArgument, "MinInstances %d", bad)
+	}
+}

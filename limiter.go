@@ -225,6 +225,13 @@ type Config struct {
 	// keys beyond it are not credited, and counted in Stats.PendingDropped.
 	// Default 1<<16.
 	MaxPendingKeys int
+	// MinInstances is the fewest instances FailLocal assumes share each
+	// limit: it admits Limit ÷ max(live instances last seen, MinInstances)
+	// per key and window. An instance that starts while Redis is down has
+	// seen no other, and would otherwise give every user a whole Limit of
+	// its own; set it to the fleet's usual size. A fleet smaller than it
+	// only admits less. Default 1; at most 1<<20.
+	MinInstances int64
 	// LogInterval is how often Logger gets a summary while Redis is
 	// unavailable (a line also marks the outage's start and end). Default
 	// 10 s.
@@ -504,6 +511,8 @@ func (c *Config) fill() error {
 		return fmt.Errorf("%w: Config.Timeout %v is negative", ErrInvalidArgument, c.Timeout)
 	case c.MaxPendingKeys < 0:
 		return fmt.Errorf("%w: Config.MaxPendingKeys %d is negative", ErrInvalidArgument, c.MaxPendingKeys)
+	case c.MinInstances < 0 || c.MinInstances > 1<<20:
+		return fmt.Errorf("%w: Config.MinInstances %d is not in [0, 2^20]", ErrInvalidArgument, c.MinInstances)
 	case c.LogInterval < 0:
 		return fmt.Errorf("%w: Config.LogInterval %v is negative", ErrInvalidArgument, c.LogInterval)
 	case b.Failures < 0 || b.Backoff < 0 || b.MaxBackoff < 0 || b.ProbeTimeout < 0:
