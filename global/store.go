@@ -65,10 +65,11 @@ type Options struct {
 }
 
 // Store runs the strict scripts on Redis. Concurrent Take calls are
-// coalesced: a caller that finds a pipeline slot free sends what is queued
-// (its own call included) in one pipeline on its own goroutine, so a lone
-// caller pays exactly one round trip; callers that find every slot busy
-// queue up and go out together in the next pipeline.
+// coalesced, per master on a cluster: a caller that finds a pipeline slot
+// of its master's free sends what is queued for it (its own call
+// included) in one pipeline on its own goroutine, so a lone caller pays
+// exactly one round trip; callers that find every slot busy queue up and
+// go out together in the next pipeline.
 //
 // A Store is safe for concurrent use. Close waits for the pipelines under
 // way; the Redis client stays the caller's to close.
@@ -89,8 +90,7 @@ type Store struct {
 	ctxTimeouts bool
 
 	mu      sync.Mutex
-	queue   []*call
-	running int // pipelines under way, ≤ opts.MaxInFlight
+	lanes   map[*breaker]*lane // one per master (its breaker's), so that a dead master's calls never hold up another's
 	closed  bool
 	wg      sync.WaitGroup // drain goroutines, bounded pipelines
 	callers sync.WaitGroup // callers of do waiting for their answer
@@ -267,6 +267,28 @@ type coalesced interface {
 	ints(cmd *redis.Cmd) ([]int64, error)
 }
 
+// lane is the coalescer of one master's calls: its queue and pipelines.
+// On a cluster each master has its own, so that the calls of a master that
+// does not answer wait in their own pipelines, not in those of the others
+// (a pipeline spanning masters answers when its slowest node does).
+type lane struct {
+	queue   []*call
+	running int // pipelines under way, ≤ opts.MaxInFlight
+}
+
+// laneLocked returns b's lane, making it. It requires s.mu.
+func (s *Store) laneLocked(b *breaker) *lane {
+	l, ok := s.lanes[b]
+	if !ok {
+		if s.lanes == nil {
+			s.lanes = make(map[*breaker]*lane)
+		}
+		l = &lane{}
+		s.lanes[b] = l
+	}
+	return l
+}
+
 // call is one queued script invocation.
 type call struct {
 	ctx   context.Context
@@ -330,16 +352,17 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 	}
 	s.callers.Add(1) // under mu, so that Close, once it set closed, waits for every caller in
 	defer s.callers.Done()
-	s.queue = append(s.queue, c)
-	if s.running < s.opts.MaxInFlight {
-		s.running++
-		if s.ctxTimeouts && len(s.queue) == 1 && s.opts.BatchDelay == 0 {
-			s.queue = s.queue[:0]
+	l := s.laneLocked(b)
+	l.queue = append(l.queue, c)
+	if l.running < s.opts.MaxInFlight {
+		l.running++
+		if s.ctxTimeouts && len(l.queue) == 1 && s.opts.BatchDelay == 0 {
+			l.queue = l.queue[:0]
 			s.mu.Unlock()
-			return s.alone(ctx, c)
+			return s.alone(ctx, l, c)
 		}
 		s.wg.Add(1)
-		go s.drain()
+		go s.drain(l)
 	}
 	s.mu.Unlock()
 
@@ -375,7 +398,7 @@ func (s *Store) do(ctx context.Context, o coalesced) ([]int64, error) {
 // at the context's deadline, so that the caller still returns at its own
 // deadline or at Timeout. It frees the slot, or hands it to a drainer if
 // calls queued meanwhile.
-func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
+func (s *Store) alone(ctx context.Context, l *lane, c *call) ([]int64, error) {
 	c.state.Store(sent)
 	mine := time.Now().Add(s.opts.Timeout)
 	cctx, cancel := context.WithDeadline(ctx, mine)
@@ -388,11 +411,11 @@ func (s *Store) alone(ctx context.Context, c *call) ([]int64, error) {
 	callerLeft := ctx.Err() != nil || hasTheirs && !now.Before(theirs) && !theirs.After(mine)
 	timedOut := !callerLeft && !now.Before(mine)
 	s.mu.Lock()
-	if len(s.queue) > 0 {
+	if len(l.queue) > 0 {
 		s.wg.Add(1)
-		go s.drain()
+		go s.drain(l)
 	} else {
-		s.running--
+		l.running--
 	}
 	s.mu.Unlock()
 
@@ -434,45 +457,42 @@ func (s *Store) giveUp(c *call) {
 	}
 }
 
-// drain sends queued batches until the queue is empty, then frees its slot.
-func (s *Store) drain() {
+// drain sends l's queued batches until its queue is empty, then frees its
+// slot.
+func (s *Store) drain(l *lane) {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		if len(s.queue) == 0 {
-			s.running--
+		if len(l.queue) == 0 {
+			l.running--
 			s.mu.Unlock()
 			return
 		}
-		batch := s.takeBatchLocked()
+		batch := l.take(s.opts.MaxBatch)
 		s.mu.Unlock()
-		s.send(batch)
+		s.send(l, batch)
 	}
 }
 
-// takeBatchLocked removes up to MaxBatch calls from the head of the queue.
-// It requires s.mu.
-func (s *Store) takeBatchLocked() []*call {
-	n := min(len(s.queue), s.opts.MaxBatch)
+// take removes up to n calls from the head of l's queue. It requires the
+// Store's mu.
+func (l *lane) take(n int) []*call {
+	n = min(len(l.queue), n)
 	batch := make([]*call, n)
-	copy(batch, s.queue)
-	rest := copy(s.queue, s.queue[n:])
-	clear(s.queue[rest:])
-	s.queue = s.queue[:rest]
+	copy(batch, l.queue)
+	rest := copy(l.queue, l.queue[n:])
+	clear(l.queue[rest:])
+	l.queue = l.queue[:rest]
 	return batch
 }
 
 // send runs one batch and completes each call in it. Calls whose caller
 // has already given up are left out.
-func (s *Store) send(batch []*call) {
+func (s *Store) send(l *lane, batch []*call) {
 	if d := s.opts.BatchDelay; d > 0 && len(batch) < s.opts.MaxBatch {
 		time.Sleep(d)
 		s.mu.Lock()
-		extra := min(len(s.queue), s.opts.MaxBatch-len(batch))
-		batch = append(batch, s.queue[:extra]...)
-		rest := copy(s.queue, s.queue[extra:])
-		clear(s.queue[rest:])
-		s.queue = s.queue[:rest]
+		batch = append(batch, l.take(s.opts.MaxBatch-len(batch))...)
 		s.mu.Unlock()
 	}
 	live := batch[:0]
