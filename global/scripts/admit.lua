@@ -53,10 +53,19 @@ local allowed = 0
 if pw * (w - elapsed) + (cur + n) * w <= limit * w then
   cur, allowed = cur + n, 1
 end
-if version ~= nil then
-  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+-- Write what changed: in the key's own window (the common case) only the
+-- count, the time and the attempts; after a roll, a restore or on a new
+-- key, everything.
+local fields
+if tonumber(st[1]) == idx and restored == 0 then
+  fields = {'c', int(cur), 't', int(now), 'ac', int(ac)}
 else
-  redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap))
+  fields = {'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap)}
 end
+if version ~= nil then
+  fields[#fields + 1] = 'v'
+  fields[#fields + 1] = int(version)
+end
+redis.call('HSET', key, unpack(fields))
 redis.call('PEXPIRE', key, 2 * w)
 return {{allowed, 0, prev, cur, ap, ac, now, version or 0, restored, 0}}
