@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -569,3 +570,6 @@ func (h *logCounter) String() string {
 	}
 	return b.String()
 }
+
+// itoa formats n in decimal, for the report's table.
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
