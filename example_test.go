@@ -102,8 +102,12 @@ func ExampleLimiter_AllowN() {
 		fmt.Printf("n=%d: allowed=%v remaining=%d\n", n, d.Allowed, d.Remaining)
 	}
 
-	// More than the limit could never pass, so it is an error, not a denial.
-	_, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 11)
+	// More than the limit could never pass: it is denied, and its
+	// RetryAfter is the rule's whole window (Config.StrictN makes it an
+	// error instead). A negative n is an error.
+	d, err := lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 11)
+	fmt.Println(d.Allowed, d.RetryAfter, err)
+	_, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, -1)
 	fmt.Println(errors.Is(err, ratelimit.ErrInvalidArgument))
 	_, err = lim.AllowN(ctx, "DELETE /v1/batch", "user-42", t0, 1)
 	fmt.Println(errors.Is(err, ratelimit.ErrUnknownRule))
@@ -112,6 +116,7 @@ func ExampleLimiter_AllowN() {
 	// n=4: allowed=true remaining=2
 	// n=4: allowed=false remaining=2
 	// n=2: allowed=true remaining=0
+	// false 1s <nil>
 	// true
 	// true
 }
