@@ -302,12 +302,14 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 }
 
 // peek is the hybrid peek: from the key's state when it decides (a lease
-// to spend, or known counts that deny), as decideLocal would, else from
-// Redis, read-only (the strict script of the rule's algorithm reads the
-// hybrid key's counts, which have its layout).
+// to spend, or known counts that deny), as decideLocal would; else from
+// the key's counts in Redis, read-only, less what the state gives back
+// with its next call, as that call (acquire) would decide.
 func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (result, error) {
+	w := r.window
+	var owed [2]global.Return
+	last := ms
 	if s := h.cache.State(h.cache.Get(user, r.hybridIndex)); s != nil {
-		w := r.window
 		s.Lock()
 		now := max(ms, s.Last)
 		if now/w == s.Window && (s.Lease > 0 || s.Version > 0) {
@@ -324,9 +326,48 @@ func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (resu
 				return res.shift(now - ms), nil
 			}
 		}
+		owed = [2]global.Return{{Window: s.ReturnWindow, N: s.Return}, {Window: s.Window, N: s.Lease}}
+		last = now
 		s.Unlock()
 	}
-	return h.l.peekRedis(ctx, r, user, ms)
+	key := global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+	switch {
+	case h.l.store.Refuses(key):
+		return result{}, global.ErrBreakerOpen
+	case h.l.pending.has(r, user):
+		return result{}, errPending
+	}
+	k, err := h.l.store.Counts(ctx, key)
+	if err != nil {
+		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+	}
+	now := max(last, k.Last)
+	idx := now / w
+	var prev, cur int64
+	switch {
+	case !k.Found:
+	case k.Window == idx:
+		prev, cur = k.Prev, k.Cur
+	case k.Window == idx-1:
+		prev = k.Cur
+	}
+	for _, ret := range owed {
+		switch ret.Window {
+		case idx:
+			cur = max(cur-ret.N, 0)
+		case idx - 1:
+			prev = max(prev-ret.N, 0)
+		}
+	}
+	elapsed := now - idx*w
+	prev = r.prevWeight(prev)
+	res := result{allowed: h.admits(r, prev, cur, elapsed, 1)}
+	if !res.allowed {
+		res.retryAfter = h.retryAfter(r, prev, cur, elapsed, 1)
+	}
+	res.remaining = slidingRemaining(prev, cur, elapsed, w, r.Limit)
+	res.resetAfter = h.resetAfter(r, prev, cur, elapsed)
+	return res.shift(now - ms), nil
 }
 
 // refund is the hybrid refund: into the lease of the key's state when it

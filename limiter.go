@@ -686,6 +686,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 			Limit:      r.Limit,
 			N:          n,
 			ServerTime: l.cfg.ServerTime,
+			Burst:      r.Burst,
 		})
 		if err != nil {
 			if errors.Is(err, global.ErrClosed) {
