@@ -398,10 +398,17 @@ func (h *hybrid) refund(ctx context.Context, r *rule, user string, ms, n int64) 
 	if h.closed {
 		return ErrClosed
 	}
-	req := global.LeaseRequest{Key: global.Key(h.l.cfg.KeyPrefix, r.Name, user), Now: ms, Window: w, Limit: r.Limit,
-		Fixed: r.Algorithm == FixedWindow}
-	req.Returns[0] = global.Return{Window: idx, N: n}
-	h.nameReturns(&req)
-	_, err := h.l.store.Lease(ctx, req)
+	_, err := h.l.store.Lease(ctx, h.refundRequest(r, user, ms, n))
 	return err
+}
+
+// refundRequest is the call that gives n tokens of ms's window back to
+// Redis for a key without state here: a named return, so that a copy
+// re-sent by the client applies once.
+func (h *hybrid) refundRequest(r *rule, user string, ms, n int64) global.LeaseRequest {
+	req := global.LeaseRequest{Key: global.Key(h.l.cfg.KeyPrefix, r.Name, user), Now: ms, Window: r.window,
+		Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
+	req.Returns[0] = global.Return{Window: ms / r.window, N: n}
+	h.nameReturns(&req)
+	return req
 }

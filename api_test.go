@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"testing"
 	"time"
 
@@ -331,6 +332,14 @@ func TestRefundRedisCounts(t *testing.T) {
 				other := newAPILimiter(t, c, prefix, r, true, false) // holds no state of the key
 				require.NoError(t, other.Refund(ctx, "r", "u", base, 4))
 				require.EqualValues(t, 6, count())
+				if m == Hybrid { // a copy of the refund's call applies once
+					req := other.hybrid.refundRequest(other.rules["r"], "u", base.UnixMilli(), 2)
+					for range 2 {
+						_, err := other.store.Lease(ctx, req)
+						require.NoError(t, err)
+					}
+					require.EqualValues(t, 4, count(), "a re-sent refund")
+				}
 				require.NoError(t, other.Refund(ctx, "r", "u", base, 10))
 				require.EqualValues(t, 0, count(), "never below 0")
 			})
@@ -370,4 +379,22 @@ func TestBurst(t *testing.T) {
 			require.Equal(t, time.Minute, d.RetryAfter)
 		})
 	}
+	t.Run("fallback", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := ln.Addr().String()
+		require.NoError(t, ln.Close()) // nothing listens there: Redis is down
+		dead := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+		defer dead.Close()
+		l, err := New(Config{Redis: dead, Now: fixedClock(base), ManualSync: true, Timeout: 50 * time.Millisecond,
+			Rules: []Rule{{Name: "r", Limit: 100, Window: time.Minute, Algorithm: TokenBucket, Burst: 5, Mode: Strict}}})
+		require.NoError(t, err)
+		defer l.Close()
+		p, err := l.Peek(ctx, "r", "u", base)
+		require.NoError(t, err)
+		require.Equal(t, Decision{Allowed: true, Remaining: 5}, p, "FailLocal's peek")
+		require.Equal(t, 5, exhaust(t, l, "u", base))
+		require.Equal(t, 1, exhaust(t, l, "u", base.Add(600*time.Millisecond)))
+		require.EqualValues(t, 6, l.Stats().FallbackLocalAllowed)
+	})
 }
