@@ -50,10 +50,10 @@ const (
 	// FixedWindow counts per aligned window [k·W, (k+1)·W): cheap, but up
 	// to 2·Limit can pass around a window boundary.
 	FixedWindow
-	// TokenBucket is GCRA: a bucket of Limit tokens refilled at Limit per
-	// Window. It allows bursts of Limit and then a steady Limit/Window; it
-	// is not "Limit per any window": up to 2·Limit can pass within one
-	// window (a full bucket, then its refill).
+	// TokenBucket is GCRA: a bucket of Rule.Burst tokens (default Limit)
+	// refilled at Limit per Window. It allows bursts of Burst and then a
+	// steady Limit/Window; it is not "Limit per any window": up to Burst +
+	// Limit can pass within one window (a full bucket, then its refill).
 	TokenBucket
 	numAlgorithms
 )
