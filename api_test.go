@@ -398,3 +398,76 @@ func TestBurst(t *testing.T) {
 		require.EqualValues(t, 6, l.Stats().FallbackLocalAllowed)
 	})
 }
+
+// TestPeekFromAnotherInstance: an instance that holds nothing of a key
+// peeks from Redis, and agrees with its own next Allow: denied, with the
+// same RetryAfter, once another instance took the whole limit; its peek
+// writes nothing.
+func TestPeekFromAnotherInstance(t *testing.T) {
+	c := testRedis(t)
+	ctx := context.Background()
+	for _, m := range apiModes() {
+		if m.rule.Mode == Local {
+			continue
+		}
+		t.Run(m.name, func(t *testing.T) {
+			prefix := testPrefix(t, c)
+			a := newAPILimiter(t, c, prefix, m.rule, m.front, false)
+			b := newAPILimiter(t, c, prefix, m.rule, m.front, false)
+			require.Equal(t, 10, exhaust(t, a, "u", base))
+			require.NoError(t, a.Sync(ctx))
+			key := global.Key(prefix, "r", "u")
+			at := base.Add(50 * time.Millisecond) // a token bucket refills one in 100 ms
+			before := redisState(t, c, key)
+			p, err := b.Peek(ctx, "r", "u", at)
+			require.NoError(t, err)
+			require.Equal(t, before, redisState(t, c, key))
+			require.False(t, p.Allowed)
+			require.Positive(t, p.RetryAfter)
+			d, err := b.Allow(ctx, "r", "u", at)
+			require.NoError(t, err)
+			require.False(t, d.Allowed)
+			require.Equal(t, p.RetryAfter, d.RetryAfter)
+		})
+	}
+}
+
+// TestPeekWhileRedisIsDown: a peek the rule's failure policy answers
+// counts nothing: FailOpen admits with the whole limit left, FailClosed
+// denies for at least a second, FailLocal answers from its table (which
+// still holds the limit after the peeks).
+func TestPeekWhileRedisIsDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	dead := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+	defer dead.Close()
+	ctx := context.Background()
+	l, err := New(Config{Redis: dead, Now: fixedClock(base), ManualSync: true, Timeout: 50 * time.Millisecond,
+		Rules: []Rule{
+			{Name: "open", Limit: 4, Window: time.Second, Mode: Strict, OnFailure: FailOpen},
+			{Name: "closed", Limit: 4, Window: time.Second, Mode: Hybrid, OnFailure: FailClosed},
+			{Name: "local", Limit: 4, Window: time.Second, Mode: Hybrid},
+		}})
+	require.NoError(t, err)
+	defer l.Close()
+	for range 5 {
+		d, err := l.Peek(ctx, "open", "u", base)
+		require.NoError(t, err)
+		require.Equal(t, Decision{Allowed: true, Remaining: 4}, d)
+		d, err = l.Peek(ctx, "closed", "u", base)
+		require.NoError(t, err)
+		require.False(t, d.Allowed)
+		require.GreaterOrEqual(t, d.RetryAfter, time.Second)
+		d, err = l.Peek(ctx, "local", "u", base)
+		require.NoError(t, err)
+		require.Equal(t, Decision{Allowed: true, Remaining: 4}, d)
+	}
+	st := l.Stats()
+	require.Zero(t, st.FallbackOpen+st.FallbackClosed+st.FallbackLocalAllowed+st.FallbackLocalDenied, "peeks counted")
+	require.Zero(t, st.PendingKeys, "peeks wait to be credited")
+	d, err := l.AllowN(ctx, "local", "u", base, 4)
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+}
