@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -224,7 +226,7 @@ func TestAboveLimitIsDenied(t *testing.T) {
 // how many were admitted.
 func exhaust(t *testing.T, l *Limiter, user string, at time.Time) int {
 	t.Helper()
-	for i := range 100 {
+	for i := range 1000 {
 		d, err := l.Allow(context.Background(), "r", user, at)
 		require.NoError(t, err)
 		if !d.Allowed {
@@ -470,4 +472,86 @@ func TestPeekWhileRedisIsDown(t *testing.T) {
 	d, err := l.AllowN(ctx, "local", "u", base, 4)
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
+}
+
+// TestAPIConcurrent runs Allow, Peek and Refund of a few users together
+// with sync passes, on hybrid rules with the front table and without and on
+// a strict one, all in one window, under -race; each refund gives back part
+// of an admission just made. Then each user gets exactly what is left of
+// the limit: Limit less what was admitted and not refunded.
+func TestAPIConcurrent(t *testing.T) {
+	c := testRedis(t)
+	ctx := context.Background()
+	for _, m := range []struct {
+		name  string
+		mode  Mode
+		front bool
+	}{{"hybrid/front=on", Hybrid, true}, {"hybrid/front=off", Hybrid, false}, {"strict", Strict, true}} {
+		for _, a := range []Algorithm{SlidingWindow, FixedWindow} {
+			t.Run(fmt.Sprintf("%v/%s", a, m.name), func(t *testing.T) {
+				prefix := testPrefix(t, c)
+				const limit = 200
+				l := newAPILimiter(t, c, prefix, Rule{Name: "r", Limit: limit, Window: time.Second, Algorithm: a, Mode: m.mode}, m.front, false)
+				var net [3]atomic.Int64 // admitted less refunded, per user
+				errs := make(chan error, 8)
+				var wg sync.WaitGroup
+				for g := range 4 {
+					wg.Go(func() {
+						rng := rand.New(rand.NewPCG(uint64(g), 7))
+						for i := range 300 {
+							u := rng.IntN(3)
+							user := fmt.Sprintf("u%d", u)
+							at := base.Add(time.Duration(i) * time.Millisecond)
+							if rng.IntN(5) == 0 {
+								if _, err := l.Peek(ctx, "r", user, at); err != nil {
+									errs <- err
+									return
+								}
+								continue
+							}
+							n := 1 + rng.Int64N(2)
+							d, err := l.AllowN(ctx, "r", user, at, n)
+							if err != nil {
+								errs <- err
+								return
+							}
+							if !d.Allowed {
+								continue
+							}
+							net[u].Add(n)
+							if rng.IntN(3) == 0 {
+								k := 1 + rng.Int64N(n)
+								if err := l.Refund(ctx, "r", user, at, k); err != nil {
+									errs <- err
+									return
+								}
+								net[u].Add(-k)
+							}
+						}
+					})
+				}
+				wg.Go(func() {
+					for range 10 {
+						if err := l.Sync(ctx); err != nil {
+							errs <- err
+							return
+						}
+						time.Sleep(3 * time.Millisecond)
+					}
+				})
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				require.NoError(t, l.Sync(ctx))
+				end := base.Add(999 * time.Millisecond)
+				for u := range 3 {
+					used := net[u].Load()
+					require.LessOrEqual(t, used, int64(limit), "user %d", u)
+					require.Equal(t, limit-int(used), exhaust(t, l, fmt.Sprintf("u%d", u), end), "user %d", u)
+				}
+			})
+		}
+	}
 }
