@@ -27,7 +27,9 @@ import (
 // counted among the key's demand or attempts. A peek is only a snapshot:
 // other requests may change the answer before the next Allow. When Redis
 // cannot answer, the rule's FailurePolicy answers as it would for a
-// request, without counting it.
+// request, without counting it (FailError: an error wrapping
+// ErrUnavailable). Peeks, and denials of an n that can never pass, are not
+// counted in Stats or RuleStats.
 func (l *Limiter) Peek(ctx context.Context, ruleName, user string, now time.Time) (Decision, error) {
 	return l.AllowN(ctx, ruleName, user, now, 0)
 }
@@ -52,8 +54,11 @@ func (l *Limiter) peek(ctx context.Context, r *rule, user string, ms, n int64) (
 		res, err = l.peekRedis(ctx, r, user, ms)
 	}
 	if err != nil {
-		if !redisFailed(err) {
+		switch {
+		case !redisFailed(err):
 			return Decision{}, err
+		case r.OnFailure == FailError:
+			return Decision{}, fmt.Errorf("%w: rule %q: %w", ErrUnavailable, r.Name, err)
 		}
 		res = l.peekFallback(r, user, ms)
 	}
@@ -102,7 +107,7 @@ func (l *Limiter) peekFallback(r *rule, user string, ms int64) result {
 	switch r.OnFailure {
 	case FailOpen:
 		return result{allowed: true, remaining: r.Limit}
-	case FailClosed, FailError:
+	case FailClosed:
 		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}
 	}
@@ -176,7 +181,9 @@ func (s *localState) refund(a Algorithm, now, w, limit, n int64) {
 // than Limit across the fleet. A request or sync pass already under way
 // when Reset runs may land after it and count again. Admissions that
 // FailLocal or FailOpen made while Redis was down and that wait to be
-// credited to it are still credited.
+// credited to it are still credited. When Redis cannot answer, Reset
+// returns an error wrapping ErrUnavailable (this instance's state is
+// dropped all the same).
 func (l *Limiter) Reset(ctx context.Context, ruleName, user string) error {
 	r, ok := l.rules[ruleName]
 	if !ok {
@@ -206,6 +213,9 @@ func (l *Limiter) reset(ctx context.Context, r *rule, user string) error {
 		l.hybrid.drop(r, user)
 	}
 	if err := l.store.Delete(ctx, global.Key(l.cfg.KeyPrefix, r.Name, user)); err != nil {
+		if errors.Is(err, global.ErrUnavailable) {
+			return fmt.Errorf("%w: reset rule %q: %w", ErrUnavailable, r.Name, err)
+		}
 		return fmt.Errorf("ratelimit: reset rule %q: %w", r.Name, err)
 	}
 	return nil
@@ -253,7 +263,11 @@ func (h *hybrid) drop(r *rule, user string) {
 // state for now's window (Redis still counts them, as leased tokens; they
 // go back to Redis with the lease); otherwise the tokens go back to Redis
 // (for the previous window, at the next sync pass). n is between 1 and the
-// rule's Limit (Burst).
+// rule's Limit (Burst). With Config.ServerTime, strict rules refund in the
+// window of the Redis server's clock, as they counted. When Redis cannot
+// answer, Refund returns an error wrapping ErrUnavailable and gives
+// nothing back; admissions that a failure policy made without Redis are
+// not refunded. Refunds are not counted in Stats.
 func (l *Limiter) Refund(ctx context.Context, ruleName, user string, now time.Time, n int64) error {
 	r, ok := l.rules[ruleName]
 	if !ok {

@@ -437,7 +437,7 @@ func TestPeekFromAnotherInstance(t *testing.T) {
 // TestPeekWhileRedisIsDown: a peek the rule's failure policy answers
 // counts nothing: FailOpen admits with the whole limit left, FailClosed
 // denies for at least a second, FailLocal answers from its table (which
-// still holds the limit after the peeks).
+// still holds the limit after the peeks), FailError returns the error.
 func TestPeekWhileRedisIsDown(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -451,6 +451,7 @@ func TestPeekWhileRedisIsDown(t *testing.T) {
 			{Name: "open", Limit: 4, Window: time.Second, Mode: Strict, OnFailure: FailOpen},
 			{Name: "closed", Limit: 4, Window: time.Second, Mode: Hybrid, OnFailure: FailClosed},
 			{Name: "local", Limit: 4, Window: time.Second, Mode: Hybrid},
+			{Name: "error", Limit: 4, Window: time.Second, Mode: Strict, OnFailure: FailError},
 		}})
 	require.NoError(t, err)
 	defer l.Close()
@@ -465,6 +466,8 @@ func TestPeekWhileRedisIsDown(t *testing.T) {
 		d, err = l.Peek(ctx, "local", "u", base)
 		require.NoError(t, err)
 		require.Equal(t, Decision{Allowed: true, Remaining: 4}, d)
+		_, err = l.Peek(ctx, "error", "u", base)
+		require.ErrorIs(t, err, ErrUnavailable)
 	}
 	st := l.Stats()
 	require.Zero(t, st.FallbackOpen+st.FallbackClosed+st.FallbackLocalAllowed+st.FallbackLocalDenied, "peeks counted")

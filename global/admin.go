@@ -7,10 +7,14 @@ import (
 
 // Delete removes the keys of one strict or hybrid base key: key itself,
 // and the sliding log's member set (key+":m"). They share a hash tag, so
-// one DEL serves a cluster too. It bypasses the coalescer and the breaker.
+// one DEL serves a cluster too. It waits at most Timeout; errors that mean
+// Redis could not answer wrap ErrUnavailable. It bypasses the coalescer
+// and the breaker.
 func (s *Store) Delete(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
 	if err := s.rdb.Del(ctx, key, key+":m").Err(); err != nil {
-		return fmt.Errorf("global: delete: %w", err)
+		return classify(fmt.Errorf("global: delete: %w", err))
 	}
 	return nil
 }
