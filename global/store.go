@@ -20,7 +20,7 @@ type Request struct {
 	Now       int64  // request time, ms since the epoch; ignored with ServerTime
 	Window    int64  // ms, > 0
 	Limit     int64  // > 0, Limit·Window ≤ 2^50
-	N         int64  // 1 ≤ N ≤ Limit
+	N         int64  // 1 ≤ N ≤ Limit (a token bucket's Burst)
 	// ServerTime makes the script read the Redis server's clock (TIME)
 	// instead of Now.
 	ServerTime bool
