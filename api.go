@@ -235,7 +235,7 @@ func (l *Limiter) checkKey(user string) error {
 // drop forgets what this instance holds of user's key: its counts, its
 // lease (not returned) and what it owes back.
 func (h *hybrid) drop(r *rule, user string) {
-	s := h.cache.State(h.cache.Get(user, r.hybridIndex))
+	s := h.cache.Find(user, r.hybridIndex)
 	if s == nil {
 		return
 	}
@@ -323,7 +323,7 @@ func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (resu
 	w := r.window
 	var owed [2]global.Return
 	last := ms
-	if s := h.cache.State(h.cache.Get(user, r.hybridIndex)); s != nil {
+	if s := h.cache.Find(user, r.hybridIndex); s != nil {
 		s.Lock()
 		now := max(ms, s.Last)
 		if now/w == s.Window && (s.Lease > 0 || s.Version > 0) {
@@ -390,7 +390,7 @@ func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (resu
 func (h *hybrid) refund(ctx context.Context, r *rule, user string, ms, n int64) error {
 	w := r.window
 	idx := ms / w
-	if s := h.cache.State(h.cache.Get(user, r.hybridIndex)); s != nil {
+	if s := h.cache.Find(user, r.hybridIndex); s != nil {
 		s.Lock()
 		switch idx {
 		case s.Window:
