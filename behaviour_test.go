@@ -280,7 +280,7 @@ func behaveRejectsBadInput(t *testing.T, b backend) {
 	ctx := context.Background()
 	for _, m := range modesAndFronts {
 		t.Run(m.name, func(t *testing.T) {
-			l, err := New(Config{Redis: b.c, KeyPrefix: b.prefix, Now: fixedClock(base), MaxKeyBytes: 16, noFront: !m.front,
+			l, err := New(Config{Redis: b.c, KeyPrefix: b.prefix, Now: fixedClock(base), MaxKeyBytes: 16, noFront: !m.front, StrictN: true,
 				Rules: []Rule{{Name: "r", Limit: 10, Window: time.Second, Mode: m.mode}}})
 			require.NoError(t, err)
 			defer l.Close()
@@ -298,9 +298,8 @@ func behaveRejectsBadInput(t *testing.T, b backend) {
 				{"unknown rule", "nope", "u", base, 1, ErrUnknownRule},
 				{"empty key", "r", "", base, 1, ErrInvalidKey},
 				{"huge key", "r", strings.Repeat("x", 17), base, 1, ErrInvalidKey},
-				{"zero n", "r", "u", base, 0, ErrInvalidArgument},
 				{"negative n", "r", "u", base, -3, ErrInvalidArgument},
-				{"n over limit", "r", "u", base, 11, ErrInvalidArgument},
+				{"n over limit (StrictN)", "r", "u", base, 11, ErrInvalidArgument},
 				{"zero time", "r", "u", time.Time{}, 1, ErrInvalidArgument},
 				{"before epoch", "r", "u", time.UnixMilli(-5), 1, ErrInvalidArgument},
 				{"far past", "r", "u", base.Add(-time.Hour), 1, ErrInvalidArgument},
@@ -326,6 +325,10 @@ func behaveRejectsBadInput(t *testing.T, b backend) {
 			require.ErrorIs(t, err, ErrClosed)
 			_, err = rl.Allow(ctx, "u", base)
 			require.ErrorIs(t, err, ErrClosed)
+			_, err = rl.Peek(ctx, "u", base)
+			require.ErrorIs(t, err, ErrClosed)
+			require.ErrorIs(t, rl.Reset(ctx, "u"), ErrClosed)
+			require.ErrorIs(t, rl.Refund(ctx, "u", base, 1), ErrClosed)
 			require.ErrorIs(t, l.Sync(ctx), ErrClosed)
 			require.NoError(t, l.Close(), "Close is idempotent")
 		})

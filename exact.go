@@ -37,30 +37,41 @@ func (s *fixedWindow) take(now, w, limit, n int64) result {
 }
 
 // tokenBucket is the generic cell rate algorithm in its integer form: a
-// bucket of limit tokens refilled at limit per W. To stay in integers a
+// bucket of burst tokens refilled at limit per W. To stay in integers a
 // token is W units and the bucket drains limit units per ms; level is the
-// units in use (0 = full bucket).
+// units in use (0 = full bucket). burst ≤ 2·limit, so a full bucket drains
+// within two windows.
 type tokenBucket struct {
 	level int64
 	last  int64
 }
 
+// take is takeBurst with a burst of limit.
 func (s *tokenBucket) take(now, w, limit, n int64) result {
+	return s.takeBurst(now, w, limit, limit, n)
+}
+
+// levelAt returns the units in use at now ≥ s.last.
+func (s *tokenBucket) levelAt(now, limit, w int64) int64 {
+	if elapsed := now - s.last; elapsed < 2*w {
+		return max(s.level-elapsed*limit, 0)
+	}
+	return 0
+}
+
+func (s *tokenBucket) takeBurst(now, w, limit, burst, n int64) result {
 	req := now
 	now = max(now, s.last)
-	level := int64(0)
-	if elapsed := now - s.last; elapsed < w {
-		level = max(s.level-elapsed*limit, 0)
-	}
+	level := s.levelAt(now, limit, w)
 	var r result
-	if level+n*w <= limit*w {
+	if level+n*w <= burst*w {
 		level += n * w
 		*s = tokenBucket{level: level, last: now}
 		r.allowed = true
 	} else {
-		r.retryAfter = ceilDiv(level+n*w-limit*w, limit)
+		r.retryAfter = ceilDiv(level+n*w-burst*w, limit)
 	}
-	r.remaining = (limit*w - level) / w
+	r.remaining = (burst*w - level) / w
 	r.resetAfter = ceilDiv(level, limit)
 	return r.shift(now - req)
 }

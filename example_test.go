@@ -102,8 +102,12 @@ func ExampleLimiter_AllowN() {
 		fmt.Printf("n=%d: allowed=%v remaining=%d\n", n, d.Allowed, d.Remaining)
 	}
 
-	// More than the limit could never pass, so it is an error, not a denial.
-	_, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 11)
+	// More than the limit could never pass: it is denied, and its
+	// RetryAfter is the rule's whole window (Config.StrictN makes it an
+	// error instead). A negative n is an error.
+	d, err := lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 11)
+	fmt.Println(d.Allowed, d.RetryAfter, err)
+	_, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, -1)
 	fmt.Println(errors.Is(err, ratelimit.ErrInvalidArgument))
 	_, err = lim.AllowN(ctx, "DELETE /v1/batch", "user-42", t0, 1)
 	fmt.Println(errors.Is(err, ratelimit.ErrUnknownRule))
@@ -112,6 +116,7 @@ func ExampleLimiter_AllowN() {
 	// n=4: allowed=true remaining=2
 	// n=4: allowed=false remaining=2
 	// n=2: allowed=true remaining=0
+	// false 1s <nil>
 	// true
 	// true
 }
@@ -309,4 +314,127 @@ func ExampleRule_onFailure() {
 	// login allowed: false retry after: 1 s
 	// export: true
 	// fallbacks: 2 allowed locally, 1 denied locally
+}
+
+// exampleLimiter returns a Limiter of rules on an embedded miniredis, with
+// its clock at t0, and a function that closes them.
+func exampleLimiter(rules ...ratelimit.Rule) (*ratelimit.Limiter, func()) {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	lim, err := ratelimit.New(ratelimit.Config{Redis: rdb, Rules: rules, Now: func() time.Time { return t0 }})
+	if err != nil {
+		panic(err)
+	}
+	return lim, func() { lim.Close(); rdb.Close(); mr.Close() }
+}
+
+// Peek tells what Allow would answer, counting nothing: a gateway can set
+// the RateLimit headers of a response, or refuse a request before doing any
+// work, without spending the user's budget.
+func ExampleLimiter_Peek() {
+	lim, done := exampleLimiter(ratelimit.Rule{Name: "GET /v1/orders", Limit: 2, Window: time.Second, Mode: ratelimit.Strict})
+	defer done()
+	ctx := context.Background()
+	for range 3 {
+		p, err := lim.Peek(ctx, "GET /v1/orders", "user-42", t0)
+		if err != nil {
+			panic(err)
+		}
+		d, err := lim.Allow(ctx, "GET /v1/orders", "user-42", t0)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("peek: allowed=%v remaining=%d; allow: allowed=%v remaining=%d\n", p.Allowed, p.Remaining, d.Allowed, d.Remaining)
+	}
+	// Output:
+	// peek: allowed=true remaining=2; allow: allowed=true remaining=1
+	// peek: allowed=true remaining=1; allow: allowed=true remaining=0
+	// peek: allowed=false remaining=0; allow: allowed=false remaining=0
+}
+
+// Reset gives a user the whole limit back (support unblocking a user, say);
+// other users keep their usage.
+func ExampleLimiter_Reset() {
+	lim, done := exampleLimiter(ratelimit.Rule{Name: "login", Limit: 3, Window: time.Minute, Algorithm: ratelimit.SlidingLog})
+	defer done()
+	ctx := context.Background()
+	for _, user := range []string{"alice", "bob"} {
+		for range 3 {
+			if _, err := lim.Allow(ctx, "login", user, t0); err != nil {
+				panic(err)
+			}
+		}
+	}
+	if err := lim.Reset(ctx, "login", "alice"); err != nil {
+		panic(err)
+	}
+	for _, user := range []string{"alice", "bob"} {
+		d, err := lim.Peek(ctx, "login", user, t0)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("%s: allowed=%v remaining=%d\n", user, d.Allowed, d.Remaining)
+	}
+	// Output:
+	// alice: allowed=true remaining=3
+	// bob: allowed=false remaining=0
+}
+
+// Refund gives back admissions that were counted but not served: here the
+// upstream failed on a batch of 4, so the user gets them back, in the same
+// window as they were counted in.
+func ExampleLimiter_Refund() {
+	lim, done := exampleLimiter(ratelimit.Rule{Name: "POST /v1/batch", Limit: 10, Window: time.Second, Algorithm: ratelimit.FixedWindow})
+	defer done()
+	ctx := context.Background()
+	d, err := lim.AllowN(ctx, "POST /v1/batch", "user-42", t0, 10)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("allowed:", d.Allowed, "remaining:", d.Remaining)
+	// ... the upstream answers 503 for 4 of them ...
+	if err := lim.Refund(ctx, "POST /v1/batch", "user-42", t0, 4); err != nil {
+		panic(err)
+	}
+	d, err = lim.AllowN(ctx, "POST /v1/batch", "user-42", t0.Add(10*time.Millisecond), 4)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("allowed:", d.Allowed, "remaining:", d.Remaining)
+	// Output:
+	// allowed: true remaining: 0
+	// allowed: true remaining: 0
+}
+
+// A token bucket's Burst caps what a user may send at once below the
+// rate: 100 a minute, but at most 5 at once, then one every 600 ms.
+func ExampleRule_burst() {
+	lim, done := exampleLimiter(ratelimit.Rule{Name: "POST /v1/search", Limit: 100, Window: time.Minute,
+		Algorithm: ratelimit.TokenBucket, Burst: 5})
+	defer done()
+	ctx := context.Background()
+	admitted := 0
+	var d ratelimit.Decision
+	for {
+		var err error
+		if d, err = lim.Allow(ctx, "POST /v1/search", "user-42", t0); err != nil {
+			panic(err)
+		}
+		if !d.Allowed {
+			break
+		}
+		admitted++
+	}
+	fmt.Println("at once:", admitted, "retry after:", d.RetryAfter)
+	d, err := lim.Allow(ctx, "POST /v1/search", "user-42", t0.Add(d.RetryAfter))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("600 ms later:", d.Allowed)
+	// Output:
+	// at once: 5 retry after: 600ms
+	// 600 ms later: true
 }

@@ -289,14 +289,14 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}, nil
 	}
-	limit := max(r.Limit/max(l.instances(), 1), 1)
+	limit, burst := r.share(l.instances())
 	var res result
-	if n > limit {
+	if n > burst {
 		// More than this instance's share: it can never pass here.
 		res = result{retryAfter: r.window, resetAfter: r.window}
 	} else {
 		r.fallback.Do(user, ms, earliest-2*r.window, func(s *localState) bool {
-			res = s.take(r.Algorithm, ms, r.window, limit, n)
+			res = s.take(r.Algorithm, ms, r.window, limit, burst, n)
 			return res.allowed
 		})
 	}

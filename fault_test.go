@@ -199,7 +199,7 @@ func testFaultKillRestart(t *testing.T, front bool) {
 		require.Equal(t, Degraded, l.Health().State, "instance %d", i)
 		_, err := l.Allow(ctx, "sw-local", "", clock.Now())
 		require.ErrorIs(t, err, ErrInvalidKey, "bad input stays an error")
-		_, err = l.AllowN(ctx, "fw-open", "u", clock.Now(), 0)
+		_, err = l.AllowN(ctx, "fw-open", "u", clock.Now(), -1)
 		require.ErrorIs(t, err, ErrInvalidArgument, "bad input stays an error")
 	}
 	// FailLocal: each instance admitted each user exactly its share of what

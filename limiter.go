@@ -50,10 +50,10 @@ const (
 	// FixedWindow counts per aligned window [k·W, (k+1)·W): cheap, but up
 	// to 2·Limit can pass around a window boundary.
 	FixedWindow
-	// TokenBucket is GCRA: a bucket of Limit tokens refilled at Limit per
-	// Window. It allows bursts of Limit and then a steady Limit/Window; it
-	// is not "Limit per any window": up to 2·Limit can pass within one
-	// window (a full bucket, then its refill).
+	// TokenBucket is GCRA: a bucket of Rule.Burst tokens (default Limit)
+	// refilled at Limit per Window. It allows bursts of Burst and then a
+	// steady Limit/Window; it is not "Limit per any window": up to Burst +
+	// Limit can pass within one window (a full bucket, then its refill).
 	TokenBucket
 	numAlgorithms
 )
@@ -144,6 +144,13 @@ type Rule struct {
 	// OnFailure is what the rule decides when Redis cannot answer. Default
 	// FailLocal. Local rules never need Redis.
 	OnFailure FailurePolicy
+	// Burst is a TokenBucket rule's capacity: the bucket holds at most Burst
+	// tokens and refills at Limit per Window, so a user idle for long may
+	// send Burst at once, then Limit per Window. Default (0) Limit. At most
+	// 2·Limit (a full bucket then drains within two windows, the span for
+	// which every key's state is kept). Set on another algorithm, it is an
+	// error.
+	Burst int64
 }
 
 // Config configures a Limiter. The zero value of each field means its
@@ -236,6 +243,10 @@ type Config struct {
 	// unavailable (a line also marks the outage's start and end). Default
 	// 10 s.
 	LogInterval time.Duration
+	// StrictN makes AllowN return an error wrapping ErrInvalidArgument for
+	// an n that can never pass (above the rule's Limit, or a token bucket's
+	// Burst), instead of the default denial (see AllowN).
+	StrictN bool
 
 	// noFront builds the hybrid mode's cache without its front table
 	// (local.NewCacheWithoutFront), the reference path the front table
@@ -321,6 +332,8 @@ type rule struct {
 
 	hybridIndex int // Hybrid mode only: index in hybrid.rules
 
+	maxN int64 // the largest n that can pass: Burst for a token bucket, else Limit
+
 	stats ruleCounters // RuleStats's (rulestats.go)
 }
 
@@ -357,7 +370,10 @@ func New(cfg Config) (*Limiter, error) {
 			return nil, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
 				ErrInvalidArgument, i, r.Name, r.Algorithm)
 		}
-		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm)}
+		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm), maxN: r.Limit}
+		if r.Burst > 0 {
+			rl.maxN = r.Burst
+		}
 		switch r.Mode {
 		case Local:
 			rl.table = local.NewTable[localState](2 * rl.window)
@@ -545,6 +561,12 @@ func (r Rule) validate() error {
 		return fmt.Errorf("field Window %v exceeds 100 years", r.Window)
 	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
 		return fmt.Errorf("fields Limit %d × Window %v exceed 2^50 ms", r.Limit, r.Window)
+	case r.Burst < 0:
+		return fmt.Errorf("field Burst %d is negative", r.Burst)
+	case r.Burst != 0 && r.Algorithm != TokenBucket:
+		return fmt.Errorf("field Burst is set, but only token_bucket has a burst, not %v", r.Algorithm)
+	case r.Burst > 2*r.Limit:
+		return fmt.Errorf("field Burst %d exceeds 2 × Limit %d", r.Burst, r.Limit)
 	}
 	return nil
 }
@@ -557,8 +579,17 @@ func (l *Limiter) Allow(ctx context.Context, ruleName, user string, now time.Tim
 
 // AllowN reports whether n requests by user under the named rule, made at
 // now, may proceed, and counts them if so: the check and the count are one
-// atomic step. Decisions use now, never the Limiter's clock. n must be
-// between 1 and the rule's Limit.
+// atomic step. Decisions use now, never the Limiter's clock.
+//
+// n = 0 peeks: the Decision is the one Allow would return now (Allowed:
+// whether one more request would pass; RetryAfter: the wait for one), and
+// nothing is counted or written, in any mode (see Limiter.Peek).
+//
+// An n that can never pass, above the rule's Limit (a token bucket's
+// Burst), is denied without being counted: Allowed false, RetryAfter the
+// rule's Window (waiting does not help: split the request), Remaining and
+// ResetAfter those of a peek. With Config.StrictN it is an error wrapping
+// ErrInvalidArgument instead. A negative n is always such an error.
 func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Time, n int64) (Decision, error) {
 	r, ok := l.rules[ruleName]
 	if !ok {
@@ -613,6 +644,9 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if err != nil {
 		return Decision{}, err
 	}
+	if n == 0 || n > r.maxN {
+		return l.peek(ctx, r, user, ms, n)
+	}
 	var res result
 	switch r.Mode {
 	case Hybrid:
@@ -633,7 +667,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 		// An entry is dead once no request to come can fall in its windows.
 		dead := earliest - 2*r.window
 		r.table.Do(user, ms, dead, func(s *localState) bool {
-			res = s.take(r.Algorithm, ms, r.window, r.Limit, n)
+			res = s.take(r.Algorithm, ms, r.window, r.Limit, r.maxN, n)
 			return res.allowed
 		})
 	default:
@@ -661,6 +695,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 			Limit:      r.Limit,
 			N:          n,
 			ServerTime: l.cfg.ServerTime,
+			Burst:      r.Burst,
 		})
 		if err != nil {
 			if errors.Is(err, global.ErrClosed) {
@@ -696,11 +731,11 @@ func (l *Limiter) check(r *rule, user string, now time.Time, n int64) (ms, earli
 		return 0, 0, fmt.Errorf("%w: empty", ErrInvalidKey)
 	case len(user) > l.cfg.MaxKeyBytes:
 		return 0, 0, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidKey, len(user), l.cfg.MaxKeyBytes)
-	case n <= 0:
-		return 0, 0, fmt.Errorf("%w: n = %d, want ≥ 1", ErrInvalidArgument, n)
-	case n > r.Limit:
-		return 0, 0, fmt.Errorf("%w: n = %d exceeds rule %q's limit %d and could never pass", ErrInvalidArgument, n, r.Name, r.Limit)
-	case n > maxLogN && r.Algorithm == SlidingLog:
+	case n < 0:
+		return 0, 0, fmt.Errorf("%w: n = %d is negative", ErrInvalidArgument, n)
+	case n > r.maxN && l.cfg.StrictN:
+		return 0, 0, fmt.Errorf("%w: n = %d exceeds rule %q's limit %d and could never pass", ErrInvalidArgument, n, r.Name, r.maxN)
+	case n > maxLogN && n <= r.maxN && r.Algorithm == SlidingLog:
 		return 0, 0, fmt.Errorf("%w: n = %d exceeds %d, the most a sliding_log call adds", ErrInvalidArgument, n, maxLogN)
 	case now.IsZero():
 		return 0, 0, fmt.Errorf("%w: zero timestamp", ErrInvalidArgument)
@@ -942,14 +977,14 @@ type localState struct {
 	log slidingLog
 }
 
-func (s *localState) take(a Algorithm, now, w, limit, n int64) result {
+func (s *localState) take(a Algorithm, now, w, limit, burst, n int64) result {
 	switch a {
 	case SlidingLog:
 		return s.log.take(now, w, limit, n)
 	case FixedWindow:
 		return s.fw.take(now, w, limit, n)
 	case TokenBucket:
-		return s.tb.take(now, w, limit, n)
+		return s.tb.takeBurst(now, w, limit, burst, n)
 	}
 	return s.sw.take(now, w, limit, n)
 }

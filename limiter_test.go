@@ -235,6 +235,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative pending", Config{Rules: []Rule{ok}, MaxPendingKeys: -1}, "MaxPendingKeys"},
 		{"negative breaker", Config{Rules: []Rule{ok}, Breaker: BreakerConfig{Backoff: -1}}, "Breaker"},
 		{"jitter above 1", Config{Rules: []Rule{ok}, Breaker: BreakerConfig{Jitter: 2}}, "Jitter"},
+		{"negative burst", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Algorithm: TokenBucket, Burst: -1, Mode: Local}}}, "Burst -1 is negative"},
+		{"burst off token bucket", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Burst: 1, Mode: Local}}}, "only token_bucket has a burst"},
+		{"burst above 2×limit", Config{Rules: []Rule{{Name: "a", Limit: 10, Window: time.Second, Algorithm: TokenBucket, Burst: 21, Mode: Local}}}, "exceeds 2 × Limit"},
 		{"bad policy", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, OnFailure: 9, Mode: Local}}}, "OnFailure 9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,7 +14,7 @@ const (
 	SlidingWindow Algorithm = iota // two-window weighted counter
 	SlidingLog                     // sorted set of timestamps, exact
 	FixedWindow                    // counter per aligned window
-	TokenBucket                    // GCRA, burst = limit
+	TokenBucket                    // GCRA, burst ≤ 2·limit (Request.Burst)
 	numAlgorithms
 )
 

@@ -20,11 +20,27 @@ type Request struct {
 	Now       int64  // request time, ms since the epoch; ignored with ServerTime
 	Window    int64  // ms, > 0
 	Limit     int64  // > 0, Limit·Window ≤ 2^50
-	N         int64  // 1 ≤ N ≤ Limit
+	N         int64  // 1 ≤ N ≤ Limit (a token bucket's Burst)
 	// ServerTime makes the script read the Redis server's clock (TIME)
 	// instead of Now.
 	ServerTime bool
+	// Mode is what the call does: take N (the zero value), peek (answer
+	// for N without changing the key), or refund N.
+	Mode Mode
+	// Burst is a token bucket's capacity in tokens, ≤ 2·Limit; 0 means
+	// Limit. Other algorithms ignore it.
+	Burst int64
 }
+
+// Mode is what a strict call does with its key.
+type Mode uint8
+
+// The strict calls' modes (a script's ARGV[6]).
+const (
+	Take   Mode = iota // decide N and count it if admitted
+	Peek               // decide N, count nothing, write nothing
+	Refund             // give N back, then answer a peek of one
+)
 
 // Result is a script's answer; durations are in milliseconds.
 type Result struct {
@@ -682,7 +698,11 @@ func (r Request) keysArgs() ([]string, []any) {
 	if r.ServerTime {
 		st = "1"
 	}
-	return keys, []any{r.Now, r.Window, r.Limit, r.N, st}
+	burst := r.Burst
+	if burst == 0 {
+		burst = r.Limit
+	}
+	return keys, []any{r.Now, r.Window, r.Limit, r.N, st, int(r.Mode), burst}
 }
 
 // run executes one request outside a pipeline: EVALSHA, then EVAL on

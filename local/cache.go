@@ -354,6 +354,22 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 	return s
 }
 
+// Find returns the state of user under rule, from ristretto, its front
+// table or the side map of states ristretto has not applied yet, or nil.
+// Unlike GetOrCreate it creates nothing.
+func (c *Cache) Find(user string, rule int) *State {
+	if s := c.State(c.Get(user, rule)); s != nil {
+		return s
+	}
+	key, check := c.hash(user, rule)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.recent[key]; ok && s.check == check {
+		return s
+	}
+	return nil
+}
+
 // Forget drops from the side map the states that ristretto now holds, and
 // those it evicted, rejected or dropped; the sync pass calls it once per
 // interval. A state ristretto has not processed yet stays, so that it is

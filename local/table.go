@@ -118,3 +118,28 @@ func (t *Table[V]) Sweep(now int64) {
 		s.mu.Unlock()
 	}
 }
+
+// Visit calls f with key's value if the key is present and not expired at
+// now (ms), under its shard lock, and reports whether it did. Unlike Do it
+// creates nothing, marks nothing used and counts nothing: f may read the
+// value (a peek) or change it (a refund). f must be short and must not
+// call back into the Table.
+func (t *Table[V]) Visit(key string, now int64, f func(*V)) bool {
+	s := &t.shards[maphash.String(t.seed, key)&(numShards-1)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[key]
+	if !ok || now-e.used > t.ttl {
+		return false
+	}
+	f(&e.v)
+	return true
+}
+
+// Delete removes key's value, if any.
+func (t *Table[V]) Delete(key string) {
+	s := &t.shards[maphash.String(t.seed, key)&(numShards-1)]
+	s.mu.Lock()
+	delete(s.m, key)
+	s.mu.Unlock()
+}

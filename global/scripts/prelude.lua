@@ -21,6 +21,11 @@ local function strict_args()
   return now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 end
 
+-- A strict script's mode, ARGV[6]: 0 decides n (take), 1 answers whether
+-- n would be admitted without changing anything (peek), 2 gives n back
+-- (refund) and then answers as a peek of one.
+local function strict_mode() return tonumber(ARGV[6]) or 0 end
+
 -- A strict script's reply {allowed (0|1), remaining, retry_after_ms,
 -- reset_after_ms}, decided at now: its waits are told from req, the time
 -- the caller asked at (earlier when now was raised to the key's newest).

@@ -1,6 +1,7 @@
 -- Sliding window (two-window weighted counter). Mirrors approx.go.
 -- KEYS[1]  hash {w = window index, c = current count, p = previous count, t = newest admitted ms}
--- ARGV     now_ms, window_ms, limit, n, use_server_time ("1" or "0")
+-- ARGV     now_ms, window_ms, limit, n, use_server_time ("1" or "0"),
+--          mode (strict_mode: "0" take, "1" peek, "2" refund n)
 -- Returns  {allowed (0|1), remaining, retry_after_ms, reset_after_ms}
 -- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
@@ -8,6 +9,19 @@ local now, w, limit, n = strict_args()
 local req = now
 
 local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p', 't')
+local mode = strict_mode()
+if mode == 2 then
+  -- Refund n of the window of req: the current count if the key is still
+  -- in it, the previous one if the key moved to the next window.
+  local sidx, ridx = tonumber(st[1]), fdiv(req, w)
+  local f = nil
+  if sidx == ridx then f = 2 elseif sidx == ridx + 1 then f = 3 end
+  if f then
+    st[f] = math.max((tonumber(st[f]) or 0) - n, 0)
+    redis.call('HSET', KEYS[1], 'c', int(tonumber(st[2]) or 0), 'p', int(tonumber(st[3]) or 0))
+  end
+  n = 1
+end
 local last = tonumber(st[4]) or 0
 if now < last then now = last end
 local idx = fdiv(now, w)
@@ -26,9 +40,11 @@ local function scaled(c) return prev * (w - elapsed) + c * w end
 local allowed, retry = 0, 0
 if scaled(cur + n) <= limit * w then
   allowed = 1
-  cur = cur + n
-  redis.call('HSET', KEYS[1], 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now))
-  redis.call('PEXPIRE', KEYS[1], 2 * w)
+  if mode == 0 then
+    cur = cur + n
+    redis.call('HSET', KEYS[1], 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now))
+    redis.call('PEXPIRE', KEYS[1], 2 * w)
+  end
 else
   retry = -1
   local a = limit - cur - n
