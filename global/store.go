@@ -637,6 +637,7 @@ func (s *Store) bounded(parent context.Context, gates []gate, ops []op) []*redis
 // returns their commands, in order. Ops whose script the server lost
 // (NOSCRIPT) are run again alone through EVAL.
 func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
+	start := time.Now()
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(ops))
 	for i, o := range ops {
@@ -644,7 +645,7 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 		cmds[i] = o.script().EvalSha(ctx, pipe, keys, args...)
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
-	cmds = s.retryBusy(ctx, ops, cmds)
+	cmds = s.retryBusy(ctx, start, ops, cmds)
 	var again []int
 	for i, cmd := range cmds {
 		if isNoScript(cmd.Err()) {
@@ -669,7 +670,7 @@ func (s *Store) pipeline(ctx context.Context, ops []op) []*redis.Cmd {
 			cmds[i] = run(ctx, s.rdb, ops[i])
 		}
 	}
-	return s.retryBusy(ctx, ops, cmds)
+	return s.retryBusy(ctx, start, ops, cmds)
 }
 
 // Close stops accepting calls and waits for the callers waiting for an
@@ -733,15 +734,19 @@ const (
 // says its slot is moving (see slotBusy), until ctx's deadline or the
 // Store's Timeout.
 func (s *Store) runRetrying(ctx context.Context, o op) *redis.Cmd {
-	return s.retryBusy(ctx, []op{o}, []*redis.Cmd{run(ctx, s.rdb, o)})[0]
+	start := time.Now()
+	return s.retryBusy(ctx, start, []op{o}, []*redis.Cmd{run(ctx, s.rdb, o)})[0]
 }
 
 // retryBusy sends again, alone, each op whose command says its slot is
 // moving: such a call did not run. go-redis already retried it a few
 // times; a migration of many keys takes longer, so this waits, doubling
 // from busyWait to busyMaxWait, until ctx's deadline or the Store's
-// Timeout, and leaves the last answer in cmds.
-func (s *Store) retryBusy(ctx context.Context, ops []op, cmds []*redis.Cmd) []*redis.Cmd {
+// Timeout after start (when the calls were first sent: the callers' own
+// Timeout runs from about then, and a deadline taken after go-redis's own
+// retries would let them time out first), and leaves the last answer in
+// cmds.
+func (s *Store) retryBusy(ctx context.Context, start time.Time, ops []op, cmds []*redis.Cmd) []*redis.Cmd {
 	var busy []int
 	for i, cmd := range cmds {
 		if slotBusy(cmd.Err()) {
@@ -753,7 +758,7 @@ func (s *Store) retryBusy(ctx context.Context, ops []op, cmds []*redis.Cmd) []*r
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(s.opts.Timeout)
+		deadline = start.Add(s.opts.Timeout)
 	}
 	wait := busyWait
 	// go-redis's own retries of a call take tens of ms: stop with room
