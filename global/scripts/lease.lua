@@ -71,25 +71,10 @@ local function lease(key, a)
   local last = tonumber(st[4]) or 0
   if now < last then now = last end
   local idx = fdiv(now, w)
-  local prev, cur, ap, ac = 0, 0, 0, 0
-  local sidx = tonumber(st[1])
-  local restored = 0
   local kv = tonumber(ARGV[a + 16])
-  if sidx == nil and kv > 0 then
-    local kw, kp, kc = tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15])
-    if kw == idx then
-      sidx, st[2], st[3], restored = idx, kc, kp, 1
-    elseif kw == idx - 1 then
-      sidx, st[2], restored = kw, kc, 1
-    end
-    if restored == 1 then version = math.max(version, kv + 1) end
-  end
-  if sidx == idx then
-    cur, prev = tonumber(st[2]) or 0, tonumber(st[3]) or 0
-    ac, ap = tonumber(st[5]) or 0, tonumber(st[6]) or 0
-  elseif sidx == idx - 1 then
-    prev, ap = tonumber(st[2]) or 0, tonumber(st[5]) or 0
-  end
+  local prev, cur, ap, ac, restored = hybrid_counts(st, idx,
+    tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15]), kv)
+  if restored == 1 then version = math.max(version, kv + 1) end
   if op ~= 0 then
     -- A copy of the recorded op, or an older op: the key as it is. (A
     -- record lives in the key, so the key exists: it was not restored.)

@@ -114,3 +114,29 @@ local function op_prune(key, idx)
   end
   if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
 end
+
+-- hybrid_counts reads a hybrid key's counts of window idx from st, its
+-- HMGET of 'w', 'c', 'p', 't', 'ac', 'ap', 'v' (lease.lua's layout): the
+-- window's and the previous window's counts and attempts. A key missing
+-- while its caller knew it (known_version kv > 0) in window idx or idx-1
+-- was lost, not expired (every write sets a TTL of two windows): it starts
+-- again from what the caller knew (kw, kp, kc), so that a data loss hands
+-- no user a fresh budget; restored is 1 then. Returns prev, cur, ap, ac,
+-- restored.
+local function hybrid_counts(st, idx, kw, kp, kc, kv)
+  local sidx, restored = tonumber(st[1]), 0
+  local c, p, ac, ap = tonumber(st[2]) or 0, tonumber(st[3]) or 0, tonumber(st[5]) or 0, tonumber(st[6]) or 0
+  if sidx == nil and kv > 0 then
+    if kw == idx then
+      sidx, c, p, ac, ap, restored = idx, kc, kp, 0, 0, 1
+    elseif kw == idx - 1 then
+      sidx, c, ac, restored = kw, kc, 0, 1
+    end
+  end
+  if sidx == idx then
+    return p, c, ap, ac, restored
+  elseif sidx == idx - 1 then
+    return c, 0, ac, 0, restored
+  end
+  return 0, 0, 0, 0, restored
+end
