@@ -44,7 +44,7 @@ test: redis ## Run all tests (root module, then bench/ module) with -race -shuff
 	$(GO) test $(TESTFLAGS) -skip '^TestCluster' ./... || status=1; \
 	echo "==> go test -count=1 -run TestSweep ./sim/  (the full simulation grid, without -race)"; \
 	$(GO) test -count=1 -run TestSweep ./sim/ || status=1; \
-	echo "==> go test -count=1 -run TestHybridHotKeysOutlastAFlood .  (needs ristretto to keep up: without -race)"; \
+	echo "==> go test -count=1 -run TestHybridHotKeysOutlastAFlood .  (again without -race, as before the doorkeeper let it run under -race)"; \
 	$(GO) test -count=1 -run TestHybridHotKeysOutlastAFlood -v . | grep -E '^(---|ok|FAIL|panic)|flood_test' || status=1; \
 	if [ -f bench/go.mod ]; then \
 		echo "==> go test $(TESTFLAGS) ./...  (bench module)"; \

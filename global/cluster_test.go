@@ -167,7 +167,9 @@ func TestClusterLeaseBatchBySlot(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, int(want), Slot(k), k)
 	}
-	s := NewStore(c, Options{LeaseKeysPerCall: 32})
+	// One pipeline of ~12 700 calls: under -race on a loaded machine it
+	// took more than the default Timeout.
+	s := NewStore(c, Options{LeaseKeysPerCall: 32, Timeout: 20 * time.Second, SyncTimeout: 20 * time.Second})
 	defer s.Close()
 	const users = 20_000 // over 16 384 slots: about 11 500 of them
 	now := int64(1_700_000_000_000)
