@@ -438,3 +438,36 @@ func ExampleRule_burst() {
 	// at once: 5 retry after: 600ms
 	// 600 ms later: true
 }
+
+// AllowAll checks a request against several rules, all or nothing: here a
+// burst limit of 2 per second and a budget of 3 per minute. The third
+// request, denied by the second's rule, consumes nothing under the
+// minute's, so the fourth still fits in it; the fifth is denied by the
+// minute's rule.
+func ExampleLimiter_AllowAll() {
+	lim, err := ratelimit.New(ratelimit.Config{
+		Now: func() time.Time { return t0 }, // the requests' timestamps are checked against the clock
+		Rules: []ratelimit.Rule{
+			{Name: "per-second", Limit: 2, Window: time.Second, Mode: ratelimit.Local},
+			{Name: "per-minute", Limit: 3, Window: time.Minute, Mode: ratelimit.Local},
+		}})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+	ctx := context.Background()
+	checks := []ratelimit.Check{{Rule: "per-second", N: 1}, {Rule: "per-minute", N: 1}}
+	for i, at := range []time.Duration{0, 0, 0, 2500 * time.Millisecond, 3500 * time.Millisecond} {
+		d, err := lim.AllowAll(ctx, "alice", t0.Add(at), checks...)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("request %d at +%v: allowed %v, decided by %s, %d remaining\n", i+1, at, d.Allowed, d.Rule, d.Remaining)
+	}
+	// Output:
+	// request 1 at +0s: allowed true, decided by per-second, 1 remaining
+	// request 2 at +0s: allowed true, decided by per-second, 0 remaining
+	// request 3 at +0s: allowed false, decided by per-second, 0 remaining
+	// request 4 at +2.5s: allowed true, decided by per-minute, 0 remaining
+	// request 5 at +3.5s: allowed false, decided by per-minute, 0 remaining
+}
