@@ -24,9 +24,9 @@
 //     route's handler, not the router).
 //
 // A route with several rules is checked rule by rule, in the order given,
-// and stops at the first denial; the rules before it have counted the
-// request (until the Limiter offers an all-or-nothing call over several
-// rules). The most restrictive decision is the one reported.
+// and stops at the first denial, all or nothing as Limiter.AllowAll: the
+// rules before the denial are refunded, so a denied request consumes no
+// quota. The most restrictive decision is the one reported.
 //
 // # Keys
 //

@@ -253,17 +253,28 @@ type result struct {
 
 // decide checks the request of key at now against every rule of rt, in
 // order, stopping at the first denial, and returns the decisions made. This
-// is the one place that calls the Limiter: an all-or-nothing multi-rule
-// call replaces its loop.
+// is the one place that calls the Limiter. All or nothing, as
+// Limiter.AllowAll: a request that a rule denies, or that fails under one,
+// is refunded under the rules before it, so a denied request consumes no
+// quota (best effort: a refund that fails, Redis gone meanwhile, leaves that
+// rule's count one higher, never a limit exceeded).
 func (m *Middleware) decide(ctx context.Context, rt *route, key string, now time.Time) ([]result, error) {
 	res := make([]result, 0, len(rt.rules))
+	refund := func() {
+		for _, r := range res[:len(res)-1] {
+			_ = r.rule.Refund(context.WithoutCancel(ctx), key, now, 1)
+		}
+	}
 	for i, rl := range rt.rules {
 		d, err := rl.Allow(ctx, key, now)
 		if err != nil {
+			res = append(res, result{})
+			refund()
 			return nil, err
 		}
 		res = append(res, result{rule: rl, name: rt.names[i], d: d})
 		if !d.Allowed {
+			refund()
 			break
 		}
 	}

@@ -246,8 +246,16 @@ func TestSeveralRules(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &p))
 	require.Equal(t, []string{"burst"}, p.ViolatedPolicies)
 
-	clk.set(t0.Add(2 * time.Second)) // the next burst window; "orders" has counted 3
-	require.Equal(t, `"orders";r=1;t=10`, do(mux, "GET", "/v1/orders", "heidi").Header().Get("RateLimit"))
+	// The denied request was refunded under "orders" (all or nothing): it
+	// has counted 2 of 5.
+	p2, err := lim.Peek(context.Background(), "orders", "user:heidi", clk.Now())
+	require.NoError(t, err)
+	require.Equal(t, int64(3), p2.Remaining)
+	clk.set(t0.Add(2 * time.Second)) // the next burst window
+	require.Equal(t, `"burst";r=1;t=10`, do(mux, "GET", "/v1/orders", "heidi").Header().Get("RateLimit"))
+	p2, err = lim.Peek(context.Background(), "orders", "user:heidi", clk.Now())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), p2.Remaining)
 }
 
 // TestPolicyNameQuoted: a rule name is a Structured Field string, with '"'
