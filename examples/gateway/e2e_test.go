@@ -17,32 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-const redisAddr = "127.0.0.1:6379"
-
-// requireRedis returns a client of the Redis at redisAddr; when none
-// answers the test is skipped, or fails under CI.
-func requireRedis(t *testing.T) *redis.Client {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, DialTimeout: time.Second})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		_ = rdb.Close()
-		if os.Getenv("CI") != "" {
-			t.Fatalf("Redis at %s: %v (CI is set: the end-to-end test needs it; make redis starts one)", redisAddr, err)
-		}
-		t.Skipf("no Redis at %s (%v): start one (make redis) to run the end-to-end test", redisAddr, err)
-	}
-	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb
-}
 
 // buildGateway builds the gateway binary into a temporary directory.
 func buildGateway(t *testing.T) string {
@@ -108,7 +89,7 @@ func startGateway(t *testing.T, bin string, args ...string) string {
 // with RateLimit's r counting down to 0 and Retry-After ≥ 1 on every 429;
 // the upstream sees exactly the admitted requests.
 func TestEndToEnd(t *testing.T) {
-	rdb := requireRedis(t)
+	rdb := redistest.Client(t) // skips without a Redis, fails under CI
 	prefix := fmt.Sprintf("e2e-gw-%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -132,7 +113,7 @@ func TestEndToEnd(t *testing.T) {
 	bin := buildGateway(t)
 	var gateways []string
 	for range 3 {
-		gateways = append(gateways, startGateway(t, bin, "-upstream", upstream.URL, "-redis", redisAddr, "-prefix", prefix,
+		gateways = append(gateways, startGateway(t, bin, "-upstream", upstream.URL, "-redis", redistest.Addr(), "-prefix", prefix,
 			"-timeout", "10s")) // a loaded machine's slow call must not fall back to FailLocal's separate count
 	}
 
