@@ -207,10 +207,23 @@ func behaveHybridWithinLimit(t *testing.T, b backend, p concurrency) {
 // and any other state of the key fails the test rather than reading as 0.
 func windowCount(t *testing.T, c redis.UniversalClient, key string, now time.Time, w time.Duration) int64 {
 	t.Helper()
+	cur, prev, rolled := keyWindows(t, c, key, now, w)
+	if rolled {
+		return prev
+	}
+	return cur
+}
+
+// keyWindows reads key's window counts as of now's window of w: cur, that
+// window's count, or, when a later call rolled the key into the next window
+// (rolled), cur is that next window's and prev now's. A missing key reads
+// 0, 0; any other window fails the test.
+func keyWindows(t *testing.T, c redis.UniversalClient, key string, now time.Time, w time.Duration) (cur, prev int64, rolled bool) {
+	t.Helper()
 	v, err := c.HMGet(context.Background(), key, "w", "c", "p").Result()
 	require.NoError(t, err)
 	if v[0] == nil {
-		return 0
+		return 0, 0, false
 	}
 	field := func(x any) (n int64) {
 		if x != nil {
@@ -221,12 +234,12 @@ func windowCount(t *testing.T, c redis.UniversalClient, key string, now time.Tim
 	idx, want := field(v[0]), now.UnixMilli()/w.Milliseconds()
 	switch {
 	case idx == want:
-		return field(v[1])
+		return field(v[1]), field(v[2]), false
 	case idx == want+1 && v[2] != nil:
-		return field(v[2])
+		return field(v[1]), field(v[2]), true
 	}
 	t.Fatalf("%s: Redis holds window %d, not %d or the one after", key, idx, want)
-	return 0
+	return 0, 0, false
 }
 
 // behaveKeysExpire: every key written carries a TTL of at most two windows
