@@ -644,10 +644,19 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if err != nil {
 		return Decision{}, err
 	}
+	return l.decideChecked(ctx, r, user, ms, earliest, n)
+}
+
+// decideChecked is allowN's decision, for arguments that check accepted
+// (ms and earliest are its answers).
+func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
 	if n == 0 || n > r.maxN {
 		return l.peek(ctx, r, user, ms, n)
 	}
-	var res result
+	var (
+		res result
+		err error
+	)
 	switch r.Mode {
 	case Hybrid:
 		res, err = l.hybrid.decide(ctx, r, user, ms, n)

@@ -50,23 +50,28 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	if len(checks) == 0 {
 		return MultiDecision{}, fmt.Errorf("%w: AllowAll with no rule", ErrInvalidArgument)
 	}
+	if l.closed.Load() {
+		return MultiDecision{}, ErrClosed
+	}
 	rules := make([]*rule, len(checks))
+	var ms, earliest int64
 	for i, c := range checks {
 		r, ok := l.rules[c.Rule]
 		if !ok {
 			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 		}
-		if _, _, err := l.check(r, user, now, c.N); err != nil {
-			return MultiDecision{}, fmt.Errorf("rule %q: %w", c.Rule, err)
-		}
 		if c.N < 1 {
 			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, c.Rule)
+		}
+		var err error
+		if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
+			return MultiDecision{}, fmt.Errorf("rule %q: %w", c.Rule, err)
 		}
 		rules[i] = r
 	}
 	var out MultiDecision
 	for i, c := range checks {
-		d, err := l.allowN(ctx, rules[i], user, now, c.N)
+		d, err := l.decideChecked(ctx, rules[i], user, ms, earliest, c.N) // checked above, once
 		if err != nil {
 			return MultiDecision{}, errors.Join(err, l.rollback(ctx, user, now, checks[:i]))
 		}
