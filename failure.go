@@ -286,7 +286,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 	case FailClosed:
 		l.fallbacks.closed.Add(1)
 		r.stats.fallback(false)
-		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
+		wait := max(l.store.RetryAfter(r.key(l.cfg.KeyPrefix, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}, nil
 	}
 	limit, burst := r.share(l.instances())
@@ -347,7 +347,7 @@ type pending struct {
 }
 
 type pendingKey struct {
-	r    *rule
+	core *ruleCore // the rule's identity across Reload; its newest version is core.cur
 	user string
 }
 
@@ -373,7 +373,7 @@ func newPending(max int) *pending {
 
 // add records n admissions of user under r at ms.
 func (p *pending) add(r *rule, user string, ms, n int64) {
-	k := pendingKey{r, user}
+	k := pendingKey{r.ruleCore, user}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d, ok := p.m[k]
@@ -430,7 +430,7 @@ func (p *pending) has(r *rule, user string) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.keys[pendingKey{r, user}] > 0
+	return p.keys[pendingKey{r.ruleCore, user}] > 0
 }
 
 // errPending sends to the failure policy a key whose admissions made
@@ -529,7 +529,7 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 	}
 	live := all[:0]
 	for _, e := range all {
-		r, d := e.k.r, e.d
+		r, d := e.k.core.cur.Load(), e.d
 		oldest := now/r.window - 1 // the oldest window that still counts
 		if d.idx < oldest || d.idx == oldest && r.Algorithm == FixedWindow {
 			l.pending.expired.Add(d.cur + d.prev)
@@ -550,11 +550,11 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 	// applies a stale credit, perhaps a second time (see Credit.Op).
 	slices.SortFunc(live, func(a, b pendingRetry) int { return cmp.Compare(a.d.op.Seq, b.d.op.Seq) })
 	for _, e := range live {
-		r, d := e.k.r, e.d
+		r, d := e.k.core.cur.Load(), e.d // a removed rule's too: its admissions still count
 		batch = append(batch, e)
 		credits = append(credits, global.Credit{
 			Algorithm: r.algo,
-			Key:       global.Key(l.cfg.KeyPrefix, r.Name, e.k.user),
+			Key:       r.key(l.cfg.KeyPrefix, e.k.user),
 			Window:    r.window,
 			Limit:     r.Limit,
 			Idx:       d.idx,

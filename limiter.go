@@ -128,9 +128,14 @@ const (
 
 // Rule is one limit: at most Limit requests per Window for each user.
 type Rule struct {
-	// Name identifies the rule in Allow calls and in Redis keys, e.g.
-	// "GET /v1/orders". Required and unique.
+	// Name identifies the rule in Allow calls, e.g. "GET /v1/orders".
+	// Required and unique.
 	Name string
+	// ID names the rule's counters in Redis and identifies the rule across
+	// Reload: a rule renamed under the same ID keeps every user's counts.
+	// Default Name (so keys named before IDs existed do not change).
+	// Unique.
+	ID string
 	// Limit is the number of requests admitted per Window. Must be > 0.
 	Limit int64
 	// Window is the period of the limit; at least 1 ms, whole
@@ -151,6 +156,14 @@ type Rule struct {
 	// which every key's state is kept). Set on another algorithm, it is an
 	// error.
 	Burst int64
+	// Shadow makes the rule decide and count as usual but never deny: the
+	// Decision is always Allowed, with RetryAfter 0, while Remaining and
+	// ResetAfter are the rule's real ones (Remaining 0 when it would have
+	// denied). What it would have decided is counted in RuleStats
+	// (ShadowAllowed, ShadowDenied): a way to try a limit on live traffic
+	// before enforcing it (Reload can then clear Shadow, counts intact).
+	// Errors (bad input; FailError while Redis is down) are still errors.
+	Shadow bool
 }
 
 // Config configures a Limiter. The zero value of each field means its
@@ -300,10 +313,10 @@ func (d Decision) RetryAfterSeconds() int {
 // Limiter decides whether requests may pass. It is safe for concurrent use.
 // Close it when done; it does not close the Redis client.
 type Limiter struct {
-	cfg    Config // defaults filled in
-	rules  map[string]*rule
-	store  *global.Store // nil when no rule needs Redis
-	hybrid *hybrid       // nil when no rule is Hybrid
+	cfg    Config                  // defaults filled in
+	rules  atomic.Pointer[ruleSet] // the rules in force (rules.go)
+	store  *global.Store           // nil when no rule needs Redis
+	hybrid *hybrid                 // nil when no rule is Hybrid
 	syncer *syncer.Reconciler
 
 	closeOnce sync.Once
@@ -319,22 +332,22 @@ type Limiter struct {
 	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
 	passes                                   *passStats   // SyncStats's (rulestats.go)
 	loop                                     syncLoop     // the sync loop, unless ManualSync (rulestats.go)
+
+	reloadMu   sync.Mutex                  // serialises Reload; guards cores
+	cores      map[string]*ruleCore        // every rule core made, by ID, live or removed
+	localCores atomic.Pointer[[]*ruleCore] // every Local rule's core, for Stats
 }
 
-// rule is a validated Rule with its derived values.
+// rule is a validated Rule with its derived values: one version of the
+// rule, in one rule set, immutable. What lasts across versions (tables,
+// hybrid index, counters) is in its core (rules.go).
 type rule struct {
 	Rule
+	*ruleCore
 	window int64 // ms
 	algo   global.Algorithm
-	table  *local.Table[localState] // Local mode only
-
-	fallback *local.Table[localState] // FailLocal's decisions (Hybrid and Strict)
-
-	hybridIndex int // Hybrid mode only: index in hybrid.rules
 
 	maxN int64 // the largest n that can pass: Burst for a token bucket, else Limit
-
-	stats ruleCounters // RuleStats's (rulestats.go)
 }
 
 // New validates cfg and returns a Limiter. When a rule needs Redis it loads
@@ -345,52 +358,23 @@ func New(cfg Config) (*Limiter, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules)), passes: newPassStats()}
+	l := &Limiter{cfg: cfg, passes: newPassStats()}
 	l.health = healthTracker{l: l, started: cfg.Now()}
 	l.health.cur = Health{State: Healthy, Since: l.health.started}
 	l.pending = newPending(cfg.MaxPendingKeys)
-	needRedis := false
-	for i, r := range cfg.Rules {
-		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("%w: rule %d (%q): %w", ErrInvalidArgument, i, r.Name, err)
-		}
-		if _, dup := l.rules[r.Name]; dup {
-			return nil, fmt.Errorf("%w: rule %d: duplicate name %q", ErrInvalidArgument, i, r.Name)
-		}
-		if r.Mode == 0 {
-			r.Mode = Strict
-			if r.Algorithm.supportsHybrid() {
-				r.Mode = Hybrid
-			}
-		}
-		if r.OnFailure == 0 {
-			r.OnFailure = FailLocal
-		}
-		if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
-			return nil, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
-				ErrInvalidArgument, i, r.Name, r.Algorithm)
-		}
-		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm), maxN: r.Limit}
-		if r.Burst > 0 {
-			rl.maxN = r.Burst
-		}
-		switch r.Mode {
-		case Local:
-			rl.table = local.NewTable[localState](2 * rl.window)
-		case Hybrid:
-			rl.fallback = newFallbackTable(rl.window)
-			if l.hybrid == nil {
-				l.hybrid = &hybrid{l: l, ops: global.NewOps()}
-			}
-			rl.hybridIndex = len(l.hybrid.rules)
-			l.hybrid.rules = append(l.hybrid.rules, rl)
-			needRedis = true
-		case Strict:
-			rl.fallback = newFallbackTable(rl.window)
-			needRedis = true
-		}
-		l.rules[r.Name] = rl
+	b, err := buildRules(cfg.Rules, nil, 0)
+	if err != nil {
+		return nil, err
 	}
+	l.cores = make(map[string]*ruleCore, len(b.fresh))
+	l.localCores.Store(&[]*ruleCore{})
+	if _, r := b.set.first(Hybrid); r != nil {
+		l.hybrid = &hybrid{l: l, ops: global.NewOps()}
+		l.hybrid.cores.Store(&[]*ruleCore{})
+	}
+	l.install(b)
+	_, needs := b.set.first(Hybrid, Strict)
+	needRedis := needs != nil
 	if needRedis {
 		if cfg.Redis == nil {
 			return nil, fmt.Errorf("%w: Config.Redis is nil but a rule needs Redis", ErrInvalidArgument)
@@ -442,7 +426,7 @@ func New(cfg Config) (*Limiter, error) {
 			if cfg.noFront {
 				newCache = local.NewCacheWithoutFront
 			}
-			cache, err := newCache(cfg.MaxLocalKeys, len(h.rules))
+			cache, err := newCache(cfg.MaxLocalKeys, max(len(*h.cores.Load()), 1))
 			if err != nil {
 				l.store.Close()
 				return nil, fmt.Errorf("ratelimit: %w", err)
@@ -591,7 +575,7 @@ func (l *Limiter) Allow(ctx context.Context, ruleName, user string, now time.Tim
 // ResetAfter those of a peek. With Config.StrictN it is an error wrapping
 // ErrInvalidArgument instead. A negative n is always such an error.
 func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Time, n int64) (Decision, error) {
-	r, ok := l.rules[ruleName]
+	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
 		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
 	}
@@ -601,39 +585,65 @@ func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Ti
 // RuleLimiter decides requests under one rule of a Limiter, as
 // Limiter.AllowN does with the rule's name, without looking the name up.
 // Get one from Limiter.Rule at startup; it is safe for concurrent use and
-// works as long as its Limiter.
+// works as long as its Limiter. It follows its rule by ID across Reload:
+// it decides with the rule's newest Limit (and Name), and returns
+// ErrUnknownRule while a Reload has removed the rule.
 type RuleLimiter struct {
-	l *Limiter
-	r *rule
+	l    *Limiter
+	id   string
+	core atomic.Pointer[ruleCore]
 }
 
 // Rule returns the RuleLimiter of the named rule, or an error wrapping
 // ErrUnknownRule.
 func (l *Limiter) Rule(name string) (*RuleLimiter, error) {
-	r, ok := l.rules[name]
+	r, ok := l.rules.Load().byName[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownRule, name)
 	}
-	return &RuleLimiter{l: l, r: r}, nil
+	rl := &RuleLimiter{l: l, id: r.ID}
+	rl.core.Store(r.ruleCore)
+	return rl, nil
 }
 
-// Name returns the rule's name.
-func (rl *RuleLimiter) Name() string { return rl.r.Name }
+// rule returns the rule's version in force: its core's, while the core is
+// in the newest set (three atomic loads), else the rule of its ID in the
+// current set, if any.
+func (rl *RuleLimiter) rule() (*rule, error) {
+	c := rl.core.Load()
+	if !c.removed.Load() {
+		return c.cur.Load(), nil
+	}
+	r, ok := rl.l.rules.Load().byID[rl.id]
+	if !ok {
+		return nil, fmt.Errorf("%w: ID %q (removed by Reload)", ErrUnknownRule, rl.id)
+	}
+	rl.core.Store(r.ruleCore)
+	return r, nil
+}
+
+// Name returns the rule's name (its newest, after a Reload renamed it).
+func (rl *RuleLimiter) Name() string { return rl.core.Load().cur.Load().Name }
 
 // Limit returns the rule's limit: the value of an X-RateLimit-Limit
-// header.
-func (rl *RuleLimiter) Limit() int64 { return rl.r.Limit }
+// header. After a Reload it is the newest (or, for a removed rule, its
+// last).
+func (rl *RuleLimiter) Limit() int64 { return rl.core.Load().cur.Load().Limit }
 
 // Allow reports whether one request by user, made at now, may proceed
 // under the rule. It is shorthand for AllowN(ctx, user, now, 1).
 func (rl *RuleLimiter) Allow(ctx context.Context, user string, now time.Time) (Decision, error) {
-	return rl.l.allowN(ctx, rl.r, user, now, 1)
+	return rl.AllowN(ctx, user, now, 1)
 }
 
 // AllowN reports whether n requests by user, made at now, may proceed under
 // the rule, as Limiter.AllowN does.
 func (rl *RuleLimiter) AllowN(ctx context.Context, user string, now time.Time, n int64) (Decision, error) {
-	return rl.l.allowN(ctx, rl.r, user, now, n)
+	r, err := rl.rule()
+	if err != nil {
+		return Decision{}, err
+	}
+	return rl.l.allowN(ctx, r, user, now, n)
 }
 
 func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Time, n int64) (Decision, error) {
@@ -644,12 +654,35 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if err != nil {
 		return Decision{}, err
 	}
-	return l.decideChecked(ctx, r, user, ms, earliest, n)
+	d, _, err := l.decideChecked(ctx, r, user, ms, earliest, n)
+	return d, err
 }
 
 // decideChecked is allowN's decision, for arguments that check accepted
-// (ms and earliest are its answers).
-func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
+// (ms and earliest are its answers). A shadow rule's is always Allowed
+// (see Rule.Shadow); counted reports whether the rule really counted the
+// request (its would-be decision admitted it).
+func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (d Decision, counted bool, err error) {
+	d, err = l.decide(ctx, r, user, ms, earliest, n)
+	counted = err == nil && d.Allowed && n > 0 && n <= r.maxN
+	if r.Shadow && err == nil {
+		d = r.shadow(d, n)
+	}
+	return d, counted, err
+}
+
+// shadow turns a shadow rule's real decision d of n into the one it
+// returns, and counts d among its would-be decisions (not a peek's).
+func (r *rule) shadow(d Decision, n int64) Decision {
+	if n > 0 {
+		r.stats.shadowed(d.Allowed)
+	}
+	d.Allowed, d.RetryAfter = true, 0
+	return d
+}
+
+// decide is the rule's real decision.
+func (l *Limiter) decide(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
 	if n == 0 || n > r.maxN {
 		return l.peek(ctx, r, user, ms, n)
 	}
@@ -682,7 +715,7 @@ func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, e
 	default:
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
-		key := global.Key(l.cfg.KeyPrefix, r.Name, user)
+		key := r.key(l.cfg.KeyPrefix, user)
 		var cause error
 		switch {
 		case l.store.Refuses(key):
@@ -863,9 +896,9 @@ func (l *Limiter) Stats() Stats {
 		st.BreakerOpened, st.BreakerRejected = c.BreakerOpened, c.Rejected
 		st.BreakerState = l.store.Breaker().State.String()
 	}
-	for _, r := range l.rules {
-		if r.table != nil {
-			a, d := r.table.Counts()
+	for _, c := range *l.localCores.Load() { // removed rules' too: counts never go down
+		if c.table != nil {
+			a, d := c.table.Counts()
 			st.LocalModeAllowed += a
 			st.LocalModeDenied += d
 		}

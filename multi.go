@@ -54,9 +54,10 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 		return MultiDecision{}, ErrClosed
 	}
 	rules := make([]*rule, len(checks))
+	set := l.rules.Load() // one set for every check, even while a Reload swaps it
 	var ms, earliest int64
 	for i, c := range checks {
-		r, ok := l.rules[c.Rule]
+		r, ok := set.byName[c.Rule]
 		if !ok {
 			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 		}
@@ -70,13 +71,15 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 		rules[i] = r
 	}
 	var out MultiDecision
+	counted := make([]bool, len(checks)) // a shadow rule's would-be denial counted nothing to roll back
 	for i, c := range checks {
-		d, err := l.decideChecked(ctx, rules[i], user, ms, earliest, c.N) // checked above, once
+		d, ok, err := l.decideChecked(ctx, rules[i], user, ms, earliest, c.N) // checked above, once
+		counted[i] = ok
 		if err != nil {
-			return MultiDecision{}, errors.Join(err, l.rollback(ctx, user, now, checks[:i]))
+			return MultiDecision{}, errors.Join(err, l.rollback(ctx, user, now, rules[:i], checks[:i], counted))
 		}
-		if !d.Allowed {
-			return MultiDecision{Decision: d, Rule: c.Rule}, l.rollback(ctx, user, now, checks[:i])
+		if !d.Allowed { // never a shadow rule's
+			return MultiDecision{Decision: d, Rule: c.Rule}, l.rollback(ctx, user, now, rules[:i], checks[:i], counted)
 		}
 		if i == 0 || d.Remaining < out.Remaining {
 			out = MultiDecision{Decision: d, Rule: c.Rule}
@@ -85,15 +88,19 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	return out, nil
 }
 
-// rollback refunds the admissions of checks, the rules AllowAll admitted
-// before one denied. It returns nil, or an error wrapping ErrUnavailable
-// that names the rules whose refund failed.
-func (l *Limiter) rollback(ctx context.Context, user string, now time.Time, checks []Check) error {
+// rollback refunds the admissions of checks under rules, the rules AllowAll
+// admitted before one denied, those that counted them. It returns nil, or
+// an error wrapping ErrUnavailable that names the rules whose refund
+// failed.
+func (l *Limiter) rollback(ctx context.Context, user string, now time.Time, rules []*rule, checks []Check, counted []bool) error {
 	var failed []string
 	var errs []error
 	ctx = context.WithoutCancel(ctx) // a caller gone must not leave counts behind; Timeout bounds each call
-	for _, c := range checks {
-		if err := l.Refund(ctx, c.Rule, user, now, c.N); err != nil {
+	for i, c := range checks {
+		if !counted[i] {
+			continue
+		}
+		if err := l.refund(ctx, rules[i], user, now, c.N); err != nil {
 			failed = append(failed, c.Rule)
 			errs = append(errs, err)
 		}
