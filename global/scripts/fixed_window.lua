@@ -1,11 +1,12 @@
 -- Fixed window: a counter per aligned window [k*W, (k+1)*W). Mirrors exact.go.
 -- key      hash {w = window index, c = count, t = newest admitted ms}
--- Called as decide(key, _, now, w, limit, n, mode) (see strict_main in
--- prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n.
+-- Called as decide(key, _, now, w, limit, n, mode, _, put) (see
+-- strict_main in prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n; its
+-- writes go through put (redis.call, or multi.lua's deferral).
 -- Returns  {allowed (0|1), remaining, retry_after_ms, reset_after_ms}
 -- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
-local function fixed_window(key, _, now, w, limit, n, mode)
+local function fixed_window(key, _, now, w, limit, n, mode, _, put)
   local req = now
 
   local st = redis.call('HMGET', key, 'w', 'c', 't')
@@ -13,7 +14,7 @@ local function fixed_window(key, _, now, w, limit, n, mode)
     -- Refund n of the window of req, if the key is still in it.
     if tonumber(st[1]) == fdiv(req, w) then
       st[2] = math.max((tonumber(st[2]) or 0) - n, 0)
-      redis.call('HSET', key, 'c', int(st[2]))
+      put('HSET', key, 'c', int(st[2]))
     end
     n = 1
   end
@@ -29,8 +30,8 @@ local function fixed_window(key, _, now, w, limit, n, mode)
     allowed = 1
     if mode == 0 then
       count = count + n
-      redis.call('HSET', key, 'w', int(idx), 'c', int(count), 't', int(now))
-      redis.call('PEXPIRE', key, 2 * w)
+      put('HSET', key, 'w', int(idx), 'c', int(count), 't', int(now))
+      put('PEXPIRE', key, 2 * w)
     end
   else
     retry = win_end

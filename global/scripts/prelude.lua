@@ -20,12 +20,14 @@ end
 --          server's clock instead), mode ("0" take n; "1" peek: answer for
 --          n, change nothing; "2" refund n, then answer as a peek of one),
 --          burst (a token bucket's; absent: limit)
--- multi.lua calls the same functions, for several rules in one call.
+-- decide writes through its last argument, put (here redis.call itself);
+-- multi.lua calls the same functions for several rules in one call, and
+-- defers their writes until every rule has admitted.
 local function strict_main(decide)
   local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
   if ARGV[5] == '1' then now = fdiv(server_us(), 1000) end
   return decide(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), limit, tonumber(ARGV[4]),
-    tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or limit)
+    tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or limit, redis.call)
 end
 
 -- A strict script's reply {allowed (0|1), remaining, retry_after_ms,

@@ -1,11 +1,12 @@
 -- Sliding window (two-window weighted counter). Mirrors approx.go.
 -- key      hash {w = window index, c = current count, p = previous count, t = newest admitted ms}
--- Called as decide(key, _, now, w, limit, n, mode) (see strict_main in
--- prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n.
+-- Called as decide(key, _, now, w, limit, n, mode, _, put) (see
+-- strict_main in prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n; its
+-- writes go through put (redis.call, or multi.lua's deferral).
 -- Returns  {allowed (0|1), remaining, retry_after_ms, reset_after_ms}
 -- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 
-local function sliding_window(key, _, now, w, limit, n, mode)
+local function sliding_window(key, _, now, w, limit, n, mode, _, put)
   local req = now
 
   local st = redis.call('HMGET', key, 'w', 'c', 'p', 't')
@@ -17,7 +18,7 @@ local function sliding_window(key, _, now, w, limit, n, mode)
     if sidx == ridx then f = 2 elseif sidx == ridx + 1 then f = 3 end
     if f then
       st[f] = math.max((tonumber(st[f]) or 0) - n, 0)
-      redis.call('HSET', key, 'c', int(tonumber(st[2]) or 0), 'p', int(tonumber(st[3]) or 0))
+      put('HSET', key, 'c', int(tonumber(st[2]) or 0), 'p', int(tonumber(st[3]) or 0))
     end
     n = 1
   end
@@ -41,8 +42,8 @@ local function sliding_window(key, _, now, w, limit, n, mode)
     allowed = 1
     if mode == 0 then
       cur = cur + n
-      redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now))
-      redis.call('PEXPIRE', key, 2 * w)
+      put('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now))
+      put('PEXPIRE', key, 2 * w)
     end
   else
     retry = -1

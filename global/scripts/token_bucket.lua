@@ -2,9 +2,10 @@
 -- A token is W units; the bucket (burst*W units) drains `limit` units per
 -- ms: it holds at most burst tokens and refills limit per window.
 -- key      hash {l = units in use, t = newest admitted ms}
--- Called as decide(key, _, now, w, limit, n, mode, burst) (see strict_main
--- in prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n; burst ≤ 2*limit,
--- so that a full bucket drains within 2 windows, the key's TTL.
+-- Called as decide(key, _, now, w, limit, n, mode, burst, put) (see
+-- strict_main in prelude.lua): mode 0 takes n, 1 peeks, 2 refunds n; burst
+-- ≤ 2*limit, so that a full bucket drains within 2 windows, the key's TTL;
+-- its writes go through put (redis.call, or multi.lua's deferral).
 -- Returns  {allowed (0|1), remaining, retry_after_ms, reset_after_ms}
 -- Helpers (fdiv, int, ...): prelude.lua, which Go puts before this file.
 local function cdiv(x, y)
@@ -12,7 +13,7 @@ local function cdiv(x, y)
   return fdiv(x + y - 1, y)
 end
 
-local function token_bucket(key, _, now, w, limit, n, mode, burst)
+local function token_bucket(key, _, now, w, limit, n, mode, burst, put)
   local req = now
 
   local st = redis.call('HMGET', key, 'l', 't')
@@ -29,7 +30,7 @@ local function token_bucket(key, _, now, w, limit, n, mode, burst)
     -- never before now (an empty level).
     if st[2] then
       level = math.max(level - n * w, 0)
-      redis.call('HSET', key, 'l', int(level), 't', int(now))
+      put('HSET', key, 'l', int(level), 't', int(now))
     end
     n = 1
   end
@@ -39,8 +40,8 @@ local function token_bucket(key, _, now, w, limit, n, mode, burst)
     allowed = 1
     if mode == 0 then
       level = level + n * w
-      redis.call('HSET', key, 'l', int(level), 't', int(now))
-      redis.call('PEXPIRE', key, 2 * w)
+      put('HSET', key, 'l', int(level), 't', int(now))
+      put('PEXPIRE', key, 2 * w)
     end
   else
     retry = cdiv(level + n * w - burst * w, limit)
