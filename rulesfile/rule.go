@@ -1,0 +1,156 @@
+package rulesfile
+
+import (
+	"fmt"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	ratelimit "github.com/drl-go/distributed-rate-limiter"
+)
+
+// Bounds the Limiter puts on a rule (limiter.go), checked here too so that
+// the mistake carries its line.
+const (
+	maxWindow      = 100 * 365 * 24 * time.Hour
+	maxLimitWindow = 1 << 50 // Limit × Window in ms
+	maxLogLimit    = 1000    // a sliding_log rule's Limit
+)
+
+// ruleFields are the fields of a rule, in the order the docs list them.
+var ruleFields = []string{"id", "name", "limit", "window", "algorithm", "mode", "on_failure", "burst", "shadow"}
+
+// rules decodes the rules list into f and returns the rules' names with
+// their lines (also of rules with other mistakes, so that routes naming
+// them are not reported too).
+func (d *decoder) rules(f *File, n *yaml.Node) map[string]int {
+	names := make(map[string]int)
+	items, ok := d.list(n, "rules")
+	if !ok {
+		return names
+	}
+	if len(items) == 0 {
+		d.fail(n, "rules", "no rules")
+		return names
+	}
+	ids := make(map[string]int)
+	for i, item := range items {
+		path := fmt.Sprintf("rules[%d]", i)
+		r, fields, ok := d.rule(item, path)
+		if r.Name != "" {
+			if first, dup := names[r.Name]; dup {
+				d.fail(fields["name"], path+".name", "duplicate name %q (first at line %d)", r.Name, first)
+				ok = false
+			} else {
+				names[r.Name] = fields["name"].Line
+			}
+		}
+		if r.ID != "" {
+			idNode, field := fields["id"], path+".id"
+			if idNode == nil { // defaulted from the name
+				idNode, field = fields["name"], path+".name"
+			}
+			if first, dup := ids[r.ID]; dup {
+				d.fail(idNode, field, "duplicate id %q (first at line %d)", r.ID, first)
+				ok = false
+			} else {
+				ids[r.ID] = idNode.Line
+			}
+		}
+		if ok {
+			f.rules = append(f.rules, r)
+		}
+	}
+	return names
+}
+
+// rule decodes and checks one rule. ok is false after any mistake.
+func (d *decoder) rule(n *yaml.Node, path string) (r ratelimit.Rule, fields map[string]*yaml.Node, ok bool) {
+	fields, ok = d.mapping(n, path, ruleFields...)
+	if !ok {
+		return r, nil, false
+	}
+	at := func(field string) (*yaml.Node, string) { return fields[field], path + "." + field }
+	errs := len(d.errs)
+	for _, field := range []string{"name", "limit", "window"} {
+		if fields[field] == nil {
+			d.fail(n, path+"."+field, "required")
+		}
+	}
+	if v, p := at("name"); v != nil {
+		if r.Name, ok = d.str(v, p); ok && r.Name == "" {
+			d.fail(v, p, "empty")
+		}
+	}
+	if v, p := at("id"); v != nil {
+		if r.ID, ok = d.str(v, p); ok && r.ID == "" {
+			d.fail(v, p, "empty (leave it out to default to the name)")
+		}
+	}
+	if r.ID == "" {
+		r.ID = r.Name
+	}
+	if v, p := at("limit"); v != nil {
+		if r.Limit, ok = d.integer(v, p); ok && r.Limit <= 0 {
+			d.fail(v, p, "%d is not positive", r.Limit)
+		}
+	}
+	if v, p := at("window"); v != nil {
+		r.Window = d.window(v, p)
+	}
+	if v, p := at("algorithm"); v != nil {
+		r.Algorithm, _ = enum(d, v, p, algorithmNames, algorithmValues)
+	}
+	if v, p := at("mode"); v != nil {
+		r.Mode, _ = enum(d, v, p, modeNames, modeValues)
+	}
+	if v, p := at("on_failure"); v != nil {
+		r.OnFailure, _ = enum(d, v, p, failureNames, failureValues)
+	}
+	if v, p := at("burst"); v != nil {
+		r.Burst, _ = d.integer(v, p)
+	}
+	if v, p := at("shadow"); v != nil {
+		r.Shadow, _ = d.boolean(v, p)
+	}
+	if len(d.errs) == errs {
+		d.check(r, fields, path)
+	}
+	return r, fields, len(d.errs) == errs
+}
+
+// window decodes a rule's window: a Go duration ("1m", "1h30m"), at least
+// 1ms, whole milliseconds, at most 100 years.
+func (d *decoder) window(n *yaml.Node, path string) time.Duration {
+	w, err := time.ParseDuration(n.Value)
+	switch {
+	case n.Kind != yaml.ScalarNode || err != nil:
+		d.fail(n, path, "%s is not a duration (e.g. 1m, 1h, 500ms)", kind(n))
+	case w < time.Millisecond:
+		d.fail(n, path, "%v is below 1ms", w)
+	case w%time.Millisecond != 0:
+		d.fail(n, path, "%v is not a whole number of milliseconds", w)
+	case w > maxWindow:
+		d.fail(n, path, "%v exceeds 100 years", w)
+	}
+	return w
+}
+
+// check checks the fields of a decoded rule against each other, as the
+// Limiter will.
+func (d *decoder) check(r ratelimit.Rule, fields map[string]*yaml.Node, path string) {
+	switch {
+	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
+		d.fail(fields["limit"], path+".limit", "%d × window %v exceeds 2^50 ms", r.Limit, r.Window)
+	case r.Algorithm == ratelimit.SlidingLog && r.Limit > maxLogLimit:
+		d.fail(fields["limit"], path+".limit", "%d exceeds %d for sliding_log, which keeps every admission (sliding_window has O(1) state)", r.Limit, maxLogLimit)
+	case r.Mode == ratelimit.Hybrid && r.Algorithm != ratelimit.SlidingWindow && r.Algorithm != ratelimit.FixedWindow:
+		d.fail(fields["mode"], path+".mode", "hybrid supports sliding_window and fixed_window, not %v", r.Algorithm)
+	case r.Burst < 0:
+		d.fail(fields["burst"], path+".burst", "%d is negative", r.Burst)
+	case r.Burst != 0 && r.Algorithm != ratelimit.TokenBucket:
+		d.fail(fields["burst"], path+".burst", "only token_bucket has a burst, not %v", r.Algorithm)
+	case r.Burst > 2*r.Limit:
+		d.fail(fields["burst"], path+".burst", "%d exceeds 2 × limit %d", r.Burst, r.Limit)
+	}
+}
