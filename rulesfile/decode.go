@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -243,7 +244,7 @@ func (d *decoder) routes(f *File, n *yaml.Node, names map[string]int) {
 				d.fail(p, path+".pattern", "duplicate pattern %q (first at line %d)", rt.Pattern, first)
 				good = false
 			} else if err := register(mux, rt.Pattern); err != nil {
-				d.fail(p, path+".pattern", "%v", err)
+				d.fail(p, path+".pattern", "%s", describe(err, patterns))
 				good = false
 			}
 			patterns[rt.Pattern] = p.Line
@@ -302,4 +303,24 @@ func register(mux *http.ServeMux, pattern string) (err error) {
 	}()
 	mux.Handle(pattern, http.NotFoundHandler())
 	return nil
+}
+
+// registeredAt is the part of ServeMux's conflict message that names the
+// source line of a registration: this package's, of no use to the reader.
+var registeredAt = regexp.MustCompile(` \(registered at [^)]*\)`)
+
+// describe rewrites ServeMux's panic on a conflicting pattern for the
+// file: its line instead of the Go source line of the registration.
+func describe(err error, patterns map[string]int) string {
+	msg := registeredAt.ReplaceAllString(err.Error(), "")
+	head, detail, ok := strings.Cut(msg, ":\n")
+	if !ok {
+		return msg
+	}
+	if _, other, ok := strings.Cut(head, " conflicts with pattern "); ok {
+		if p, err := strconv.Unquote(other); err == nil && patterns[p] != 0 {
+			return fmt.Sprintf("conflicts with %q (line %d): %s", p, patterns[p], detail)
+		}
+	}
+	return head + ": " + detail
 }

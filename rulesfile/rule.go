@@ -37,15 +37,16 @@ func (d *decoder) rules(f *File, n *yaml.Node) map[string]int {
 	for i, item := range items {
 		path := fmt.Sprintf("rules[%d]", i)
 		r, fields, ok := d.rule(item, path)
+		dupName := false
 		if r.Name != "" {
 			if first, dup := names[r.Name]; dup {
 				d.fail(fields["name"], path+".name", "duplicate name %q (first at line %d)", r.Name, first)
-				ok = false
+				ok, dupName = false, true
 			} else {
 				names[r.Name] = fields["name"].Line
 			}
 		}
-		if r.ID != "" {
+		if r.ID != "" && !(dupName && fields["id"] == nil) { // a defaulted id repeats the name's mistake
 			idNode, field := fields["id"], path+".id"
 			if idNode == nil { // defaulted from the name
 				idNode, field = fields["name"], path+".name"
