@@ -64,6 +64,8 @@ func TestParseErrors(t *testing.T) {
 		want       []string
 	}{
 		{"empty", "", []string{`r.yaml: empty file, want a mapping with rules:`}},
+		{"only comments", "# nothing yet\n", []string{`r.yaml: empty file, want a mapping with rules:`}},
+		{"null rules", "rules:\n", []string{`r.yaml:1: rules: want a list, got null`}},
 		{"syntax", "rules:\n\t- name: a\n", []string{`r.yaml:2: YAML: found character that cannot start any token`}},
 		{"not a mapping", "- a\n", []string{`r.yaml:1: want a mapping, got a list`}},
 		{"no rules key", "routes: []\n", []string{`r.yaml:1: rules: required`}},
