@@ -12,8 +12,15 @@
 //	go run ./examples/gateway -upstream http://127.0.0.1:9000
 //	curl -i -H 'X-User-ID: alice' http://127.0.0.1:8080/v1/orders/42
 //
+// With -rules FILE the rules and routes come from a YAML rules file
+// (package rulesfile; rules.yaml is the built-in set written as one), and
+// SIGHUP reloads it while requests flow: rules that keep their id keep
+// their counts, and the routes are rebuilt from the file. A file with a
+// mistake is reported ("reload: ...") and the running rules stay.
+//
 // Once it listens it prints "listening on http://ADDR" (with -addr
-// 127.0.0.1:0 the port is chosen by the system).
+// 127.0.0.1:0 the port is chosen by the system); after each SIGHUP,
+// "reloaded FILE" or "reload: ERROR".
 package main
 
 import (
@@ -31,6 +38,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +47,7 @@ import (
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
 	"github.com/drl-go/distributed-rate-limiter/httplimit"
+	"github.com/drl-go/distributed-rate-limiter/rulesfile"
 )
 
 // rules are the gateway's limits.
@@ -51,13 +60,10 @@ var rules = []ratelimit.Rule{
 }
 
 // routes bind the rules to route patterns; every pattern is proxied.
-var routes = []struct {
-	pattern string
-	rules   []string
-}{
-	{"GET /v1/orders/{id}", []string{"orders-read"}},
-	{"POST /v1/orders", []string{"orders-write", "default"}},
-	{"/", []string{"default"}},
+var routes = []rulesfile.Route{
+	{Pattern: "GET /v1/orders/{id}", Rules: []string{"orders-read"}},
+	{Pattern: "POST /v1/orders", Rules: []string{"orders-write", "default"}},
+	{Pattern: "/", Rules: []string{"default"}},
 }
 
 func main() {
@@ -78,8 +84,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	trusted := fs.String("trusted", "", "comma-separated prefixes of trusted proxies, e.g. 10.0.0.0/8")
 	timeout := fs.Duration("timeout", 0, "longest a decision waits on Redis before the rule's failure policy decides; 0: the library's default (1s)")
 	forwarded := fs.String("forwarded", "X-Forwarded-For", "the header trusted proxies set: X-Forwarded-For or Forwarded")
+	rulesPath := fs.String("rules", "", "YAML rules file (package rulesfile), reloaded on SIGHUP; empty: the built-in rules")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	rules, routes := rules, routes
+	if *rulesPath != "" {
+		f, err := rulesfile.Load(*rulesPath)
+		if err != nil {
+			return err
+		}
+		rules, routes = f.Rules(), f.Routes()
 	}
 	up, err := url.Parse(*upstream)
 	if err != nil || up.Scheme == "" || up.Host == "" {
@@ -117,36 +132,50 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer lim.Close()
-	m, err := httplimit.New(lim, rules, httplimit.Options{TrustedProxies: proxies, ForwardedHeader: *forwarded})
-	if err != nil {
-		return err
-	}
-
 	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
 		pr.SetURL(up)
 		pr.SetXForwarded()
 	}}
-	mux := http.NewServeMux()
-	for _, rt := range routes {
-		mux.Handle(rt.pattern, proxy)
-		if err := m.Route(rt.pattern, rt.rules...); err != nil {
-			return err
-		}
+	opts := httplimit.Options{TrustedProxies: proxies, ForwardedHeader: *forwarded}
+	h, err := handler(lim, rules, routes, opts, proxy)
+	if err != nil {
+		return err
+	}
+	// A Middleware's routes are fixed once it serves: a reload builds a
+	// new one and swaps it in.
+	var current atomic.Pointer[http.Handler]
+	current.Store(&h)
+	hup := make(chan os.Signal, 1)
+	if *rulesPath != "" {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: m.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*current.Load()).ServeHTTP(w, r) }),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "listening on http://%s (upstream %s, Redis %s)\n", ln.Addr(), up, *redisAddr)
 
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
+	for serving := true; serving; {
+		select {
+		case err := <-done:
+			return err
+		case <-hup:
+			if err := reload(*rulesPath, lim, opts, proxy, &current); err != nil {
+				fmt.Fprintf(stdout, "reload: %v\n", err)
+			} else {
+				fmt.Fprintf(stdout, "reloaded %s\n", *rulesPath)
+			}
+		case <-ctx.Done():
+			serving = false
+		}
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -155,4 +184,39 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		err = serr
 	}
 	return err
+}
+
+// handler returns the gateway's handler: routes proxied, limited by a
+// Middleware of rules (lim's rules in force).
+func handler(lim *ratelimit.Limiter, rules []ratelimit.Rule, routes []rulesfile.Route, opts httplimit.Options, proxy http.Handler) (http.Handler, error) {
+	m, err := httplimit.New(lim, rules, opts)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	for _, rt := range routes {
+		mux.Handle(rt.Pattern, proxy)
+		if err := m.Route(rt.Pattern, rt.Rules...); err != nil {
+			return nil, err
+		}
+	}
+	return m.Wrap(mux), nil
+}
+
+// reload applies the rules file at path to lim and swaps in a handler of
+// its routes. A bad file changes nothing.
+func reload(path string, lim *ratelimit.Limiter, opts httplimit.Options, proxy http.Handler, current *atomic.Pointer[http.Handler]) error {
+	f, err := rulesfile.Load(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Apply(lim); err != nil {
+		return err
+	}
+	h, err := handler(lim, f.Rules(), f.Routes(), opts, proxy)
+	if err != nil {
+		return fmt.Errorf("%s: rules applied, routes kept: %w", path, err)
+	}
+	current.Store(&h)
+	return nil
 }
