@@ -14,7 +14,8 @@ import (
 // routes for good: Route can re-bind a pattern to other rules among those,
 // but no pattern can be removed and no rule added. After Apply of a file
 // whose routes or rule names changed, build a new Middleware (httplimit.New
-// with the new rules, then Bind) and switch the server's handler to it.
+// with the new rules, then Bind) and switch the server's handler to it, as
+// examples/gateway does on SIGHUP.
 func (f *File) Bind(m *httplimit.Middleware) error {
 	for i, rt := range f.routes {
 		if err := m.Route(rt.Pattern, rt.Rules...); err != nil {
