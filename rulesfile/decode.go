@@ -119,10 +119,13 @@ func (d *decoder) mapping(n *yaml.Node, path string, known ...string) (fields ma
 	}
 	fields = make(map[string]*yaml.Node, len(n.Content)/2)
 	lines := make(map[string]int, len(n.Content)/2)
+	var merges []*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
 		field := join(path, k.Value)
 		switch {
+		case k.Kind == yaml.ScalarNode && k.Tag == "!!merge":
+			merges = append(merges, v)
 		case k.Kind != yaml.ScalarNode:
 			d.fail(k, path, "want a field name, got %s", kind(k))
 		case !contains(known, k.Value):
@@ -133,7 +136,31 @@ func (d *decoder) mapping(n *yaml.Node, path string, known ...string) (fields ma
 			fields[k.Value], lines[k.Value] = v, k.Line
 		}
 	}
+	d.merge(fields, merges, path, known)
 	return fields, true
+}
+
+// merge adds to fields the fields of the YAML merge keys' mappings
+// ("<<: *defaults", or a list of them, the first winning) that fields does
+// not set itself.
+func (d *decoder) merge(fields map[string]*yaml.Node, merges []*yaml.Node, path string, known []string) {
+	for _, m := range merges {
+		sources := []*yaml.Node{m}
+		if m.Kind == yaml.SequenceNode {
+			sources = m.Content
+		}
+		for _, src := range sources {
+			from, ok := d.mapping(resolve(src), path, known...)
+			if !ok {
+				continue
+			}
+			for k, v := range from {
+				if fields[k] == nil {
+					fields[k] = v
+				}
+			}
+		}
+	}
 }
 
 // join returns the path of field under path.

@@ -19,7 +19,13 @@
 //
 // The fields map one to one to ratelimit.Rule; a field left out keeps the
 // Rule's zero value and so the Limiter's default. testdata/rules.yaml is a
-// commented sample.
+// commented sample. Rules may share fields through YAML anchors and merge
+// keys; a rule's own fields win:
+//
+//	rules:
+//	  - &strict {name: a, limit: 10, window: 1m, mode: strict}
+//	  - <<: *strict
+//	    name: b
 //
 // # Errors
 //

@@ -48,6 +48,33 @@ func TestRulesAreCopies(t *testing.T) {
 	require.Equal(t, "a", f.Routes()[0].Rules[0])
 }
 
+// TestMergeKeys: fields shared through an anchor and YAML merge keys; a
+// rule's own fields win; a mistake in a shared field names the anchor's
+// line.
+func TestMergeKeys(t *testing.T) {
+	f, err := Parse("r.yaml", []byte(`
+rules:
+  - &strict {name: a, limit: 1, window: 1m, mode: strict, on_failure: closed}
+  - <<: *strict
+    name: b
+    limit: 2
+  - <<: [{shadow: true}, *strict]
+    name: c
+`))
+	require.NoError(t, err)
+	rule := func(name string, limit int64, shadow bool) ratelimit.Rule {
+		return ratelimit.Rule{ID: name, Name: name, Limit: limit, Window: time.Minute, Mode: ratelimit.Strict,
+			OnFailure: ratelimit.FailClosed, Shadow: shadow}
+	}
+	require.Equal(t, []ratelimit.Rule{rule("a", 1, false), rule("b", 2, false), rule("c", 1, true)}, f.Rules())
+
+	_, err = Parse("r.yaml", []byte("rules:\n  - &base {name: a, limit: 1, window: 1m}\n  - <<: *base\n    name: b\n    window: 1y\n"))
+	require.EqualError(t, err, `r.yaml:5: rules[1].window: "1y" is not a duration (e.g. 1m, 1h, 500ms)`)
+	_, err = Parse("r.yaml", []byte("rules:\n  - &base {name: a, limit: 1, window: 1m, windw: 1s}\n  - <<: *base\n    name: b\n"))
+	require.EqualError(t, err, "r.yaml:2: rules[0].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow)\n"+
+		"r.yaml:2: rules[1].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow)")
+}
+
 // TestLoadMissingFile: a file that cannot be read is an error naming it.
 func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "none.yaml"))
