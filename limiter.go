@@ -151,6 +151,14 @@ type Rule struct {
 	// which every key's state is kept). Set on another algorithm, it is an
 	// error.
 	Burst int64
+	// Classes overrides the rule for the users of a class (a plan, a
+	// tenant, an allow or deny list): a class's Override replaces Limit (and
+	// Burst), or makes its users Unlimited or denied (Deny). A user's class
+	// comes from Config.Classes, else Config.ClassOf; a class not listed
+	// here uses the rule itself. An override with a Limit keeps the rule's
+	// counters: same key, same Window and Algorithm, another limit. See
+	// Override.
+	Classes map[string]Override
 }
 
 // Config configures a Limiter. The zero value of each field means its
@@ -248,6 +256,21 @@ type Config struct {
 	// Burst), instead of the default denial (see AllowN).
 	StrictN bool
 
+	// Classes maps a user key to its class, for the rules with
+	// Rule.Classes: a static allow or deny list (Classes["user:42"] =
+	// "blocked", a class whose Override is Deny), a few known tenants. Every
+	// class named here must be defined under some rule. It is read at New.
+	Classes map[string]string
+	// ClassOf, if not nil, returns the class of a user that Classes does
+	// not list ("" for none: the rule itself applies), from the caller's own
+	// store (a plan, a tenant). It is called with the caller's context only
+	// for a rule with Rule.Classes: once per decision (Allow, AllowN, Peek,
+	// and once per AllowAll), and once per Refund. It runs on the decision
+	// path, so it must be fast: serve it from a cache. Its error fails the
+	// decision: Allow returns it wrapped (errors.Is finds it), and nothing
+	// is counted or admitted.
+	ClassOf func(ctx context.Context, user string) (string, error)
+
 	// noFront builds the hybrid mode's cache without its front table
 	// (local.NewCacheWithoutFront), the reference path the front table
 	// must agree with: a knob for the tests, which run every hybrid test
@@ -335,6 +358,10 @@ type rule struct {
 	maxN int64 // the largest n that can pass: Burst for a token bucket, else Limit
 
 	stats ruleCounters // RuleStats's (rulestats.go)
+
+	classes  map[string]*rule // the rule's variants by class (overrides.go); nil without Rule.Classes
+	override overrideKind     // a variant of an Unlimited or Deny class (overrides.go)
+	counts   *overrideCounts  // a variant's Unlimited and Deny decisions, for RuleStats
 }
 
 // New validates cfg and returns a Limiter. When a rule needs Redis it loads
@@ -390,6 +417,9 @@ func New(cfg Config) (*Limiter, error) {
 			needRedis = true
 		}
 		l.rules[r.Name] = rl
+	}
+	if err := l.buildVariants(); err != nil {
+		return nil, err
 	}
 	if needRedis {
 		if cfg.Redis == nil {
@@ -640,6 +670,10 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if l.closed.Load() {
 		return Decision{}, ErrClosed
 	}
+	r, err := l.ruleFor(ctx, r, user, &userClass{})
+	if err != nil {
+		return Decision{}, err
+	}
 	ms, earliest, err := l.check(r, user, now, n)
 	if err != nil {
 		return Decision{}, err
@@ -650,6 +684,9 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 // decideChecked is allowN's decision, for arguments that check accepted
 // (ms and earliest are its answers).
 func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
+	if r.override != 0 {
+		return r.overridden(n), nil
+	}
 	if n == 0 || n > r.maxN {
 		return l.peek(ctx, r, user, ms, n)
 	}

@@ -55,15 +55,19 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	}
 	rules := make([]*rule, len(checks))
 	var ms, earliest int64
+	var class userClass // the user's class, looked up once
 	for i, c := range checks {
 		r, ok := l.rules[c.Rule]
 		if !ok {
 			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 		}
+		r, err := l.ruleFor(ctx, r, user, &class)
+		if err != nil {
+			return MultiDecision{}, err
+		}
 		if c.N < 1 {
 			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, c.Rule)
 		}
-		var err error
 		if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
 			return MultiDecision{}, fmt.Errorf("rule %q: %w", c.Rule, err)
 		}

@@ -62,6 +62,12 @@ type RuleStats struct {
 	// instances configured with different limits for one rule, or from
 	// Redis losing a key.
 	Reconciliations, Overshoots, OvershootTokens, MaxOvershoot int64
+
+	// The decisions of the rule's classes (Rule.Classes) are the rule's:
+	// those of a class with a Limit are in the counters above, and
+	// UnlimitedAllowed and DenyDenied count the decisions of its Unlimited
+	// and Deny classes, which count nothing else. Peeks are not counted.
+	UnlimitedAllowed, DenyDenied int64
 }
 
 // ruleCounters are a rule's counters for RuleStats.
@@ -168,6 +174,7 @@ func (l *Limiter) RuleStats() []RuleStats {
 		if r.table != nil {
 			st.LocalAllowed, st.LocalDenied = r.table.Counts()
 		}
+		addClassStats(&st, r)
 		out = append(out, st)
 	}
 	return out
