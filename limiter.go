@@ -921,8 +921,9 @@ func (l *Limiter) Stats() Stats {
 // Sync runs one reconciliation pass now, on the calling goroutine: for
 // every hybrid key with activity it reports requests, returns unneeded
 // leases, renews leases and learns the global counts, in pipelines of up
-// to 1000 keys (split per node on a cluster), and credits to Redis what
-// the failure policies admitted without it. Strict and local rules have
+// to 256 keys (split per node on a cluster), each followed by a pause as
+// long as it took (so that decisions find Redis free half of the time),
+// and credits to Redis what the failure policies admitted without it. Strict and local rules have
 // nothing else to reconcile.
 func (l *Limiter) Sync(ctx context.Context) error {
 	if l.closed.Load() {
@@ -967,6 +968,7 @@ func (l *Limiter) Close() error {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.stopLoop()
+			l.syncer.Hurry()  // the Syncs under way and the last pass send without pauses
 			l.syncGate.Lock() // waits for the Syncs under way
 			l.syncClosed = true
 			l.syncGate.Unlock()
