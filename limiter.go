@@ -181,6 +181,14 @@ type Config struct {
 	// global counts. Shorter means fresher views and smaller leases, at more
 	// Redis traffic. Default 100 ms.
 	SyncInterval time.Duration
+	// SyncDuty is the share of a long sync pass's time that its pipelines
+	// may take: after each pipeline of many keys but the last, the pass
+	// waits as long as the pipeline took times (1−SyncDuty)/SyncDuty, so
+	// that strict and lease-less decisions find Redis free in between
+	// (docs/design.md, "Sync pass: spreading and cost per key"). Lower
+	// means fewer stalls and longer passes. Default 0.5; 1 never waits; in
+	// (0, 1].
+	SyncDuty float64
 	// ManualSync stops the Limiter from running its own sync loop: the
 	// caller runs every pass with Sync (deterministic tests, simulations).
 	ManualSync bool
@@ -417,6 +425,7 @@ func New(cfg Config) (*Limiter, error) {
 			Store:        l.store,
 			Now:          cfg.Now,
 			Interval:     cfg.SyncInterval,
+			Duty:         cfg.SyncDuty,
 			InstancesKey: cfg.KeyPrefix + ":instances",
 			ID:           cfg.InstanceID,
 			OnPass:       l.onPass,
@@ -459,6 +468,12 @@ func (c *Config) fill() error {
 	c.Rules = append([]Rule(nil), c.Rules...) // never alias the caller's slice
 	if c.SyncInterval == 0 {
 		c.SyncInterval = 100 * time.Millisecond
+	}
+	if c.SyncDuty == 0 {
+		c.SyncDuty = 0.5
+	}
+	if !(c.SyncDuty > 0 && c.SyncDuty <= 1) { // NaN too
+		return fmt.Errorf("%w: Config.SyncDuty %v is not in (0, 1]", ErrInvalidArgument, c.SyncDuty)
 	}
 	if c.SyncInterval < time.Millisecond {
 		return fmt.Errorf("%w: Config.SyncInterval %v is below 1ms", ErrInvalidArgument, c.SyncInterval)
