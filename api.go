@@ -37,7 +37,7 @@ func (l *Limiter) Peek(ctx context.Context, ruleName, user string, now time.Time
 // Peek returns the decision Allow would return now, counting nothing, as
 // Limiter.Peek does.
 func (rl *RuleLimiter) Peek(ctx context.Context, user string, now time.Time) (Decision, error) {
-	return rl.l.allowN(ctx, rl.r, user, now, 0)
+	return rl.AllowN(ctx, user, now, 0)
 }
 
 // peek answers a request of n, 0 (a peek) or one that can never pass
@@ -81,7 +81,7 @@ func peekTable(t *local.Table[localState], r *rule, user string, ms, limit, burs
 
 // peekRedis runs r's strict script read-only.
 func (l *Limiter) peekRedis(ctx context.Context, r *rule, user string, ms int64) (result, error) {
-	key := global.Key(l.cfg.KeyPrefix, r.Name, user)
+	key := r.key(l.cfg.KeyPrefix, user)
 	switch {
 	case l.store.Refuses(key):
 		return result{}, global.ErrBreakerOpen
@@ -108,7 +108,7 @@ func (l *Limiter) peekFallback(r *rule, user string, ms int64) result {
 	case FailOpen:
 		return result{allowed: true, remaining: r.Limit}
 	case FailClosed:
-		wait := max(l.store.RetryAfter(global.Key(l.cfg.KeyPrefix, r.Name, user)), time.Second).Milliseconds()
+		wait := max(l.store.RetryAfter(r.key(l.cfg.KeyPrefix, user)), time.Second).Milliseconds()
 		return result{retryAfter: wait, resetAfter: wait}
 	}
 	limit, burst := r.share(l.instances())
@@ -185,7 +185,7 @@ func (s *localState) refund(a Algorithm, now, w, limit, n int64) {
 // returns an error wrapping ErrUnavailable (this instance's state is
 // dropped all the same).
 func (l *Limiter) Reset(ctx context.Context, ruleName, user string) error {
-	r, ok := l.rules[ruleName]
+	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
 	}
@@ -194,7 +194,11 @@ func (l *Limiter) Reset(ctx context.Context, ruleName, user string) error {
 
 // Reset deletes user's usage under the rule, as Limiter.Reset does.
 func (rl *RuleLimiter) Reset(ctx context.Context, user string) error {
-	return rl.l.reset(ctx, rl.r, user)
+	r, err := rl.rule()
+	if err != nil {
+		return err
+	}
+	return rl.l.reset(ctx, r, user)
 }
 
 func (l *Limiter) reset(ctx context.Context, r *rule, user string) error {
@@ -213,7 +217,7 @@ func (l *Limiter) reset(ctx context.Context, r *rule, user string) error {
 		l.hybrid.drop(r, user)
 		l.dropClasses(r, user)
 	}
-	if err := l.store.Delete(ctx, global.Key(l.cfg.KeyPrefix, r.Name, user)); err != nil {
+	if err := l.store.Delete(ctx, r.key(l.cfg.KeyPrefix, user)); err != nil {
 		if errors.Is(err, global.ErrUnavailable) {
 			return fmt.Errorf("%w: reset rule %q: %w", ErrUnavailable, r.Name, err)
 		}
@@ -270,7 +274,7 @@ func (h *hybrid) drop(r *rule, user string) {
 // nothing back; admissions that a failure policy made without Redis are
 // not refunded. Refunds are not counted in Stats.
 func (l *Limiter) Refund(ctx context.Context, ruleName, user string, now time.Time, n int64) error {
-	r, ok := l.rules[ruleName]
+	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
 	}
@@ -279,7 +283,11 @@ func (l *Limiter) Refund(ctx context.Context, ruleName, user string, now time.Ti
 
 // Refund gives back n admissions of user, as Limiter.Refund does.
 func (rl *RuleLimiter) Refund(ctx context.Context, user string, now time.Time, n int64) error {
-	return rl.l.refund(ctx, rl.r, user, now, n)
+	r, err := rl.rule()
+	if err != nil {
+		return err
+	}
+	return rl.l.refund(ctx, r, user, now, n)
 }
 
 func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Time, n int64) error {
@@ -305,7 +313,7 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 		err = l.hybrid.refund(ctx, r, user, ms, n)
 	default:
 		_, err = l.store.Take(ctx, global.Request{
-			Algorithm: r.algo, Key: global.Key(l.cfg.KeyPrefix, r.Name, user), Now: ms, Window: r.window,
+			Algorithm: r.algo, Key: r.key(l.cfg.KeyPrefix, user), Now: ms, Window: r.window,
 			Limit: r.Limit, N: n, ServerTime: l.cfg.ServerTime, Mode: global.Refund, Burst: r.Burst,
 		})
 	}
@@ -349,7 +357,7 @@ func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (resu
 		last = now
 		s.Unlock()
 	}
-	key := global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+	key := r.key(h.l.cfg.KeyPrefix, user)
 	switch {
 	case h.l.store.Refuses(key):
 		return result{}, global.ErrBreakerOpen
@@ -425,7 +433,7 @@ func (h *hybrid) refund(ctx context.Context, r *rule, user string, ms, n int64) 
 // Redis for a key without state here: a named return, so that a copy
 // re-sent by the client applies once.
 func (h *hybrid) refundRequest(r *rule, user string, ms, n int64) global.LeaseRequest {
-	req := global.LeaseRequest{Key: global.Key(h.l.cfg.KeyPrefix, r.Name, user), Now: ms, Window: r.window,
+	req := global.LeaseRequest{Key: r.key(h.l.cfg.KeyPrefix, user), Now: ms, Window: r.window,
 		Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
 	req.Returns[0] = global.Return{Window: ms / r.window, N: n}
 	h.nameReturns(&req)

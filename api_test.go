@@ -335,7 +335,7 @@ func TestRefundRedisCounts(t *testing.T) {
 				require.NoError(t, other.Refund(ctx, "r", "u", base, 4))
 				require.EqualValues(t, 6, count())
 				if m == Hybrid { // a copy of the refund's call applies once
-					req := other.hybrid.refundRequest(other.rules["r"], "u", base.UnixMilli(), 2)
+					req := other.hybrid.refundRequest(other.rules.Load().byName["r"], "u", base.UnixMilli(), 2)
 					for range 2 {
 						_, err := other.store.Lease(ctx, req)
 						require.NoError(t, err)

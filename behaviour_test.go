@@ -67,6 +67,15 @@ func newBehaving(t *testing.T, c redis.UniversalClient, prefix string, rule Rule
 // another user), and returns how many each user was admitted.
 func hammerUsers(t *testing.T, lims []*Limiter, rule string, users []string, now time.Time, goroutines, attempts int) []int64 {
 	t.Helper()
+	return hammerWith(t, lims, users, goroutines, attempts, func(l *Limiter, user string) (bool, error) {
+		d, err := l.Allow(context.Background(), rule, user, now)
+		return d.Allowed, err
+	})
+}
+
+// hammerWith is hammerUsers with the decision of its choice.
+func hammerWith(t *testing.T, lims []*Limiter, users []string, goroutines, attempts int, decide func(l *Limiter, user string) (bool, error)) []int64 {
+	t.Helper()
 	admitted := make([]atomic.Int64, len(users))
 	var wg sync.WaitGroup
 	g := 0
@@ -78,12 +87,12 @@ func hammerUsers(t *testing.T, lims []*Limiter, rule string, users []string, now
 				for range attempts {
 					for j := range users {
 						u := (off + j) % len(users)
-						d, err := l.Allow(context.Background(), rule, users[u], now)
+						allowed, err := decide(l, users[u])
 						if err != nil {
 							t.Error(err)
 							return
 						}
-						if d.Allowed {
+						if allowed {
 							admitted[u].Add(1)
 						}
 					}
@@ -373,4 +382,43 @@ func behaveNoScriptFallback(t *testing.T, b backend, users []string) {
 	}
 	wg.Wait()
 	require.Equal(t, int64(50), admitted.Load())
+}
+
+// behaveAllowAllAtomic: Limiters deciding AllowAll at once for the same
+// users under three Strict rules (a fixed window of 0.4·Limit, a token
+// bucket of Limit, a sliding log of 0.6·Limit) admit each user exactly the
+// tightest limit, and the other rules count exactly those admissions: the
+// requests the tight rule denied consumed nothing under them, though they
+// were decided in the same script call.
+func behaveAllowAllAtomic(t *testing.T, b backend, p concurrency) {
+	ctx := context.Background()
+	rules := []Rule{
+		{Name: "all-tight", Limit: p.limit * 4 / 10, Window: time.Minute, Algorithm: FixedWindow, Mode: Strict, OnFailure: FailError},
+		{Name: "all-wide", Limit: p.limit, Window: time.Minute, Algorithm: TokenBucket, OnFailure: FailError},
+		{Name: "all-log", Limit: p.limit * 6 / 10, Window: time.Minute, Algorithm: SlidingLog, OnFailure: FailError},
+	}
+	newLimiter := func(c redis.UniversalClient) *Limiter {
+		l, err := New(Config{Redis: c, Rules: rules, KeyPrefix: b.prefix, Now: fixedClock(base), Timeout: behaveTimeout})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, l.Close()) })
+		return l
+	}
+	var lims []*Limiter
+	for range p.instances {
+		lims = append(lims, newLimiter(b.client(t)))
+	}
+	checks := []Check{{Rule: "all-wide", N: 1}, {Rule: "all-tight", N: 1}, {Rule: "all-log", N: 1}}
+	got := hammerWith(t, lims, p.users, p.goroutines, p.attempts, func(l *Limiter, user string) (bool, error) {
+		d, err := l.AllowAll(ctx, user, base, checks...)
+		return d.Allowed, err
+	})
+	want := rules[0].Limit
+	for i, u := range p.users {
+		require.Equal(t, want, got[i], "user %q: admitted", u)
+		for _, r := range rules[1:] {
+			d, err := lims[0].Peek(ctx, r.Name, u, base)
+			require.NoError(t, err)
+			require.Equal(t, r.Limit-want, d.Remaining, "user %q: rule %s counts the admitted requests only", u, r.Name)
+		}
+	}
 }

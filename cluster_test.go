@@ -58,6 +58,12 @@ func TestClusterStrictExactCounts(t *testing.T) {
 	behaveStrictExactUnderConcurrency(t, testCluster(t), clusterLoad)
 }
 
+// TestClusterAllowAllAtomic: on the cluster, AllowAll's strict rules of a
+// user (one slot) are decided together, all or nothing.
+func TestClusterAllowAllAtomic(t *testing.T) {
+	behaveAllowAllAtomic(t, testCluster(t), clusterLoad)
+}
+
 // TestClusterHybridWithinLimit: on the cluster, hybrid Limiters admit each
 // user at most its limit, and Redis counts exactly the admissions once the
 // leases are back.

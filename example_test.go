@@ -519,3 +519,72 @@ func ExampleOverride() {
 	// svc-indexer: 6 of 6 admitted, then remaining=9223372036854775807 retry-after=0s
 	// user:666: 0 of 6 admitted, then remaining=0 retry-after=1m0s
 }
+
+// Reload changes the rules while requests flow. A rule keeps its users'
+// counts across a Reload that keeps its ID (default: its Name), here
+// through a rename and a new limit; a shadow rule counts but never denies,
+// and RuleStats tell what it would have denied. (Local mode keeps the
+// example free of Redis; Strict and Hybrid rules keep their counters in
+// Redis the same way.)
+func ExampleLimiter_Reload() {
+	ctx := context.Background()
+	lim, err := ratelimit.New(ratelimit.Config{
+		Rules: []ratelimit.Rule{
+			{Name: "orders", Limit: 2, Window: time.Minute, Mode: ratelimit.Local},
+		},
+		Now: func() time.Time { return t0 },
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+	try := func(rule string) {
+		d, err := lim.Allow(ctx, rule, "alice", t0)
+		if err != nil {
+			fmt.Println(rule, err)
+			return
+		}
+		fmt.Println(rule, "allowed:", d.Allowed, "remaining:", d.Remaining)
+	}
+	try("orders")
+	try("orders")
+	try("orders")
+
+	// Rename the rule and raise its limit: alice's two requests still count.
+	// A second rule starts in shadow mode, to see what it would deny.
+	err = lim.Reload([]ratelimit.Rule{
+		{Name: "GET /v1/orders", ID: "orders", Limit: 3, Window: time.Minute, Mode: ratelimit.Local},
+		{Name: "burst", Limit: 1, Window: time.Minute, Mode: ratelimit.Local, Shadow: true},
+	})
+	if err != nil {
+		panic(err)
+	}
+	try("orders")
+	try("GET /v1/orders")
+	try("GET /v1/orders")
+	try("burst")
+	try("burst")
+	for _, st := range lim.RuleStats() {
+		if st.Shadow {
+			fmt.Printf("%s (shadow): would admit %d, would deny %d\n", st.Name, st.ShadowAllowed, st.ShadowDenied)
+		}
+	}
+
+	// A change of algorithm, mode or window under the same ID is refused:
+	// the counters would be misread. Nothing changes.
+	err = lim.Reload([]ratelimit.Rule{
+		{Name: "GET /v1/orders", ID: "orders", Limit: 3, Window: time.Hour, Mode: ratelimit.Local},
+	})
+	fmt.Println(errors.Is(err, ratelimit.ErrInvalidArgument))
+	// Output:
+	// orders allowed: true remaining: 1
+	// orders allowed: true remaining: 0
+	// orders allowed: false remaining: 0
+	// orders ratelimit: unknown rule: "orders"
+	// GET /v1/orders allowed: true remaining: 0
+	// GET /v1/orders allowed: false remaining: 0
+	// burst allowed: true remaining: 0
+	// burst allowed: true remaining: 0
+	// burst (shadow): would admit 1, would deny 1
+	// true
+}

@@ -3,10 +3,16 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 // TestHybridHotKeysOutlastAFlood: keys decided from the front table (which
@@ -77,3 +83,110 @@ func testHybridHotKeysOutlastAFlood(t *testing.T, front bool) {
 	t.Logf("%d of %d hot keys resident after %d fake ids; %+v", got, hot, flood, l.Stats())
 	require.GreaterOrEqual(t, got, hot*97/100, "hot keys resident after the flood")
 }
+
+// floodIDs is the number of fake ids of TestFloodLeavesLegitDecisions:
+// 100k in the normal suite (with and without -race); FLOOD_IDS=1000000
+// runs the 1M.
+func floodIDs(t *testing.T) int {
+	if s := os.Getenv("FLOOD_IDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		require.NoError(t, err)
+		return n
+	}
+	return 100_000
+}
+
+// TestFloodLeavesLegitDecisions: a flood of fake ids at 10 times the
+// legitimate rate (10 one-off ids after each legitimate request) changes
+// none of the legitimate users' decisions, compared with a run without the
+// flood (the oracle); the hot users stay resident; the heap grows by less
+// than floodHeapBound; and the flood's Redis keys are at most one per fake
+// id, each with a TTL of at most two windows.
+func TestFloodLeavesLegitDecisions(t *testing.T) {
+	c := testRedis(t)
+	ctx := context.Background()
+	rule := Rule{Name: "flood", Limit: 60, Window: time.Minute, Mode: Hybrid}
+	const (
+		maxKeys = 1000
+		legit   = 50
+		perFake = 10
+	)
+	fakes := floodIDs(t)
+	steps := fakes / perFake
+	run := func(flood bool) ([]bool, *Limiter, string) {
+		prefix := testPrefix(t, c)
+		now := base
+		l := manualHybrid(t, true, c, prefix, rule, func() time.Time { return now }, maxKeys)
+		got := make([]bool, 0, steps)
+		fake := 0
+		for i := range steps {
+			now = base.Add(time.Duration(i) * 10 * time.Millisecond)
+			d, err := l.Allow(ctx, rule.Name, fmt.Sprint("legit-", i%legit), now)
+			require.NoError(t, err)
+			got = append(got, d.Allowed)
+			if flood {
+				for range perFake {
+					_, err := l.Allow(ctx, rule.Name, fmt.Sprint("fake-", fake), now)
+					require.NoError(t, err)
+					fake++
+				}
+			}
+			if i%100 == 99 {
+				require.NoError(t, l.Sync(ctx))
+			}
+		}
+		return got, l, prefix
+	}
+	start := time.Now()
+	oracle, _, _ := run(false)
+	t.Logf("oracle: %d legitimate decisions in %v", len(oracle), time.Since(start))
+	require.Contains(t, oracle, false, "the oracle denies some requests")
+	require.Contains(t, oracle, true, "the oracle admits some requests")
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start = time.Now()
+	got, l, prefix := run(true)
+	took := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	require.Equal(t, oracle, got, "the legitimate users' decisions under the flood")
+
+	l.hybrid.cache.Wait()
+	resident := 0
+	for u := range legit {
+		ref := l.hybrid.cache.Get(fmt.Sprint("legit-", u), 0)
+		if s := l.hybrid.cache.State(ref); s != nil && !s.Orphaned() {
+			resident++
+		}
+	}
+	require.Equal(t, legit, resident, "legitimate users resident after the flood")
+
+	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	require.Less(t, growth, int64(floodHeapBound(maxKeys)), "heap growth")
+
+	keys, err := redistest.ScanKeys(ctx, c, prefix+":{*")
+	require.NoError(t, err)
+	require.LessOrEqual(t, len(keys), 2*(fakes+legit), "Redis keys under the flood's prefix")
+	pipe := c.Pipeline()
+	ttls := make([]*redis.DurationCmd, len(keys))
+	for i, k := range keys {
+		ttls[i] = pipe.PTTL(ctx, k)
+	}
+	_, err = pipe.Exec(ctx)
+	require.NoError(t, err)
+	for i, cmd := range ttls {
+		require.Greater(t, cmd.Val(), time.Duration(0), "key %s has no TTL", keys[i])
+		require.LessOrEqual(t, cmd.Val(), 2*rule.Window, "TTL of %s", keys[i])
+	}
+	t.Logf("%d fake ids, %d legitimate decisions in %v; heap +%d B (bound %d); %d Redis keys; %+v",
+		fakes, len(got), took, growth, floodHeapBound(maxKeys), len(keys), l.Stats())
+}
+
+// floodHeapBound is the most the heap may grow under the flood: the local
+// state of maxKeys keys at 4 KiB each (a State and its share of ristretto's
+// and the front table's structures, generously) and 16 MiB for the
+// doorkeeper and the Redis client's buffers; none of it grows with the
+// number of fake ids.
+func floodHeapBound(maxKeys int64) int64 { return maxKeys*4<<10 + 16<<20 }

@@ -27,7 +27,7 @@ import (
 // and the reconciler (Plan, Apply).
 type hybrid struct {
 	l         *Limiter
-	rules     []*rule // by hybridIndex
+	cores     atomic.Pointer[[]*ruleCore] // by hybridIndex, appended to by Reload, never reused
 	cache     *local.Cache
 	registry  local.Registry
 	instances func() int64
@@ -90,7 +90,7 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 		created := false
 		s = h.cache.GetOrCreate(user, r.hybridIndex, func() string {
 			created = true
-			return global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+			return r.key(h.l.cfg.KeyPrefix, user)
 		})
 		if created {
 			s.Lock()
@@ -307,7 +307,7 @@ func (h *hybrid) answer(r *rule, res global.LeaseResult, cur, ms, n int64) resul
 // nothing of the key is left for a sync pass, and a key seen once costs no
 // local memory. Its next request, if it comes soon, gets a State.
 func (h *hybrid) admitOnce(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
-	key := global.Key(h.l.cfg.KeyPrefix, r.Name, user)
+	key := r.key(h.l.cfg.KeyPrefix, user)
 	switch {
 	case h.l.store.Refuses(key): // straight to the policy
 		return result{}, global.ErrBreakerOpen
@@ -455,7 +455,8 @@ func (h *hybrid) apply(s *local.State, r *rule, req global.LeaseRequest, res glo
 // Plan implements syncer.Planner: report the key's attempts, return what
 // it owes and what exceeds its demand, and top its lease up.
 func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest, bool, bool) {
-	r := h.rules[s.Rule]
+	c := h.core(s.Rule)
+	r := c.cur.Load()
 	w := r.window
 	s.Lock()
 	touches := s.Touches
@@ -474,7 +475,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	s.Demand, s.Seen = s.Seen, 0
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, Fixed: r.Algorithm == FixedWindow}
 	ex := v.excess()
-	done := h.closing.Load() || s.Orphaned()
+	done := h.closing.Load() || s.Orphaned() || c.removed.Load() // a removed rule's leases go back
 	if done {
 		ex = s.Lease // nothing will spend it
 	}
@@ -503,7 +504,7 @@ func (h *hybrid) fold(s *local.State) {
 	s.Lock()
 	h.localAllowed.Add(s.LocalAllowed)
 	h.localDenied.Add(s.LocalDenied)
-	h.rules[s.Rule].stats.fold(s.LocalAllowed, s.LocalDenied)
+	h.core(s.Rule).stats.fold(s.LocalAllowed, s.LocalDenied)
 	if uses := s.LocalAllowed + s.LocalDenied; uses > 0 {
 		s.Touches = uint8(1 + min(uses/touchEvery, maxTouches-1))
 	}
@@ -524,7 +525,7 @@ const (
 
 // Apply implements syncer.Planner.
 func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.LeaseResult, err error) bool {
-	r := h.rules[s.Rule]
+	r := h.core(s.Rule).cur.Load()
 	h.reconcile(r, res, err)
 	s.Lock()
 	defer s.Unlock()
@@ -543,3 +544,8 @@ func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.Lease
 	h.apply(s, r, req, res)
 	return s.Lease > 0 || s.Attempts > 0 || s.Return > 0 || s.Demand > 0
 }
+
+// core returns the core of hybrid index i: that of a rule in force or
+// removed, never nil for an index a State carries (cores are published
+// before the rule set that uses them, and never dropped).
+func (h *hybrid) core(i uint16) *ruleCore { return (*h.cores.Load())[i] }

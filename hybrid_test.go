@@ -668,7 +668,7 @@ func testSpendMatchesLockedPath(t *testing.T, front bool) {
 	inFront, dropped := 0, 0
 	for i := range steps {
 		w := []int64{1, 7, 1000, 60_000}[rng.IntN(4)]
-		r := &rule{Rule: Rule{Name: "r", Limit: 1 + rng.Int64N(5000), Algorithm: []Algorithm{SlidingWindow, FixedWindow}[rng.IntN(2)]}, window: w}
+		r := testRule(Rule{Name: "r", Limit: 1 + rng.Int64N(5000), Algorithm: []Algorithm{SlidingWindow, FixedWindow}[rng.IntN(2)]}, w)
 		idx := 1 + rng.Int64N(1000)
 		last := idx*w + rng.Int64N(w)
 		ms := last + rng.Int64N(idx*w+w-last) // in the window, not before last

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -128,9 +129,14 @@ const (
 
 // Rule is one limit: at most Limit requests per Window for each user.
 type Rule struct {
-	// Name identifies the rule in Allow calls and in Redis keys, e.g.
-	// "GET /v1/orders". Required and unique.
+	// Name identifies the rule in Allow calls, e.g. "GET /v1/orders".
+	// Required and unique.
 	Name string
+	// ID names the rule's counters in Redis and identifies the rule across
+	// Reload: a rule renamed under the same ID keeps every user's counts.
+	// Default Name (so keys named before IDs existed do not change).
+	// Unique.
+	ID string
 	// Limit is the number of requests admitted per Window. Must be > 0.
 	Limit int64
 	// Window is the period of the limit; at least 1 ms, whole
@@ -159,6 +165,14 @@ type Rule struct {
 	// counters: same key, same Window and Algorithm, another limit. See
 	// Override.
 	Classes map[string]Override
+	// Shadow makes the rule decide and count as usual but never deny: the
+	// Decision is always Allowed, with RetryAfter 0, while Remaining and
+	// ResetAfter are the rule's real ones (Remaining 0 when it would have
+	// denied). What it would have decided is counted in RuleStats
+	// (ShadowAllowed, ShadowDenied): a way to try a limit on live traffic
+	// before enforcing it (Reload can then clear Shadow, counts intact).
+	// Errors (bad input; FailError while Redis is down) are still errors.
+	Shadow bool
 }
 
 // Config configures a Limiter. The zero value of each field means its
@@ -176,6 +190,14 @@ type Config struct {
 	// global counts. Shorter means fresher views and smaller leases, at more
 	// Redis traffic. Default 100 ms.
 	SyncInterval time.Duration
+	// SyncDuty is the share of a long sync pass's time that its pipelines
+	// may take: after each pipeline of many keys but the last, the pass
+	// waits as long as the pipeline took times (1−SyncDuty)/SyncDuty, so
+	// that strict and lease-less decisions find Redis free in between
+	// (docs/design.md, "Sync pass: spreading and cost per key"). Lower
+	// means fewer stalls and longer passes. Default 0.5; 1 never waits; in
+	// (0, 1].
+	SyncDuty float64
 	// ManualSync stops the Limiter from running its own sync loop: the
 	// caller runs every pass with Sync (deterministic tests, simulations).
 	ManualSync bool
@@ -259,7 +281,8 @@ type Config struct {
 	// Classes maps a user key to its class, for the rules with
 	// Rule.Classes: a static allow or deny list (Classes["user:42"] =
 	// "blocked", a class whose Override is Deny), a few known tenants. Every
-	// class named here must be defined under some rule. It is read at New.
+	// class named here must be defined under some rule (New and Reload
+	// refuse rules that leave one undefined). It is read at New.
 	Classes map[string]string
 	// ClassOf, if not nil, returns the class of a user that Classes does
 	// not list ("" for none: the rule itself applies), from the caller's own
@@ -323,10 +346,10 @@ func (d Decision) RetryAfterSeconds() int {
 // Limiter decides whether requests may pass. It is safe for concurrent use.
 // Close it when done; it does not close the Redis client.
 type Limiter struct {
-	cfg    Config // defaults filled in
-	rules  map[string]*rule
-	store  *global.Store // nil when no rule needs Redis
-	hybrid *hybrid       // nil when no rule is Hybrid
+	cfg    Config                  // defaults filled in
+	rules  atomic.Pointer[ruleSet] // the rules in force (rules.go)
+	store  *global.Store           // nil when no rule needs Redis
+	hybrid *hybrid                 // nil when no rule is Hybrid
 	syncer *syncer.Reconciler
 
 	closeOnce sync.Once
@@ -342,26 +365,26 @@ type Limiter struct {
 	strictAllowed, strictDenied, redisErrors atomic.Int64 // for Stats
 	passes                                   *passStats   // SyncStats's (rulestats.go)
 	loop                                     syncLoop     // the sync loop, unless ManualSync (rulestats.go)
+
+	reloadMu   sync.Mutex                  // serialises Reload; guards cores
+	cores      map[string]*ruleCore        // every rule core made, by ID, live or removed
+	localCores atomic.Pointer[[]*ruleCore] // every Local rule's core, for Stats
 }
 
-// rule is a validated Rule with its derived values.
+// rule is a validated Rule with its derived values: one version of the
+// rule, in one rule set, immutable. What lasts across versions (tables,
+// hybrid index, counters) is in its core (rules.go).
 type rule struct {
 	Rule
+	*ruleCore
 	window int64 // ms
 	algo   global.Algorithm
-	table  *local.Table[localState] // Local mode only
-
-	fallback *local.Table[localState] // FailLocal's decisions (Hybrid and Strict)
-
-	hybridIndex int // Hybrid mode only: index in hybrid.rules
 
 	maxN int64 // the largest n that can pass: Burst for a token bucket, else Limit
 
-	stats ruleCounters // RuleStats's (rulestats.go)
-
 	classes  map[string]*rule // the rule's variants by class (overrides.go); nil without Rule.Classes
 	override overrideKind     // a variant of an Unlimited or Deny class (overrides.go)
-	counts   *overrideCounts  // a variant's Unlimited and Deny decisions, for RuleStats
+	base     *ruleCore        // the base rule's core (its own for a base rule): pending credits, Unlimited and Deny counts
 }
 
 // New validates cfg and returns a Limiter. When a rule needs Redis it loads
@@ -372,55 +395,27 @@ func New(cfg Config) (*Limiter, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	l := &Limiter{cfg: cfg, rules: make(map[string]*rule, len(cfg.Rules)), passes: newPassStats()}
+	l := &Limiter{cfg: cfg, passes: newPassStats()}
 	l.health = healthTracker{l: l, started: cfg.Now()}
 	l.health.cur = Health{State: Healthy, Since: l.health.started}
 	l.pending = newPending(cfg.MaxPendingKeys)
-	needRedis := false
-	for i, r := range cfg.Rules {
-		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("%w: rule %d (%q): %w", ErrInvalidArgument, i, r.Name, err)
-		}
-		if _, dup := l.rules[r.Name]; dup {
-			return nil, fmt.Errorf("%w: rule %d: duplicate name %q", ErrInvalidArgument, i, r.Name)
-		}
-		if r.Mode == 0 {
-			r.Mode = Strict
-			if r.Algorithm.supportsHybrid() {
-				r.Mode = Hybrid
-			}
-		}
-		if r.OnFailure == 0 {
-			r.OnFailure = FailLocal
-		}
-		if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
-			return nil, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
-				ErrInvalidArgument, i, r.Name, r.Algorithm)
-		}
-		rl := &rule{Rule: r, window: r.Window.Milliseconds(), algo: global.Algorithm(r.Algorithm), maxN: r.Limit}
-		if r.Burst > 0 {
-			rl.maxN = r.Burst
-		}
-		switch r.Mode {
-		case Local:
-			rl.table = local.NewTable[localState](2 * rl.window)
-		case Hybrid:
-			rl.fallback = newFallbackTable(rl.window)
-			if l.hybrid == nil {
-				l.hybrid = &hybrid{l: l, ops: global.NewOps()}
-			}
-			rl.hybridIndex = len(l.hybrid.rules)
-			l.hybrid.rules = append(l.hybrid.rules, rl)
-			needRedis = true
-		case Strict:
-			rl.fallback = newFallbackTable(rl.window)
-			needRedis = true
-		}
-		l.rules[r.Name] = rl
-	}
-	if err := l.buildVariants(); err != nil {
+	b, err := buildRules(cfg.Rules, nil, 0)
+	if err != nil {
 		return nil, err
 	}
+	if err := checkClasses(&l.cfg, b.set); err != nil {
+		return nil, err
+	}
+	l.cfg.Classes = maps.Clone(l.cfg.Classes) // never alias the caller's map
+	l.cores = make(map[string]*ruleCore, len(b.fresh))
+	l.localCores.Store(&[]*ruleCore{})
+	if _, r := b.set.first(Hybrid); r != nil {
+		l.hybrid = &hybrid{l: l, ops: global.NewOps()}
+		l.hybrid.cores.Store(&[]*ruleCore{})
+	}
+	l.install(b)
+	_, needs := b.set.first(Hybrid, Strict)
+	needRedis := needs != nil
 	if needRedis {
 		if cfg.Redis == nil {
 			return nil, fmt.Errorf("%w: Config.Redis is nil but a rule needs Redis", ErrInvalidArgument)
@@ -463,6 +458,7 @@ func New(cfg Config) (*Limiter, error) {
 			Store:        l.store,
 			Now:          cfg.Now,
 			Interval:     cfg.SyncInterval,
+			Duty:         cfg.SyncDuty,
 			InstancesKey: cfg.KeyPrefix + ":instances",
 			ID:           cfg.InstanceID,
 			OnPass:       l.onPass,
@@ -472,7 +468,7 @@ func New(cfg Config) (*Limiter, error) {
 			if cfg.noFront {
 				newCache = local.NewCacheWithoutFront
 			}
-			cache, err := newCache(cfg.MaxLocalKeys, len(h.rules))
+			cache, err := newCache(cfg.MaxLocalKeys, max(len(*h.cores.Load()), 1))
 			if err != nil {
 				l.store.Close()
 				return nil, fmt.Errorf("ratelimit: %w", err)
@@ -505,6 +501,12 @@ func (c *Config) fill() error {
 	c.Rules = append([]Rule(nil), c.Rules...) // never alias the caller's slice
 	if c.SyncInterval == 0 {
 		c.SyncInterval = 100 * time.Millisecond
+	}
+	if c.SyncDuty == 0 {
+		c.SyncDuty = 0.5
+	}
+	if !(c.SyncDuty > 0 && c.SyncDuty <= 1) { // NaN too
+		return fmt.Errorf("%w: Config.SyncDuty %v is not in (0, 1]", ErrInvalidArgument, c.SyncDuty)
 	}
 	if c.SyncInterval < time.Millisecond {
 		return fmt.Errorf("%w: Config.SyncInterval %v is below 1ms", ErrInvalidArgument, c.SyncInterval)
@@ -621,7 +623,7 @@ func (l *Limiter) Allow(ctx context.Context, ruleName, user string, now time.Tim
 // ResetAfter those of a peek. With Config.StrictN it is an error wrapping
 // ErrInvalidArgument instead. A negative n is always such an error.
 func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Time, n int64) (Decision, error) {
-	r, ok := l.rules[ruleName]
+	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
 		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownRule, ruleName)
 	}
@@ -631,39 +633,65 @@ func (l *Limiter) AllowN(ctx context.Context, ruleName, user string, now time.Ti
 // RuleLimiter decides requests under one rule of a Limiter, as
 // Limiter.AllowN does with the rule's name, without looking the name up.
 // Get one from Limiter.Rule at startup; it is safe for concurrent use and
-// works as long as its Limiter.
+// works as long as its Limiter. It follows its rule by ID across Reload:
+// it decides with the rule's newest Limit (and Name), and returns
+// ErrUnknownRule while a Reload has removed the rule.
 type RuleLimiter struct {
-	l *Limiter
-	r *rule
+	l    *Limiter
+	id   string
+	core atomic.Pointer[ruleCore]
 }
 
 // Rule returns the RuleLimiter of the named rule, or an error wrapping
 // ErrUnknownRule.
 func (l *Limiter) Rule(name string) (*RuleLimiter, error) {
-	r, ok := l.rules[name]
+	r, ok := l.rules.Load().byName[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownRule, name)
 	}
-	return &RuleLimiter{l: l, r: r}, nil
+	rl := &RuleLimiter{l: l, id: r.ID}
+	rl.core.Store(r.ruleCore)
+	return rl, nil
 }
 
-// Name returns the rule's name.
-func (rl *RuleLimiter) Name() string { return rl.r.Name }
+// rule returns the rule's version in force: its core's, while the core is
+// in the newest set (three atomic loads), else the rule of its ID in the
+// current set, if any.
+func (rl *RuleLimiter) rule() (*rule, error) {
+	c := rl.core.Load()
+	if !c.removed.Load() {
+		return c.cur.Load(), nil
+	}
+	r, ok := rl.l.rules.Load().byID[rl.id]
+	if !ok {
+		return nil, fmt.Errorf("%w: ID %q (removed by Reload)", ErrUnknownRule, rl.id)
+	}
+	rl.core.Store(r.ruleCore)
+	return r, nil
+}
+
+// Name returns the rule's name (its newest, after a Reload renamed it).
+func (rl *RuleLimiter) Name() string { return rl.core.Load().cur.Load().Name }
 
 // Limit returns the rule's limit: the value of an X-RateLimit-Limit
-// header.
-func (rl *RuleLimiter) Limit() int64 { return rl.r.Limit }
+// header. After a Reload it is the newest (or, for a removed rule, its
+// last).
+func (rl *RuleLimiter) Limit() int64 { return rl.core.Load().cur.Load().Limit }
 
 // Allow reports whether one request by user, made at now, may proceed
 // under the rule. It is shorthand for AllowN(ctx, user, now, 1).
 func (rl *RuleLimiter) Allow(ctx context.Context, user string, now time.Time) (Decision, error) {
-	return rl.l.allowN(ctx, rl.r, user, now, 1)
+	return rl.AllowN(ctx, user, now, 1)
 }
 
 // AllowN reports whether n requests by user, made at now, may proceed under
 // the rule, as Limiter.AllowN does.
 func (rl *RuleLimiter) AllowN(ctx context.Context, user string, now time.Time, n int64) (Decision, error) {
-	return rl.l.allowN(ctx, rl.r, user, now, n)
+	r, err := rl.rule()
+	if err != nil {
+		return Decision{}, err
+	}
+	return rl.l.allowN(ctx, r, user, now, n)
 }
 
 func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Time, n int64) (Decision, error) {
@@ -678,12 +706,35 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if err != nil {
 		return Decision{}, err
 	}
-	return l.decideChecked(ctx, r, user, ms, earliest, n)
+	d, _, err := l.decideChecked(ctx, r, user, ms, earliest, n)
+	return d, err
 }
 
 // decideChecked is allowN's decision, for arguments that check accepted
-// (ms and earliest are its answers).
-func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
+// (ms and earliest are its answers). A shadow rule's is always Allowed
+// (see Rule.Shadow); counted reports whether the rule really counted the
+// request (its would-be decision admitted it).
+func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (d Decision, counted bool, err error) {
+	d, err = l.decide(ctx, r, user, ms, earliest, n)
+	counted = err == nil && d.Allowed && n > 0 && n <= r.maxN && r.override == 0 // Unlimited and Deny count nothing
+	if r.Shadow && err == nil {
+		d = r.shadow(d, n)
+	}
+	return d, counted, err
+}
+
+// shadow turns a shadow rule's real decision d of n into the one it
+// returns, and counts d among its would-be decisions (not a peek's).
+func (r *rule) shadow(d Decision, n int64) Decision {
+	if n > 0 {
+		r.stats.shadowed(d.Allowed)
+	}
+	d.Allowed, d.RetryAfter = true, 0
+	return d
+}
+
+// decide is the rule's real decision.
+func (l *Limiter) decide(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
 	if r.override != 0 {
 		return r.overridden(n), nil
 	}
@@ -719,7 +770,7 @@ func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, e
 	default:
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
-		key := global.Key(l.cfg.KeyPrefix, r.Name, user)
+		key := r.key(l.cfg.KeyPrefix, user)
 		var cause error
 		switch {
 		case l.store.Refuses(key):
@@ -900,9 +951,9 @@ func (l *Limiter) Stats() Stats {
 		st.BreakerOpened, st.BreakerRejected = c.BreakerOpened, c.Rejected
 		st.BreakerState = l.store.Breaker().State.String()
 	}
-	for _, r := range l.rules {
-		if r.table != nil {
-			a, d := r.table.Counts()
+	for _, c := range *l.localCores.Load() { // removed rules' too: counts never go down
+		if c.table != nil {
+			a, d := c.table.Counts()
 			st.LocalModeAllowed += a
 			st.LocalModeDenied += d
 		}
@@ -925,8 +976,9 @@ func (l *Limiter) Stats() Stats {
 // Sync runs one reconciliation pass now, on the calling goroutine: for
 // every hybrid key with activity it reports requests, returns unneeded
 // leases, renews leases and learns the global counts, in pipelines of up
-// to 1000 keys (split per node on a cluster), and credits to Redis what
-// the failure policies admitted without it. Strict and local rules have
+// to 256 keys (split per node on a cluster), each followed by a pause as
+// long as it took (so that decisions find Redis free half of the time),
+// and credits to Redis what the failure policies admitted without it. Strict and local rules have
 // nothing else to reconcile.
 func (l *Limiter) Sync(ctx context.Context) error {
 	if l.closed.Load() {
@@ -971,6 +1023,7 @@ func (l *Limiter) Close() error {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.stopLoop()
+			l.syncer.Hurry()  // the Syncs under way and the last pass send without pauses
 			l.syncGate.Lock() // waits for the Syncs under way
 			l.syncClosed = true
 			l.syncGate.Unlock()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/drl-go/distributed-rate-limiter/global"
 )
 
 // Check is one rule of a request checked against several (AllowAll): the
@@ -29,23 +31,31 @@ type MultiDecision struct {
 // admitted only if every rule admits it, and a request that one rule
 // denies consumes nothing under the others.
 //
-// The rules are checked in the order given, each as AllowN would; when one
-// denies, the admissions already made under the rules before it are
-// refunded (Refund) before AllowAll returns. So it is not atomic across
-// rules: a concurrent request of the same user may meet an earlier rule's
-// count raised for the length of that rollback and be denied by it; no
-// request is ever admitted beyond a limit. Put the rule most likely to deny
-// first: a request it denies costs one decision. A request admitted by all
-// costs one decision per rule (no fewer calls than separate decisions; one
-// Redis script over the user's keys is not built yet).
+// The Strict rules among checks are decided together, in one Redis script
+// over the user's keys (one hash tag, so one slot on a cluster): the
+// script checks every one of them and counts all or none, atomically, at
+// the cost of one strict decision plus a few microseconds of Redis time
+// per rule. The other rules (Hybrid, Local, and any Strict rule named
+// twice or asked for more than it can ever admit) are decided first, one
+// by one as AllowN would, most of them in process; when a later rule
+// denies, their admissions are refunded (Refund) before AllowAll returns.
+// That part is not atomic across rules: a concurrent request of the same
+// user may meet a count raised for the length of the rollback and be
+// denied by it; no request is ever admitted beyond a limit.
 //
 // Bad input (no checks, an unknown rule, a bad n or key) is an error before
 // anything is counted. An error of a rule's decision (its failure policy
-// being FailError, say) refunds the rules before it and is returned. If a
-// refund fails (Redis went away meanwhile, or the admission was a failure
-// policy's, which Refund cannot reach), AllowAll still returns the denial,
-// with an error wrapping ErrUnavailable that names the rules left counted:
-// the request is denied either way.
+// being FailError, say) refunds the rules admitted before it and is
+// returned. When Redis cannot answer the strict rules' call, each of them
+// is decided by its failure policy, in order. If a refund fails (Redis went
+// away meanwhile), or a failure policy's admission stays counted because a
+// later rule denied (Refund cannot reach those), AllowAll still returns the
+// denial, with an error wrapping ErrUnavailable that names the rules left
+// counted: the request is denied either way.
+//
+// RuleStats count a decision of the strict script under the rules it
+// decided: every rule when all admitted, the denying rule alone when one
+// denied (the others neither admitted nor denied the request).
 func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, checks ...Check) (MultiDecision, error) {
 	if len(checks) == 0 {
 		return MultiDecision{}, fmt.Errorf("%w: AllowAll with no rule", ErrInvalidArgument)
@@ -54,10 +64,11 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 		return MultiDecision{}, ErrClosed
 	}
 	rules := make([]*rule, len(checks))
+	set := l.rules.Load() // one set for every check, even while a Reload swaps it
 	var ms, earliest int64
 	var class userClass // the user's class, looked up once
 	for i, c := range checks {
-		r, ok := l.rules[c.Rule]
+		r, ok := set.byName[c.Rule]
 		if !ok {
 			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 		}
@@ -73,35 +84,183 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 		}
 		rules[i] = r
 	}
-	var out MultiDecision
-	for i, c := range checks {
-		d, err := l.decideChecked(ctx, rules[i], user, ms, earliest, c.N) // checked above, once
+	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules}
+	together, alone := a.split()
+	for _, i := range alone {
+		d, counted, err := l.decideChecked(ctx, rules[i], user, ms, earliest, checks[i].N) // checked above, once
 		if err != nil {
-			return MultiDecision{}, errors.Join(err, l.rollback(ctx, user, now, checks[:i]))
+			return MultiDecision{}, errors.Join(err, a.rollback(ctx))
 		}
-		if !d.Allowed {
-			return MultiDecision{Decision: d, Rule: c.Rule}, l.rollback(ctx, user, now, checks[:i])
+		if !d.Allowed { // never a shadow rule's
+			return MultiDecision{Decision: d, Rule: checks[i].Rule}, a.rollback(ctx)
 		}
-		if i == 0 || d.Remaining < out.Remaining {
-			out = MultiDecision{Decision: d, Rule: c.Rule}
+		a.admitted(i, d)
+		if counted { // not a shadow rule's would-be denial
+			a.refundable = append(a.refundable, i)
 		}
 	}
-	return out, nil
+	if len(together) > 0 {
+		d, err := a.takeAll(ctx, together)
+		switch {
+		case d.Rule == "": // no decision: an error
+			return MultiDecision{}, errors.Join(err, a.rollback(ctx))
+		case !d.Allowed:
+			return d, errors.Join(err, a.rollback(ctx))
+		}
+	}
+	return a.out, nil
 }
 
-// rollback refunds the admissions of checks, the rules AllowAll admitted
-// before one denied. It returns nil, or an error wrapping ErrUnavailable
+// allowAll is one AllowAll call under way: its checked arguments, and the
+// admissions made so far.
+type allowAll struct {
+	l            *Limiter
+	user         string
+	now          time.Time
+	ms, earliest int64
+	checks       []Check
+	rules        []*rule
+	out          MultiDecision // the most restrictive admission so far
+	anyAdmitted  bool
+	refundable   []int    // the checks whose admission a refund can undo
+	kept         []string // rules whose admission (a failure policy's) no refund can undo
+}
+
+// split returns the indexes of the checks that the strict script decides
+// together (the Strict rules, each named once, for an n they can admit,
+// not shadow rules, nor Unlimited or Deny classes, which need no Redis),
+// and those decided one by one, first. The rules are the user's classes'
+// (ruleFor), so the script uses the class's limit.
+func (a *allowAll) split() (together, alone []int) {
+	seen := make(map[*rule]int, len(a.rules))
+	for _, r := range a.rules {
+		seen[r]++
+	}
+	for i, r := range a.rules {
+		if r.Mode == Strict && r.override == 0 && !r.Shadow && seen[r] == 1 && a.checks[i].N <= r.maxN {
+			together = append(together, i)
+		} else {
+			alone = append(alone, i)
+		}
+	}
+	if len(together) == 1 { // one rule: a plain strict decision
+		alone, together = append(alone, together[0]), nil
+	}
+	return together, alone
+}
+
+// admitted records check i's admission d, the most restrictive so far or
+// not.
+func (a *allowAll) admitted(i int, d Decision) {
+	if !a.anyAdmitted || d.Remaining < a.out.Remaining {
+		a.out = MultiDecision{Decision: d, Rule: a.checks[i].Rule}
+	}
+	a.anyAdmitted = true
+}
+
+// takeAll decides the checks of together, Strict rules of the user, in one
+// call of the multi script. It returns the denial and the rule that made
+// it, or when all admitted the most restrictive admission so far (a.out),
+// or an error and no decision (Rule "").
+func (a *allowAll) takeAll(ctx context.Context, together []int) (MultiDecision, error) {
+	l := a.l
+	req := global.MultiRequest{Now: a.ms, ServerTime: l.cfg.ServerTime, Rules: make([]global.Request, len(together))}
+	var cause error
+	for j, i := range together {
+		r := a.rules[i]
+		key := r.key(l.cfg.KeyPrefix, a.user)
+		switch {
+		case l.store.Refuses(key):
+			cause = global.ErrBreakerOpen
+		case l.pending.has(r, a.user):
+			cause = errPending
+		}
+		req.Rules[j] = global.Request{Algorithm: r.algo, Key: key, Window: r.window, Limit: r.Limit, N: a.checks[i].N, Burst: r.Burst}
+	}
+	if cause == nil {
+		res, err := l.store.TakeAll(ctx, req)
+		switch {
+		case err == nil:
+			return a.decided(together, res), nil
+		case errors.Is(err, global.ErrClosed):
+			return MultiDecision{}, ErrClosed
+		case !redisFailed(err):
+			l.redisErrors.Add(1)
+			return MultiDecision{}, fmt.Errorf("ratelimit: rules %q: %w", a.names(together), err)
+		}
+		cause = err
+	}
+	// Redis cannot answer: each rule's failure policy decides, in order.
+	for _, i := range together {
+		r := a.rules[i]
+		res, err := l.fallback(r, a.user, a.ms, a.earliest, a.checks[i].N, cause)
+		if err != nil {
+			return MultiDecision{}, a.keptError(err)
+		}
+		d := res.decision()
+		if !d.Allowed {
+			return MultiDecision{Decision: d, Rule: a.checks[i].Rule}, a.keptError(nil)
+		}
+		a.admitted(i, d)
+		a.kept = append(a.kept, a.checks[i].Rule)
+	}
+	return a.out, nil
+}
+
+// decided records the multi script's answer res to the checks of together,
+// and returns the denial or the most restrictive admission.
+func (a *allowAll) decided(together []int, res global.MultiResult) MultiDecision {
+	l := a.l
+	if res.Denied >= 0 {
+		i := together[res.Denied]
+		g := res.Results[res.Denied]
+		a.rules[i].stats.redis(false)
+		l.strictDenied.Add(1)
+		d := result{retryAfter: g.RetryAfter, resetAfter: g.ResetAfter, remaining: g.Remaining}.decision()
+		return MultiDecision{Decision: d, Rule: a.checks[i].Rule}
+	}
+	for j, i := range together {
+		g := res.Results[j]
+		a.rules[i].stats.redis(true)
+		l.strictAllowed.Add(1)
+		a.admitted(i, result{allowed: true, remaining: g.Remaining, resetAfter: g.ResetAfter}.decision())
+		a.refundable = append(a.refundable, i)
+	}
+	return a.out
+}
+
+// keptError joins err with an error naming the rules whose admissions no
+// refund can undo, if any.
+func (a *allowAll) keptError(err error) error {
+	if len(a.kept) == 0 {
+		return err
+	}
+	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (admitted by their failure policy)", ErrUnavailable, a.kept))
+}
+
+// names returns the rule names of the checks of idx.
+func (a *allowAll) names(idx []int) []string {
+	out := make([]string, len(idx))
+	for j, i := range idx {
+		out[j] = a.checks[i].Rule
+	}
+	return out
+}
+
+// rollback refunds the refundable admissions made so far (under the rules
+// of the set AllowAll began with), after a rule denied or failed. It returns nil, or an error wrapping ErrUnavailable
 // that names the rules whose refund failed.
-func (l *Limiter) rollback(ctx context.Context, user string, now time.Time, checks []Check) error {
+func (a *allowAll) rollback(ctx context.Context) error {
 	var failed []string
 	var errs []error
 	ctx = context.WithoutCancel(ctx) // a caller gone must not leave counts behind; Timeout bounds each call
-	for _, c := range checks {
-		if err := l.Refund(ctx, c.Rule, user, now, c.N); err != nil {
-			failed = append(failed, c.Rule)
+	for _, i := range a.refundable {
+		if err := a.l.refund(ctx, a.rules[i], a.user, a.now, a.checks[i].N); err != nil {
+			failed = append(failed, a.checks[i].Rule)
 			errs = append(errs, err)
 		}
 	}
+	a.refundable = nil
 	if len(failed) == 0 {
 		return nil
 	}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
 )
 
 // TestAllowAll: a request under two rules (5 and 3 a minute) is admitted
@@ -125,4 +128,137 @@ func TestAllowAllConcurrent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAllowAllAtomic: the behaviour on the single node (the cluster suite
+// runs it too).
+func TestAllowAllAtomic(t *testing.T) {
+	behaveAllowAllAtomic(t, singleNode(t), clusterLoad)
+}
+
+// scriptCalls counts the script calls (EVALSHA and EVAL) a client sends,
+// alone or in pipelines.
+type scriptCalls struct{ n atomic.Int64 }
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.count(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *scriptCalls) count(cmd redis.Cmder) {
+	if name := cmd.Name(); name == "evalsha" || name == "eval" {
+		h.n.Add(1)
+	}
+}
+
+// TestAllowAllStrictInOneCall: three Strict rules of different algorithms
+// cost one script call per AllowAll, admitted or denied; a Hybrid rule
+// beside them is decided first and refunded when a strict rule denies, and
+// the strict rules' counts after a denial are those of the admitted
+// requests only.
+func TestAllowAllStrictInOneCall(t *testing.T) {
+	ctx := context.Background()
+	calls := &scriptCalls{}
+	c := redis.NewClient(&redis.Options{Addr: redistest.Addr()})
+	defer c.Close()
+	c.AddHook(calls)
+	prefix := testPrefix(t, c)
+	l, err := New(Config{Redis: c, KeyPrefix: prefix, ManualSync: true, Now: fixedClock(base),
+		Rules: []Rule{
+			{Name: "second", Limit: 3, Window: time.Second, Mode: Strict},
+			{Name: "minute", Limit: 10, Window: time.Minute, Algorithm: TokenBucket},
+			{Name: "log", Limit: 20, Window: time.Minute, Algorithm: SlidingLog},
+			{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
+		}})
+	require.NoError(t, err)
+	defer l.Close()
+	strict := []Check{{Rule: "second", N: 1}, {Rule: "minute", N: 1}, {Rule: "log", N: 1}}
+	for i := range 5 {
+		calls.n.Store(0)
+		d, err := l.AllowAll(ctx, "u", base, strict...)
+		require.NoError(t, err)
+		require.Equal(t, i < 3, d.Allowed, "request %d", i)
+		require.Equal(t, "second", d.Rule)
+		require.Equal(t, int64(1), calls.n.Load(), "request %d: script calls", i)
+	}
+	for _, rule := range []string{"minute", "log"} {
+		p, err := l.Peek(ctx, rule, "u", base)
+		require.NoError(t, err)
+		require.Equal(t, int64(3), l.mustLimit(t, rule)-p.Remaining, "%s counts the 3 admitted requests only", rule)
+	}
+
+	// With the hybrid rule: denied by "second" (still full), hour refunded.
+	all := append([]Check{{Rule: "hour", N: 1}}, strict...)
+	for range 3 {
+		d, err := l.AllowAll(ctx, "u", base, all...)
+		require.NoError(t, err)
+		require.False(t, d.Allowed)
+		require.Equal(t, "second", d.Rule)
+	}
+	p, err := l.Peek(ctx, "hour", "u", base)
+	require.NoError(t, err)
+	require.Equal(t, int64(100), p.Remaining, "the hybrid rule's admissions were refunded")
+	next := base.Add(2 * time.Second) // the sliding window of "second" is empty again
+	d, err := l.AllowAll(ctx, "u", next, all...)
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	require.Equal(t, "second", d.Rule, "the fewest remaining: 2 of 3")
+	require.Equal(t, int64(2), d.Remaining)
+}
+
+// mustLimit returns the limit of rule name.
+func (l *Limiter) mustLimit(t *testing.T, name string) int64 {
+	rl, err := l.Rule(name)
+	require.NoError(t, err)
+	return rl.Limit()
+}
+
+// TestAllowAllRedisDown: when the strict rules' call finds Redis gone,
+// each rule's failure policy decides in order; a FailOpen admission that a
+// FailClosed rule after it turns into a denial stays counted, and the
+// error says so.
+func TestAllowAllRedisDown(t *testing.T) {
+	ctx := context.Background()
+	proc := redistest.StartProc(t)
+	c := proc.Client(t)
+	l, err := New(Config{Redis: c, KeyPrefix: "multi-down", ManualSync: true, Now: fixedClock(base), Timeout: 200 * time.Millisecond,
+		Rules: []Rule{
+			{Name: "open", Limit: 3, Window: time.Second, Mode: Strict, OnFailure: FailOpen},
+			{Name: "closed", Limit: 3, Window: time.Second, Mode: Strict, OnFailure: FailClosed},
+			{Name: "local", Limit: 3, Window: time.Second, Mode: Strict, OnFailure: FailLocal},
+			{Name: "error", Limit: 3, Window: time.Second, Mode: Strict, OnFailure: FailError},
+		}})
+	require.NoError(t, err)
+	defer l.Close()
+	d, err := l.AllowAll(ctx, "u", base, Check{Rule: "open", N: 1}, Check{Rule: "closed", N: 1})
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "Redis up")
+	proc.Kill()
+
+	d, err = l.AllowAll(ctx, "u", base, Check{Rule: "open", N: 1}, Check{Rule: "closed", N: 1})
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorContains(t, err, `rules ["open"] keep the request counted`)
+	require.False(t, d.Allowed)
+	require.Equal(t, "closed", d.Rule)
+
+	d, err = l.AllowAll(ctx, "u", base, Check{Rule: "open", N: 1}, Check{Rule: "local", N: 1})
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "FailOpen and FailLocal admit")
+
+	_, err = l.AllowAll(ctx, "u", base, Check{Rule: "local", N: 1}, Check{Rule: "error", N: 1})
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorContains(t, err, `rule "error"`)
 }

@@ -6,21 +6,25 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"sync/atomic"
 	"time"
+
+	"github.com/drl-go/distributed-rate-limiter/local"
 )
 
 // This file is the overrides: a rule's limit replaced for the users of a
 // class (Rule.Classes), the class coming from Config.Classes or
 // Config.ClassOf.
 //
-// New builds one variant *rule per (rule, class): a class with a Limit is
-// the rule with that Limit (and Burst), under the rule's name, so it uses
-// the rule's Redis key, Local table and fallback table, and its own hybrid
-// index, whose states lease with the class's limit. Unlimited and Deny
-// classes are variants that decideChecked answers at once. A decision
-// looks the user's class up (ruleFor) and goes on with the variant: the
-// rest of the decision path does not know of classes.
+// buildRules builds one variant *rule per (rule, class) with each rule
+// version, so Reload rebuilds them. A class with a Limit is the rule with
+// that Limit (and Burst), under the rule's ID, so it uses the rule's Redis
+// key (r.key), Local table and fallback table, and a core of its own,
+// identified by (rule ID, class) across Reload: its own hybrid index, whose
+// States lease with the class's limit, and its own RuleStats counters,
+// summed into the rule's. Unlimited and Deny classes are variants on the
+// rule's core that decide answers at once. A decision looks the user's
+// class up (ruleFor) in the set it started with and goes on with the
+// variant: the rest of the decision path does not know of classes.
 
 // Override replaces a rule's limit for the users of one class. Set exactly
 // one of: Limit (with Burst, for a TokenBucket rule), Unlimited or Deny.
@@ -52,49 +56,27 @@ const (
 	overrideDeny
 )
 
-// overrideCounts are an Unlimited or Deny variant's decisions, for
-// RuleStats.
-type overrideCounts struct {
-	unlimited, denied atomic.Int64
-}
-
-// buildVariants validates Rule.Classes and Config.Classes and builds every
-// rule's variants. It runs in New, after the rules, before the hybrid
-// cache is sized (a hybrid variant takes an index of its own).
-func (l *Limiter) buildVariants() error {
-	defined := make(map[string]bool)
-	for _, cr := range l.cfg.Rules {
-		if len(cr.Classes) == 0 {
-			continue
+// addClasses builds rl's variants, one per class of rl.Classes, in a
+// stable order (hybrid indexes come from nextHybrid, as a rule's do). A
+// class with a Limit keeps the core its (ID, class) had, if any (rl's core
+// holds them), else gets a fresh one, added to b.fresh.
+func (b *built) addClasses(rl *rule, nextHybrid *int) error {
+	rl.classes = make(map[string]*rule, len(rl.Classes))
+	for _, class := range slices.Sorted(maps.Keys(rl.Classes)) {
+		v, err := b.variant(rl, class, rl.Classes[class], nextHybrid)
+		if err != nil {
+			return fmt.Errorf("class %q: %w", class, err)
 		}
-		r := l.rules[cr.Name]
-		r.classes = make(map[string]*rule, len(cr.Classes))
-		for _, class := range slices.Sorted(maps.Keys(cr.Classes)) { // hybrid indexes in a stable order
-			v, err := l.variant(r, class, cr.Classes[class])
-			if err != nil {
-				return fmt.Errorf("%w: rule %q: class %q: %w", ErrInvalidArgument, r.Name, class, err)
-			}
-			r.classes[class] = v
-			defined[class] = true
-		}
+		rl.classes[class] = v
 	}
-	for user, class := range l.cfg.Classes {
-		switch {
-		case user == "" || len(user) > l.cfg.MaxKeyBytes:
-			return fmt.Errorf("%w: Config.Classes: user key %q is empty or longer than MaxKeyBytes", ErrInvalidArgument, user)
-		case !defined[class]:
-			return fmt.Errorf("%w: Config.Classes: user %q: class %q is not defined under any rule's Classes", ErrInvalidArgument, user, class)
-		}
-	}
-	l.cfg.Classes = maps.Clone(l.cfg.Classes) // never alias the caller's map
 	return nil
 }
 
-// variant returns r's variant for class, overridden by o.
-func (l *Limiter) variant(r *rule, class string, o Override) (*rule, error) {
+// variant returns rl's variant for class, overridden by o.
+func (b *built) variant(rl *rule, class string, o Override, nextHybrid *int) (*rule, error) {
 	set := 0
-	for _, b := range []bool{o.Limit != 0, o.Unlimited, o.Deny} {
-		if b {
+	for _, on := range []bool{o.Limit != 0, o.Unlimited, o.Deny} {
+		if on {
 			set++
 		}
 	}
@@ -106,14 +88,14 @@ func (l *Limiter) variant(r *rule, class string, o Override) (*rule, error) {
 	case o.Burst != 0 && o.Limit == 0:
 		return nil, fmt.Errorf("field Burst %d is set without a Limit", o.Burst)
 	}
-	v := &rule{Rule: r.Rule, window: r.window, algo: r.algo, table: r.table, fallback: r.fallback, maxN: r.maxN}
+	v := &rule{Rule: rl.Rule, ruleCore: rl.ruleCore, base: rl.ruleCore, window: rl.window, algo: rl.algo, maxN: rl.maxN}
 	v.Classes = nil
 	switch {
 	case o.Unlimited:
-		v.override, v.maxN, v.counts = overrideUnlimited, math.MaxInt64, &overrideCounts{}
+		v.override, v.maxN = overrideUnlimited, math.MaxInt64
 		return v, nil
 	case o.Deny:
-		v.override, v.counts = overrideDeny, &overrideCounts{}
+		v.override = overrideDeny
 		return v, nil
 	}
 	v.Limit, v.Burst = o.Limit, o.Burst
@@ -124,11 +106,71 @@ func (l *Limiter) variant(r *rule, class string, o Override) (*rule, error) {
 	if v.Burst > 0 {
 		v.maxN = v.Burst
 	}
-	if v.Mode == Hybrid {
-		v.hybridIndex = len(l.hybrid.rules)
-		l.hybrid.rules = append(l.hybrid.rules, v)
+	c := rl.classCores[class] // a former set's (read under reloadMu), if any
+	if c == nil {
+		c = &ruleCore{id: rl.id, algorithm: rl.algorithm, mode: rl.mode, window: rl.window,
+			table: rl.table, fallback: rl.fallback, class: class, parent: rl.ruleCore}
+		if c.mode == Hybrid {
+			if *nextHybrid >= local.MaxRules {
+				return nil, fmt.Errorf("more than %d hybrid rules and classes since New", local.MaxRules)
+			}
+			c.hybridIndex = *nextHybrid
+			*nextHybrid++
+		}
+		b.fresh = append(b.fresh, c)
 	}
+	v.ruleCore = c
 	return v, nil
+}
+
+// addClass records c, a fresh core of one of p's classes. It requires
+// reloadMu (or New).
+func (p *ruleCore) addClass(c *ruleCore) {
+	if p.classCores == nil {
+		p.classCores = make(map[string]*ruleCore)
+	}
+	p.classCores[c.class] = c
+	var all []*ruleCore
+	if cur := p.classList.Load(); cur != nil {
+		all = slices.Clone(*cur)
+	}
+	all = append(all, c)
+	p.classList.Store(&all)
+}
+
+// versions returns r and the variants of its classes with a core of their
+// own (those with a Limit), for install.
+func (r *rule) versions() []*rule {
+	out := []*rule{r}
+	for _, class := range slices.Sorted(maps.Keys(r.classes)) {
+		if v := r.classes[class]; v.ruleCore != r.ruleCore {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// checkClasses validates Config.Classes against the classes of set's
+// rules: every user key a valid key, every class defined under some rule.
+// New and Reload call it (a Reload that drops a class Config.Classes names
+// is refused: its users would silently fall back to the rule itself).
+func checkClasses(cfg *Config, set *ruleSet) error {
+	defined := make(map[string]bool)
+	for _, r := range set.list {
+		for class := range r.classes {
+			defined[class] = true
+		}
+	}
+	for _, user := range slices.Sorted(maps.Keys(cfg.Classes)) { // the same error each time
+		class := cfg.Classes[user]
+		switch {
+		case user == "" || len(user) > cfg.MaxKeyBytes:
+			return fmt.Errorf("%w: Config.Classes: user key %q is empty or longer than MaxKeyBytes", ErrInvalidArgument, user)
+		case !defined[class]:
+			return fmt.Errorf("%w: Config.Classes: user %q: class %q is not defined under any rule's Classes", ErrInvalidArgument, user, class)
+		}
+	}
+	return nil
 }
 
 // userClass is a user's class, looked up once per call (AllowAll decides
@@ -169,34 +211,37 @@ func (l *Limiter) ruleFor(ctx context.Context, r *rule, user string, c *userClas
 func (r *rule) overridden(n int64) Decision {
 	if r.override == overrideUnlimited {
 		if n > 0 {
-			r.counts.unlimited.Add(1)
+			r.stats.unlimited.Add(1) // the rule's core: kept across Reload
 		}
 		return Decision{Allowed: true, Remaining: math.MaxInt64}
 	}
 	if n > 0 {
-		r.counts.denied.Add(1)
+		r.stats.denied.Add(1)
 	}
 	return Decision{RetryAfter: time.Duration(r.window) * time.Millisecond}
 }
 
 // dropClasses drops what this instance holds of user's key under r's
-// hybrid variants (Reset: the key is the rule's, whatever the class).
+// hybrid classes, every one r's core ever had (Reset: the key is the
+// rule's, whatever the class).
 func (l *Limiter) dropClasses(r *rule, user string) {
-	for _, v := range r.classes {
-		if v.override == 0 {
-			l.hybrid.drop(v, user)
+	if list := r.classList.Load(); list != nil {
+		for _, c := range *list {
+			l.hybrid.drop(c.cur.Load(), user)
 		}
 	}
 }
 
-// addClassStats adds the decisions of r's variants to st, r's RuleStats.
+// addClassStats adds the decisions of r's classes to st, r's RuleStats:
+// those of every class core the rule ever had (counters never go down).
 func addClassStats(st *RuleStats, r *rule) {
-	for _, v := range r.classes {
-		if v.counts != nil {
-			st.UnlimitedAllowed += v.counts.unlimited.Load()
-			st.DenyDenied += v.counts.denied.Load()
-			continue
-		}
+	st.UnlimitedAllowed += r.stats.unlimited.Load()
+	st.DenyDenied += r.stats.denied.Load()
+	list := r.classList.Load()
+	if list == nil {
+		return
+	}
+	for _, v := range *list {
 		c := &v.stats
 		st.RedisAllowed += c.redisAllowed.Load()
 		st.RedisDenied += c.redisDenied.Load()
@@ -208,7 +253,9 @@ func addClassStats(st *RuleStats, r *rule) {
 		st.Overshoots += c.overshoots.Load()
 		st.OvershootTokens += c.overSum.Load()
 		st.MaxOvershoot = max(st.MaxOvershoot, c.overMax.Load())
-		if v.table == nil { // a Local rule's table counts its variants' decisions too
+		st.ShadowAllowed += c.shadowAllowed.Load()
+		st.ShadowDenied += c.shadowDenied.Load()
+		if v.table == nil { // a Local rule's table counts its classes' decisions too
 			st.LocalAllowed += c.inProcAllowed.Load()
 			st.LocalDenied += c.inProcDenied.Load()
 		}

@@ -25,10 +25,14 @@ import (
 // RuleStats counts one rule's decisions and, for a Hybrid rule, its leases
 // and reconciliations, since New. Counters never go down.
 type RuleStats struct {
-	// Name, Mode and Limit are the rule's.
-	Name  string
-	Mode  Mode
-	Limit int64
+	// Name, ID, Mode, Limit and Shadow are the rule's, as of the newest
+	// Reload. A rule keeps its counters across a Reload that keeps its ID
+	// (see Limiter.Reload); a removed rule is no longer listed.
+	Name   string
+	ID     string
+	Mode   Mode
+	Limit  int64
+	Shadow bool
 
 	// LocalAllowed and LocalDenied are decisions made in process: every
 	// decision of a Local rule, and a Hybrid rule's decisions from its
@@ -63,6 +67,15 @@ type RuleStats struct {
 	// Redis losing a key.
 	Reconciliations, Overshoots, OvershootTokens, MaxOvershoot int64
 
+	// ShadowAllowed and ShadowDenied are the would-be decisions of the
+	// rule while it was a shadow rule (Rule.Shadow), counted as they are
+	// made (an atomic add each): requests it admitted, and requests it
+	// would have denied but let through. The decisions above count them
+	// too, as the rule really decided them (a would-be denial among the
+	// denials), peeks excepted; a request of an n that can never pass is
+	// one ShadowDenied.
+	ShadowAllowed, ShadowDenied int64
+
 	// The decisions of the rule's classes (Rule.Classes) are the rule's:
 	// those of a class with a Limit are in the counters above, and
 	// UnlimitedAllowed and DenyDenied count the decisions of its Unlimited
@@ -78,6 +91,17 @@ type ruleCounters struct {
 	granted, returned               atomic.Int64
 	reconciled, overshoots, overSum atomic.Int64
 	overMax                         atomic.Int64
+	shadowAllowed, shadowDenied     atomic.Int64
+	unlimited, denied               atomic.Int64 // its Unlimited and Deny classes' decisions (overrides.go)
+}
+
+// shadowed counts a shadow rule's would-be decision.
+func (c *ruleCounters) shadowed(allowed bool) {
+	if allowed {
+		c.shadowAllowed.Add(1)
+	} else {
+		c.shadowDenied.Add(1)
+	}
 }
 
 // redis counts a decision Redis answered.
@@ -155,15 +179,17 @@ func (h *hybrid) reconcile(r *rule, res global.LeaseResult, err error) {
 	}
 }
 
-// RuleStats returns every rule's counters, in the order of Config.Rules. It
-// reads a few atomic counters per rule and visits no key.
+// RuleStats returns the counters of every rule in force, in the order of
+// Config.Rules (or of the newest Reload's rules). It reads a few atomic
+// counters per rule and visits no key.
 func (l *Limiter) RuleStats() []RuleStats {
-	out := make([]RuleStats, 0, len(l.cfg.Rules))
-	for _, cr := range l.cfg.Rules {
-		r := l.rules[cr.Name]
+	set := l.rules.Load()
+	out := make([]RuleStats, 0, len(set.list))
+	for _, r := range set.list {
 		c := &r.stats
 		st := RuleStats{
-			Name: r.Name, Mode: r.Mode, Limit: r.Limit,
+			Name: r.Name, ID: r.ID, Mode: r.Mode, Limit: r.Limit, Shadow: r.Shadow,
+			ShadowAllowed: c.shadowAllowed.Load(), ShadowDenied: c.shadowDenied.Load(),
 			LocalAllowed: c.inProcAllowed.Load(), LocalDenied: c.inProcDenied.Load(),
 			RedisAllowed: c.redisAllowed.Load(), RedisDenied: c.redisDenied.Load(),
 			FallbackAllowed: c.fallbackAllowed.Load(), FallbackDenied: c.fallbackDenied.Load(),

@@ -19,8 +19,8 @@ import (
 func TestRuleStatsOvershootAccounting(t *testing.T) {
 	l := &Limiter{passes: newPassStats()}
 	h := &hybrid{l: l}
-	sw := &rule{Rule: Rule{Name: "sw", Limit: 10, Window: time.Second}, window: 1000}
-	fw := &rule{Rule: Rule{Name: "fw", Limit: 10, Window: time.Second, Algorithm: FixedWindow}, window: 1000}
+	sw := testRule(Rule{Name: "sw", Limit: 10, Window: time.Second}, 1000)
+	fw := testRule(Rule{Name: "fw", Limit: 10, Window: time.Second, Algorithm: FixedWindow}, 1000)
 	mid := int64(7_000_500) // half way into a window
 
 	h.reconcile(sw, global.LeaseResult{Now: mid, Prev: 10, Cur: 8}, nil) // 5 + 8 = 13: 3 over
@@ -45,7 +45,7 @@ func TestRuleStatsOvershootAccounting(t *testing.T) {
 
 	// Far above the limit (instances configured apart), the count does
 	// not overflow.
-	big := &rule{Rule: Rule{Name: "big", Limit: 1, Window: 100 * 365 * 24 * time.Hour}, window: maxWindow.Milliseconds()}
+	big := testRule(Rule{Name: "big", Limit: 1, Window: 100 * 365 * 24 * time.Hour}, maxWindow.Milliseconds())
 	require.Equal(t, int64(1<<40-1), big.overshoot(global.LeaseResult{Now: 1, Cur: 1 << 40}))
 }
 
@@ -133,7 +133,7 @@ func TestSyncStatsLoop(t *testing.T) {
 func BenchmarkRuleStatsReconcile(b *testing.B) {
 	l := &Limiter{passes: newPassStats()}
 	h := &hybrid{l: l}
-	r := &rule{Rule: Rule{Name: "b", Limit: 10, Window: time.Second}, window: 1000}
+	r := testRule(Rule{Name: "b", Limit: 10, Window: time.Second}, 1000)
 	res := global.LeaseResult{Now: 7_000_500, Prev: 10, Cur: 8}
 	for b.Loop() {
 		h.reconcile(r, res, nil)

@@ -157,9 +157,13 @@ func warm(b *testing.B, do op) {
 }
 
 // runSerial times b.N calls of do, one at a time, round the users, and
-// reports the p50 and p99 of the per-call latency.
-func runSerial(b *testing.B, do op, rt *rtCounter) {
+// reports the p50 and p99 of the per-call latency. Each atStart runs after
+// the warm-up, before the timed loop.
+func runSerial(b *testing.B, do op, rt *rtCounter, atStart ...func()) {
 	warm(b, do)
+	for _, f := range atStart {
+		f()
+	}
 	ctx := context.Background()
 	lat := make([]time.Duration, b.N) // bounded by b.N, allocated untimed
 	rt.reset()
@@ -185,9 +189,13 @@ func runSerial(b *testing.B, do op, rt *rtCounter) {
 
 // runParallel times b.N calls of do from benchConc goroutines (rounded up
 // to a multiple of GOMAXPROCS), round the users. Each goroutine stamps its
-// calls with its start time plus a microsecond per call.
-func runParallel(b *testing.B, do op, rt *rtCounter) {
+// calls with its start time plus a microsecond per call. Each atStart runs
+// after the warm-up, before the timed loop.
+func runParallel(b *testing.B, do op, rt *rtCounter, atStart ...func()) {
 	warm(b, do)
+	for _, f := range atStart {
+		f()
+	}
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism((benchConc + procs - 1) / procs)
 	var next atomic.Int64

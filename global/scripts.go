@@ -2,6 +2,7 @@ package global
 
 import (
 	_ "embed"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -32,19 +33,38 @@ var (
 	fixedWindowLua string
 	//go:embed scripts/token_bucket.lua
 	tokenBucketLua string
+	//go:embed scripts/multi.lua
+	multiLua string
 )
 
 // newScript returns the script of body, one of scripts/*.lua, run after
 // the shared prelude (one chunk: the prelude's locals are the body's).
 func newScript(body string) *redis.Script { return redis.NewScript(preludeLua + body) }
 
-// scripts is indexed by Algorithm.
-var scripts = [numAlgorithms]*redis.Script{
-	SlidingWindow: newScript(slidingWindowLua),
-	SlidingLog:    newScript(slidingLogLua),
-	FixedWindow:   newScript(fixedWindowLua),
-	TokenBucket:   newScript(tokenBucketLua),
+// The strict files define one function each, their algorithm's decision
+// (called by strict_main of the prelude, or by multi.lua), named after the
+// file.
+var strictBodies = [numAlgorithms]string{
+	SlidingWindow: slidingWindowLua,
+	SlidingLog:    slidingLogLua,
+	FixedWindow:   fixedWindowLua,
+	TokenBucket:   tokenBucketLua,
 }
+
+// strictMain is the line that makes a strict file a script of its own.
+func strictMain(a Algorithm) string { return "\nreturn strict_main(" + a.String() + ")\n" }
+
+// scripts is indexed by Algorithm.
+var scripts = func() (s [numAlgorithms]*redis.Script) {
+	for a, body := range strictBodies {
+		s[a] = newScript(body + strictMain(Algorithm(a)))
+	}
+	return s
+}()
+
+// multiScript decides several strict rules of one user at once (TakeAll):
+// the four strict files' functions, then multi.lua.
+var multiScript = newScript(strings.Join(strictBodies[:], "\n") + "\n" + multiLua)
 
 // keyCount is how many KEYS each script takes; all derive from one base key.
 var keyCount = [numAlgorithms]int{SlidingWindow: 1, SlidingLog: 2, FixedWindow: 1, TokenBucket: 1}

@@ -18,18 +18,21 @@ import (
 // prelude defines, so that the helpers cannot be copied back into the
 // scripts.
 func TestScriptsShareThePrelude(t *testing.T) {
+	strict := func(a Algorithm) string { return strictBodies[a] + strictMain(a) }
 	built := map[string]struct {
-		body   string
-		script *redis.Script
+		file, body string // the file, and the script's source after the prelude
+		script     *redis.Script
 	}{
-		"sliding_window.lua": {slidingWindowLua, scripts[SlidingWindow]},
-		"sliding_log.lua":    {slidingLogLua, scripts[SlidingLog]},
-		"fixed_window.lua":   {fixedWindowLua, scripts[FixedWindow]},
-		"token_bucket.lua":   {tokenBucketLua, scripts[TokenBucket]},
-		"lease.lua":          {leaseLua, leaseScript},
-		"admit.lua":          {admitLua, admitScript},
-		"heartbeat.lua":      {heartbeatLua, heartbeatScript},
-		"credit.lua":         {creditLua, creditScript},
+		"sliding_window.lua": {slidingWindowLua, strict(SlidingWindow), scripts[SlidingWindow]},
+		"sliding_log.lua":    {slidingLogLua, strict(SlidingLog), scripts[SlidingLog]},
+		"fixed_window.lua":   {fixedWindowLua, strict(FixedWindow), scripts[FixedWindow]},
+		"token_bucket.lua":   {tokenBucketLua, strict(TokenBucket), scripts[TokenBucket]},
+		"multi.lua": {multiLua, strings.Join([]string{slidingWindowLua, slidingLogLua, fixedWindowLua, tokenBucketLua, multiLua}, "\n"),
+			multiScript},
+		"lease.lua":     {leaseLua, leaseLua, leaseScript},
+		"admit.lua":     {admitLua, admitLua, admitScript},
+		"heartbeat.lua": {heartbeatLua, heartbeatLua, heartbeatScript},
+		"credit.lua":    {creditLua, creditLua, creditScript},
 	}
 
 	// Every script file is one of them: a new one cannot skip the prelude.
@@ -47,7 +50,7 @@ func TestScriptsShareThePrelude(t *testing.T) {
 			t.Errorf("scripts/%s is not built with the prelude (add it to this test)", name)
 			continue
 		}
-		if src, err := os.ReadFile(f); err != nil || string(src) != b.body {
+		if src, err := os.ReadFile(f); err != nil || string(src) != b.file {
 			t.Errorf("scripts/%s: the embedded body differs from the file (%v)", name, err)
 		}
 	}

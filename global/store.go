@@ -235,7 +235,7 @@ func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 // finds them. Take works without it (it falls back to EVAL on NOSCRIPT),
 // but the first calls then pay twice.
 func (s *Store) Load(ctx context.Context) error {
-	all := append(scripts[:], leaseScript, admitScript, heartbeatScript, creditScript)
+	all := append(scripts[:], multiScript, leaseScript, admitScript, heartbeatScript, creditScript)
 	load := func(ctx context.Context, c *redis.Client) error {
 		for _, sc := range all {
 			if err := sc.Load(ctx, c).Err(); err != nil {

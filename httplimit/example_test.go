@@ -55,3 +55,36 @@ func Example() {
 	// Retry-After: 12
 	// {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429,"detail":"quota of policy \"orders\" (2 per 1m0s) exceeded; retry in 12 s","violated-policies":["orders"]}
 }
+
+// Options.NewKeysPerSecond: at most 2 identities never seen before per
+// client /24 and second; the third new one waits, a known one passes.
+func ExampleOptions_newKeysPerSecond() {
+	now := func() time.Time { return time.UnixMilli(1_700_000_088_000) }
+	rules := []ratelimit.Rule{{Name: "orders", Limit: 100, Window: time.Minute, Mode: ratelimit.Local}}
+	lim, err := ratelimit.New(ratelimit.Config{Rules: rules, Now: now})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+	m, err := httplimit.New(lim, rules, httplimit.Options{Now: now, NewKeysPerSecond: 2})
+	if err != nil {
+		panic(err)
+	}
+	mux := http.NewServeMux()
+	if err := m.Handle(mux, "GET /orders", http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), "orders"); err != nil {
+		panic(err)
+	}
+	for _, user := range []string{"alice", "bob", "mallory-1", "alice"} {
+		req := httptest.NewRequest("GET", "/orders", nil)
+		req.RemoteAddr = "198.51.100.7:4000"
+		req.Header.Set("X-User-ID", user)
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		fmt.Println(user, rec.Code, "Retry-After:", rec.Header().Get("Retry-After") != "")
+	}
+	// Output:
+	// alice 200 Retry-After: false
+	// bob 200 Retry-After: false
+	// mallory-1 429 Retry-After: true
+	// alice 200 Retry-After: false
+}

@@ -18,12 +18,25 @@ import (
 // one with any value. An entry that is not an address (an obfuscated
 // identifier, "unknown") ends the walk and is keyed as sent, behind "fwd:".
 func ClientKey(r *http.Request, trusted []netip.Prefix, forwarded string) (string, error) {
+	a, fwd, err := clientAddr(r, trusted, forwarded)
+	switch {
+	case err != nil:
+		return "", err
+	case fwd != "":
+		return "fwd:" + fwd, nil
+	}
+	return addrKey(a), nil
+}
+
+// clientAddr returns r's client address as ClientKey finds it, or the
+// forwarded entry that is not an address (fwd).
+func clientAddr(r *http.Request, trusted []netip.Prefix, forwarded string) (a netip.Addr, fwd string, err error) {
 	peer, err := parseAddr(r.RemoteAddr)
 	if err != nil {
-		return "", fmt.Errorf("%w: remote address %q", ErrNoKey, r.RemoteAddr)
+		return netip.Addr{}, "", fmt.Errorf("%w: remote address %q", ErrNoKey, r.RemoteAddr)
 	}
 	if !isTrusted(peer, trusted) {
-		return addrKey(peer), nil
+		return peer, "", nil
 	}
 	var chain []string
 	if strings.EqualFold(forwarded, "Forwarded") {
@@ -35,14 +48,14 @@ func ClientKey(r *http.Request, trusted []netip.Prefix, forwarded string) (strin
 	for i := len(chain) - 1; i >= 0; i-- {
 		a, err := parseAddr(chain[i])
 		if err != nil {
-			return "fwd:" + chain[i], nil
+			return netip.Addr{}, chain[i], nil
 		}
 		client = a
 		if !isTrusted(a, trusted) {
 			break
 		}
 	}
-	return addrKey(client), nil
+	return client, "", nil
 }
 
 // addrKey is the key of a client address.

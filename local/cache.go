@@ -31,7 +31,7 @@ import (
 type Cache struct {
 	c            *ristretto.Cache[uint64, *State]
 	seed1, seed2 maphash.Seed
-	ruleMix      []uint64 // per rule, mixed into the user's hashes
+	ruleSeed     uint64 // mixed with a rule's index into the user's hashes (ruleMix)
 
 	// front is a table of hot records (see hot) in front of ristretto,
 	// 4-way set associative: a state given a slot here keeps its lease in
@@ -75,7 +75,11 @@ const (
 	frontWays = 4
 )
 
-// NewCache returns a cache for up to maxKeys keys of rules rules.
+// NewCache returns a cache for up to maxKeys keys. rules is the number of
+// rules known at New, between 1 and MaxRules; it bounds nothing: a rule's
+// index is mixed into its keys' hashes by a function of the index (and a
+// seed per cache), so every index below MaxRules works, rules added after
+// New (Limiter.Reload) included.
 func NewCache(maxKeys int64, rules int) (*Cache, error) {
 	return newCache("NewCache", maxKeys, rules, true)
 }
@@ -95,11 +99,11 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 		return nil, fmt.Errorf("local: %s(%d, %d): both must be positive, and rules at most %d", name, maxKeys, rules, MaxRules)
 	}
 	c := &Cache{
-		seed1:   maphash.MakeSeed(),
-		seed2:   maphash.MakeSeed(),
-		ruleMix: make([]uint64, rules),
-		recent:  make(map[uint64]*State),
-		door:    newDoorkeeper(maxKeys),
+		seed1:    maphash.MakeSeed(),
+		seed2:    maphash.MakeSeed(),
+		ruleSeed: rand.Uint64() | 1,
+		recent:   make(map[uint64]*State),
+		door:     newDoorkeeper(maxKeys),
 	}
 	if front {
 		slots := int64(frontMin)
@@ -108,9 +112,6 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 		}
 		c.front = make([]frontBucket, slots/frontWays)
 		c.owners = make([]atomic.Pointer[State], slots)
-	}
-	for i := range c.ruleMix {
-		c.ruleMix[i] = rand.Uint64()
 	}
 	var err error
 	c.c, err = ristretto.NewCache(&ristretto.Config[uint64, *State]{
@@ -170,9 +171,21 @@ func (c *Cache) owner(h *hot, key uint64) *atomic.Pointer[State] {
 func (c *Cache) bucket(key uint64) *frontBucket { return &c.front[key&uint64(len(c.front)-1)] }
 
 func (c *Cache) hash(user string, rule int) (key, check uint64) {
-	key = maphash.String(c.seed1, user) ^ c.ruleMix[rule]
-	check = (maphash.String(c.seed2, user) + c.ruleMix[rule]) | 1 // odd: a live tag is never 0
+	mix := c.ruleMix(rule)
+	key = maphash.String(c.seed1, user) ^ mix
+	check = (maphash.String(c.seed2, user) + mix) | 1 // odd: a live tag is never 0
 	return key, check
+}
+
+// ruleMix returns the value mixed into the hashes of rule's keys: the
+// index through splitmix64's finalizer, under the cache's seed, so that
+// distinct indexes give unrelated values (a bijection of the index: no two
+// rules share one) without a table sized at New.
+func (c *Cache) ruleMix(rule int) uint64 {
+	z := (uint64(rule) + 1) * c.ruleSeed
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
 }
 
 // Ref is a key's entry as Get found it: where its lease is open to Spend,

@@ -1,6 +1,7 @@
 package local
 
 import (
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 )
@@ -82,4 +83,55 @@ func (d *doorkeeper) rotate(g *doorGens) {
 	}
 	d.gens.Store(&doorGens{cur: make([]atomic.Uint64, len(g.cur)), prev: g.cur, mask: g.mask})
 	d.sighted.Store(0)
+}
+
+// contains reports whether the key of hashes (key, check) was seen lately,
+// recording nothing.
+func (d *doorkeeper) contains(key, check uint64) bool {
+	g := d.gens.Load()
+	a, b := key&g.mask, (check>>1)&g.mask
+	return has(g.cur, a, b) || has(g.prev, a, b)
+}
+
+// record records the key of hashes (key, check) in the current generation
+// as a sighting.
+func (d *doorkeeper) record(key, check uint64) {
+	g := d.gens.Load()
+	a, b := key&g.mask, (check>>1)&g.mask
+	if has(g.cur, a, b) {
+		return
+	}
+	g.cur[a/64].Or(1 << (a % 64))
+	g.cur[b/64].Or(1 << (b % 64))
+	if d.sighted.Add(1) >= d.capacity {
+		d.rotate(g)
+	}
+}
+
+// Doorkeeper is an approximate set of the string keys seen lately, in
+// bounded memory (16 bits a key of capacity, at most 16 MiB): the
+// doorkeeper of the Cache, for callers outside it (httplimit's new-identity
+// budget). A key added is remembered for at least capacity additions of
+// other keys; about 1.4 % of keys never added are taken for added ones at
+// capacity. It is safe for concurrent use.
+type Doorkeeper struct {
+	d            *doorkeeper
+	seed1, seed2 maphash.Seed
+}
+
+// NewDoorkeeper returns a Doorkeeper that remembers at least capacity keys
+// (at most 1<<22).
+func NewDoorkeeper(capacity int64) *Doorkeeper {
+	return &Doorkeeper{d: newDoorkeeper(capacity), seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed()}
+}
+
+// Seen reports whether key was added lately. It records nothing.
+func (k *Doorkeeper) Seen(key string) bool {
+	return k.d.contains(maphash.String(k.seed1, key), maphash.String(k.seed2, key))
+}
+
+// Add records key; adding a key already in the current generation changes
+// nothing.
+func (k *Doorkeeper) Add(key string) {
+	k.d.record(maphash.String(k.seed1, key), maphash.String(k.seed2, key))
 }

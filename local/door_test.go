@@ -86,3 +86,20 @@ func TestFirstSightConcurrent(t *testing.T) {
 		t.Fatalf("%d first sightings of %d keys by %d goroutines", news, keys, goroutines)
 	}
 }
+
+// TestDoorkeeperSeenAdd: Seen records nothing; a key added is seen, and
+// still seen after capacity-1 additions of others.
+func TestDoorkeeperSeenAdd(t *testing.T) {
+	const capacity = 1 << 12
+	k := NewDoorkeeper(capacity)
+	if k.Seen("a") || k.Seen("a") {
+		t.Fatal("a key never added is seen")
+	}
+	k.Add("a")
+	for i := range capacity - 1 {
+		k.Add("u" + strconv.Itoa(i))
+	}
+	if !k.Seen("a") {
+		t.Fatalf("a forgotten after %d additions of others", capacity-1)
+	}
+}

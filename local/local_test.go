@@ -861,3 +861,36 @@ func bucketUsers(c *Cache, n int) []string {
 	}
 	return users
 }
+
+// TestCacheServesRulesAddedLater: a cache made for one rule serves any
+// index below MaxRules (rules a Reload adds), each with its own states.
+func TestCacheServesRulesAddedLater(t *testing.T) {
+	forEachFront(t, func(t *testing.T, front bool) {
+		newCache := NewCache
+		if !front {
+			newCache = NewCacheWithoutFront
+		}
+		c, err := newCache(100, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		rules := []int{0, 1, 2, 4999, MaxRules - 1}
+		states := make(map[*State]int)
+		for _, r := range rules {
+			s := c.GetOrCreate("u", r, func() string { return "k" })
+			if int(s.Rule) != r {
+				t.Fatalf("state of rule %d has Rule %d", r, s.Rule)
+			}
+			states[s] = r
+		}
+		if len(states) != len(rules) {
+			t.Fatalf("%d rules share %d states", len(rules), len(states))
+		}
+		for _, r := range rules {
+			if s := c.Find("u", r); s == nil || states[s] != r {
+				t.Fatalf("Find(u, %d) = %p, not the rule's state", r, s)
+			}
+		}
+	})
+}

@@ -36,7 +36,7 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 	return &Collector{
 		l: l,
 		decisions: prometheus.NewDesc("ratelimit_decisions_total",
-			"Decisions made, by rule, its mode (local, hybrid, strict), source (local: in process; redis: Redis answered; fallback: the rule's failure policy, Redis could not answer) and result (allowed, denied). A hybrid rule's local decisions are counted at the sync pass after them.",
+			"Decisions made, by rule, its mode (local, hybrid, strict), source (local: in process; redis: Redis answered; fallback: the rule's failure policy, Redis could not answer; shadow: a shadow rule's would-be decisions, which let every request through and are also counted under their real source) and result (allowed, denied). A hybrid rule's local decisions are counted at the sync pass after them.",
 			[]string{"rule", "mode", "source", "result"}, nil),
 		leaseTokens: prometheus.NewDesc("ratelimit_lease_tokens_total",
 			"Tokens of hybrid rules leased to this instance (op granted) and given back unspent (op returned).",
@@ -124,6 +124,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		decision := func(source string, allowed, denied int64) {
 			counter(c.decisions, allowed, r.Name, mode, source, "allowed")
 			counter(c.decisions, denied, r.Name, mode, source, "denied")
+		}
+		if r.Shadow || r.ShadowAllowed > 0 || r.ShadowDenied > 0 { // two series per rule at most
+			decision("shadow", r.ShadowAllowed, r.ShadowDenied)
 		}
 		if r.Mode != ratelimit.Strict {
 			decision("local", r.LocalAllowed, r.LocalDenied)

@@ -95,10 +95,10 @@ func TestPromDecisions(t *testing.T) {
 	// Redis denies (the key now has a State, which learns the counts), a
 	// third denied in process from those counts. The pass reports the
 	// three keys' denied requests.
-	require.Equal(t, ratelimit.RuleStats{Name: "h", Mode: ratelimit.Hybrid, Limit: 1,
+	require.Equal(t, ratelimit.RuleStats{Name: "h", ID: "h", Mode: ratelimit.Hybrid, Limit: 1,
 		LocalDenied: 3, RedisAllowed: 3, RedisDenied: 3, Reconciliations: 3}, h)
-	require.Equal(t, ratelimit.RuleStats{Name: "s", Mode: ratelimit.Strict, Limit: 1, RedisAllowed: 1, RedisDenied: 1}, rs[1])
-	require.Equal(t, ratelimit.RuleStats{Name: "l", Mode: ratelimit.Local, Limit: 2, LocalAllowed: 2, LocalDenied: 1}, rs[2])
+	require.Equal(t, ratelimit.RuleStats{Name: "s", ID: "s", Mode: ratelimit.Strict, Limit: 1, RedisAllowed: 1, RedisDenied: 1}, rs[1])
+	require.Equal(t, ratelimit.RuleStats{Name: "l", ID: "l", Mode: ratelimit.Local, Limit: 2, LocalAllowed: 2, LocalDenied: 1}, rs[2])
 	// The per-rule counts add up to Stats's totals.
 	require.Equal(t, st.HybridInProcessAllowed, h.LocalAllowed)
 	require.Equal(t, st.HybridInProcessDenied, h.LocalDenied)
@@ -106,7 +106,7 @@ func TestPromDecisions(t *testing.T) {
 	require.Equal(t, st.HybridRedisDenied, h.RedisDenied)
 
 	want := `
-# HELP ratelimit_decisions_total Decisions made, by rule, its mode (local, hybrid, strict), source (local: in process; redis: Redis answered; fallback: the rule's failure policy, Redis could not answer) and result (allowed, denied). A hybrid rule's local decisions are counted at the sync pass after them.
+# HELP ratelimit_decisions_total Decisions made, by rule, its mode (local, hybrid, strict), source (local: in process; redis: Redis answered; fallback: the rule's failure policy, Redis could not answer; shadow: a shadow rule's would-be decisions, which let every request through and are also counted under their real source) and result (allowed, denied). A hybrid rule's local decisions are counted at the sync pass after them.
 # TYPE ratelimit_decisions_total counter
 ratelimit_decisions_total{mode="hybrid",result="allowed",rule="h",source="fallback"} 0
 ratelimit_decisions_total{mode="hybrid",result="allowed",rule="h",source="local"} 0
@@ -327,4 +327,39 @@ func TestPromScrapeWhileDeciding(t *testing.T) {
 	}
 	require.NoError(t, l.Close())
 	require.Equal(t, float64(workers*each), total())
+}
+
+// TestPromShadow: a shadow rule at limit 2 lets 5 requests through; the
+// scraped registry shows its 2 admissions and 3 would-be denials under
+// source "shadow", beside the real decisions, and a rule that is not a
+// shadow has no shadow series.
+func TestPromShadow(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	ctx := context.Background()
+	l, err := ratelimit.New(ratelimit.Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true,
+		Rules: []ratelimit.Rule{
+			{Name: "shadow", Limit: 2, Window: time.Minute, Mode: ratelimit.Strict, Shadow: true},
+			{Name: "real", Limit: 2, Window: time.Minute, Mode: ratelimit.Local},
+		}})
+	require.NoError(t, err)
+	defer l.Close()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(prom.NewCollector(l))
+	for range 5 {
+		d, err := l.Allow(ctx, "shadow", "u", base)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	_, err = l.Allow(ctx, "real", "u", base)
+	require.NoError(t, err)
+	require.Equal(t, `ratelimit_decisions_total{mode="local",result="allowed",rule="real",source="local"} 1
+ratelimit_decisions_total{mode="local",result="denied",rule="real",source="local"} 0
+ratelimit_decisions_total{mode="strict",result="allowed",rule="shadow",source="fallback"} 0
+ratelimit_decisions_total{mode="strict",result="allowed",rule="shadow",source="redis"} 2
+ratelimit_decisions_total{mode="strict",result="allowed",rule="shadow",source="shadow"} 2
+ratelimit_decisions_total{mode="strict",result="denied",rule="shadow",source="fallback"} 0
+ratelimit_decisions_total{mode="strict",result="denied",rule="shadow",source="redis"} 3
+ratelimit_decisions_total{mode="strict",result="denied",rule="shadow",source="shadow"} 3
+`, scrape(t, reg, "ratelimit_decisions_total"))
 }

@@ -13,18 +13,22 @@ local function server_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- A strict script's ARGV: now_ms, window_ms, limit, n, use_server_time
--- ("1": now is the server's clock instead). Returns now, w, limit, n.
-local function strict_args()
-  local now = tonumber(ARGV[1])
+-- A strict script's entry: Go ends each strict file (which defines its
+-- algorithm's decide function) with `return strict_main(<function>)`.
+-- KEYS     the key or two that decide takes (a sliding log's two)
+-- ARGV     now_ms, window_ms, limit, n, use_server_time ("1": now is the
+--          server's clock instead), mode ("0" take n; "1" peek: answer for
+--          n, change nothing; "2" refund n, then answer as a peek of one),
+--          burst (a token bucket's; absent: limit)
+-- decide writes through its last argument, put (here redis.call itself);
+-- multi.lua calls the same functions for several rules in one call, and
+-- defers their writes until every rule has admitted.
+local function strict_main(decide)
+  local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
   if ARGV[5] == '1' then now = fdiv(server_us(), 1000) end
-  return now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  return decide(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), limit, tonumber(ARGV[4]),
+    tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or limit, redis.call)
 end
-
--- A strict script's mode, ARGV[6]: 0 decides n (take), 1 answers whether
--- n would be admitted without changing anything (peek), 2 gives n back
--- (refund) and then answers as a peek of one.
-local function strict_mode() return tonumber(ARGV[6]) or 0 end
 
 -- A strict script's reply {allowed (0|1), remaining, retry_after_ms,
 -- reset_after_ms}, decided at now: its waits are told from req, the time
