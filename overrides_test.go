@@ -477,3 +477,49 @@ func TestOverrideStrictNUsesClassLimit(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
 }
+
+// TestOverrideAllowAllClasses: in AllowAll, an Unlimited or Deny class is
+// decided without Redis and stays out of the strict script: a Deny class
+// denies before anything is counted under the other rules; an Unlimited
+// one lets the other Strict rules decide, still together.
+func TestOverrideAllowAllClasses(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	cls := map[string]Override{"blocked": {Deny: true}, "internal": {Unlimited: true}}
+	l := newOverrides(t, c, prefix, Strict, Config{Classes: map[string]string{"mallory": "blocked", "svc": "internal"}},
+		Rule{Name: "api", Limit: 2, Window: time.Minute, Classes: cls},
+		Rule{Name: "day", Limit: 3, Window: time.Hour},
+		Rule{Name: "hour", Limit: 5, Window: time.Hour})
+	ctx := context.Background()
+	checks := []Check{{Rule: "day", N: 1}, {Rule: "api", N: 1}, {Rule: "hour", N: 1}}
+
+	a := allowAll{l: l, user: "svc", checks: checks, rules: make([]*rule, 3)}
+	var uc userClass
+	for i, ch := range checks {
+		r, err := l.ruleFor(ctx, l.rules.Load().byName[ch.Rule], "svc", &uc)
+		require.NoError(t, err)
+		a.rules[i] = r
+	}
+	together, alone := a.split()
+	require.Equal(t, []int{0, 2}, together, "day and hour in one script")
+	require.Equal(t, []int{1}, alone, "the Unlimited class alone")
+
+	d, err := l.AllowAll(ctx, "mallory", base, checks...)
+	require.NoError(t, err)
+	require.False(t, d.Allowed)
+	require.Equal(t, "api", d.Rule)
+	require.False(t, keyExists(t, c, prefix, "day", "mallory"), "nothing counted under day")
+	require.False(t, keyExists(t, c, prefix, "api", "mallory"))
+
+	admitted := 0
+	for range 4 {
+		d, err := l.AllowAll(ctx, "svc", base, checks...)
+		require.NoError(t, err)
+		if d.Allowed {
+			admitted++
+		}
+	}
+	require.Equal(t, 3, admitted, "day's 3; api unlimited")
+	require.False(t, keyExists(t, c, prefix, "api", "svc"), "the Unlimited class counts nothing")
+	require.Equal(t, 2, allowed(t, l, "hour", "svc", 5), "hour counted the 3 admitted")
+}
