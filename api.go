@@ -215,6 +215,7 @@ func (l *Limiter) reset(ctx context.Context, r *rule, user string) error {
 	r.fallback.Delete(user)
 	if r.Mode == Hybrid {
 		l.hybrid.drop(r, user)
+		l.dropClasses(r, user)
 	}
 	if err := l.store.Delete(ctx, r.key(l.cfg.KeyPrefix, user)); err != nil {
 		if errors.Is(err, global.ErrUnavailable) {
@@ -292,6 +293,10 @@ func (rl *RuleLimiter) Refund(ctx context.Context, user string, now time.Time, n
 func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Time, n int64) error {
 	if l.closed.Load() {
 		return ErrClosed
+	}
+	r, err := l.ruleFor(ctx, r, user, &userClass{})
+	if err != nil || r.override != 0 {
+		return err // Unlimited and Deny classes count nothing: nothing to give back
 	}
 	if n < 1 || n > r.maxN {
 		return fmt.Errorf("%w: refund of n = %d, want 1 to %d", ErrInvalidArgument, n, r.maxN)

@@ -472,6 +472,54 @@ func ExampleLimiter_AllowAll() {
 	// request 5 at +3.5s: allowed false, decided by per-minute, 0 remaining
 }
 
+// Overrides give a rule another limit for the users of a class: a plan
+// from the caller's own store (ClassOf), an allow list of unlimited
+// internal callers and a deny list (Config.Classes). A class with a Limit
+// keeps the rule's counters: here "free" users get 2 of the rule's 5.
+func ExampleOverride() {
+	plans := map[string]string{"alice": "free", "bob": "pro"} // the caller's cache of its plans
+	lim, err := ratelimit.New(ratelimit.Config{
+		Rules: []ratelimit.Rule{{
+			Name: "search", Limit: 5, Window: time.Minute, Mode: ratelimit.Local,
+			Classes: map[string]ratelimit.Override{
+				"free":     {Limit: 2},
+				"internal": {Unlimited: true},
+				"blocked":  {Deny: true},
+			},
+		}},
+		Classes: map[string]string{"svc-indexer": "internal", "user:666": "blocked"},
+		ClassOf: func(ctx context.Context, user string) (string, error) {
+			return plans[user], nil // "" (no class, as "bob" here: no "pro" class): the rule itself
+		},
+		Now: func() time.Time { return t0 },
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer lim.Close()
+
+	for _, user := range []string{"alice", "bob", "svc-indexer", "user:666"} {
+		admitted := 0
+		var last ratelimit.Decision
+		for range 6 {
+			d, err := lim.Allow(context.Background(), "search", user, t0)
+			if err != nil {
+				panic(err)
+			}
+			if d.Allowed {
+				admitted++
+			}
+			last = d
+		}
+		fmt.Printf("%s: %d of 6 admitted, then remaining=%d retry-after=%v\n", user, admitted, last.Remaining, last.RetryAfter)
+	}
+	// Output:
+	// alice: 2 of 6 admitted, then remaining=0 retry-after=1m10s
+	// bob: 5 of 6 admitted, then remaining=0 retry-after=52s
+	// svc-indexer: 6 of 6 admitted, then remaining=9223372036854775807 retry-after=0s
+	// user:666: 0 of 6 admitted, then remaining=0 retry-after=1m0s
+}
+
 // Reload changes the rules while requests flow. A rule keeps its users'
 // counts across a Reload that keeps its ID (default: its Name), here
 // through a rename and a new limit; a shadow rule counts but never denies,

@@ -347,7 +347,7 @@ type pending struct {
 }
 
 type pendingKey struct {
-	core *ruleCore // the rule's identity across Reload; its newest version is core.cur
+	core *ruleCore // the base rule's identity across Reload, shared by its classes (rule.base)
 	user string
 }
 
@@ -355,10 +355,13 @@ type pendingKey struct {
 // and the one before (prev); last is the newest admission's time (ms). op
 // names its credit once one was sent: a credit whose answer was lost may
 // have been applied, so it goes again under the same name (and changes
-// nothing if it was).
+// nothing if it was). by is the core of the rule that made the newest
+// admission (the base rule's, or a class's: Rule.Classes), whose newest
+// version the credit is sent with.
 type pendingDelta struct {
 	idx, cur, prev, last int64
 	op                   global.Op
+	by                   *ruleCore
 }
 
 // pendingRetry is a delta on its way to Redis, or back.
@@ -373,7 +376,7 @@ func newPending(max int) *pending {
 
 // add records n admissions of user under r at ms.
 func (p *pending) add(r *rule, user string, ms, n int64) {
-	k := pendingKey{r.ruleCore, user}
+	k := pendingKey{r.base, user}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d, ok := p.m[k]
@@ -395,6 +398,7 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 		p.keys[k]++
 		p.size.Store(int64(len(p.keys)))
 	}
+	d.by = r.ruleCore
 	p.expired.Add(d.addAt(ms/r.window, n, ms))
 }
 
@@ -430,7 +434,7 @@ func (p *pending) has(r *rule, user string) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.keys[pendingKey{r.ruleCore, user}] > 0
+	return p.keys[pendingKey{r.base, user}] > 0
 }
 
 // errPending sends to the failure policy a key whose admissions made
@@ -529,7 +533,7 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 	}
 	live := all[:0]
 	for _, e := range all {
-		r, d := e.k.core.cur.Load(), e.d
+		r, d := e.d.by.cur.Load(), e.d
 		oldest := now/r.window - 1 // the oldest window that still counts
 		if d.idx < oldest || d.idx == oldest && r.Algorithm == FixedWindow {
 			l.pending.expired.Add(d.cur + d.prev)
@@ -550,7 +554,7 @@ func (l *Limiter) flush(ctx context.Context, now int64) error {
 	// applies a stale credit, perhaps a second time (see Credit.Op).
 	slices.SortFunc(live, func(a, b pendingRetry) int { return cmp.Compare(a.d.op.Seq, b.d.op.Seq) })
 	for _, e := range live {
-		r, d := e.k.core.cur.Load(), e.d // a removed rule's too: its admissions still count
+		r, d := e.d.by.cur.Load(), e.d // a removed rule's (or class's) too: its admissions still count
 		batch = append(batch, e)
 		credits = append(credits, global.Credit{
 			Algorithm: r.algo,

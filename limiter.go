@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -156,6 +157,14 @@ type Rule struct {
 	// which every key's state is kept). Set on another algorithm, it is an
 	// error.
 	Burst int64
+	// Classes overrides the rule for the users of a class (a plan, a
+	// tenant, an allow or deny list): a class's Override replaces Limit (and
+	// Burst), or makes its users Unlimited or denied (Deny). A user's class
+	// comes from Config.Classes, else Config.ClassOf; a class not listed
+	// here uses the rule itself. An override with a Limit keeps the rule's
+	// counters: same key, same Window and Algorithm, another limit. See
+	// Override.
+	Classes map[string]Override
 	// Shadow makes the rule decide and count as usual but never deny: the
 	// Decision is always Allowed, with RetryAfter 0, while Remaining and
 	// ResetAfter are the rule's real ones (Remaining 0 when it would have
@@ -181,6 +190,14 @@ type Config struct {
 	// global counts. Shorter means fresher views and smaller leases, at more
 	// Redis traffic. Default 100 ms.
 	SyncInterval time.Duration
+	// SyncDuty is the share of a long sync pass's time that its pipelines
+	// may take: after each pipeline of many keys but the last, the pass
+	// waits as long as the pipeline took times (1−SyncDuty)/SyncDuty, so
+	// that strict and lease-less decisions find Redis free in between
+	// (docs/design.md, "Sync pass: spreading and cost per key"). Lower
+	// means fewer stalls and longer passes. Default 0.5; 1 never waits; in
+	// (0, 1].
+	SyncDuty float64
 	// ManualSync stops the Limiter from running its own sync loop: the
 	// caller runs every pass with Sync (deterministic tests, simulations).
 	ManualSync bool
@@ -260,6 +277,22 @@ type Config struct {
 	// an n that can never pass (above the rule's Limit, or a token bucket's
 	// Burst), instead of the default denial (see AllowN).
 	StrictN bool
+
+	// Classes maps a user key to its class, for the rules with
+	// Rule.Classes: a static allow or deny list (Classes["user:42"] =
+	// "blocked", a class whose Override is Deny), a few known tenants. Every
+	// class named here must be defined under some rule (New and Reload
+	// refuse rules that leave one undefined). It is read at New.
+	Classes map[string]string
+	// ClassOf, if not nil, returns the class of a user that Classes does
+	// not list ("" for none: the rule itself applies), from the caller's own
+	// store (a plan, a tenant). It is called with the caller's context only
+	// for a rule with Rule.Classes: once per decision (Allow, AllowN, Peek,
+	// and once per AllowAll), and once per Refund. It runs on the decision
+	// path, so it must be fast: serve it from a cache. Its error fails the
+	// decision: Allow returns it wrapped (errors.Is finds it), and nothing
+	// is counted or admitted.
+	ClassOf func(ctx context.Context, user string) (string, error)
 
 	// noFront builds the hybrid mode's cache without its front table
 	// (local.NewCacheWithoutFront), the reference path the front table
@@ -348,6 +381,10 @@ type rule struct {
 	algo   global.Algorithm
 
 	maxN int64 // the largest n that can pass: Burst for a token bucket, else Limit
+
+	classes  map[string]*rule // the rule's variants by class (overrides.go); nil without Rule.Classes
+	override overrideKind     // a variant of an Unlimited or Deny class (overrides.go)
+	base     *ruleCore        // the base rule's core (its own for a base rule): pending credits, Unlimited and Deny counts
 }
 
 // New validates cfg and returns a Limiter. When a rule needs Redis it loads
@@ -366,6 +403,10 @@ func New(cfg Config) (*Limiter, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkClasses(&l.cfg, b.set); err != nil {
+		return nil, err
+	}
+	l.cfg.Classes = maps.Clone(l.cfg.Classes) // never alias the caller's map
 	l.cores = make(map[string]*ruleCore, len(b.fresh))
 	l.localCores.Store(&[]*ruleCore{})
 	if _, r := b.set.first(Hybrid); r != nil {
@@ -417,6 +458,7 @@ func New(cfg Config) (*Limiter, error) {
 			Store:        l.store,
 			Now:          cfg.Now,
 			Interval:     cfg.SyncInterval,
+			Duty:         cfg.SyncDuty,
 			InstancesKey: cfg.KeyPrefix + ":instances",
 			ID:           cfg.InstanceID,
 			OnPass:       l.onPass,
@@ -459,6 +501,12 @@ func (c *Config) fill() error {
 	c.Rules = append([]Rule(nil), c.Rules...) // never alias the caller's slice
 	if c.SyncInterval == 0 {
 		c.SyncInterval = 100 * time.Millisecond
+	}
+	if c.SyncDuty == 0 {
+		c.SyncDuty = 0.5
+	}
+	if !(c.SyncDuty > 0 && c.SyncDuty <= 1) { // NaN too
+		return fmt.Errorf("%w: Config.SyncDuty %v is not in (0, 1]", ErrInvalidArgument, c.SyncDuty)
 	}
 	if c.SyncInterval < time.Millisecond {
 		return fmt.Errorf("%w: Config.SyncInterval %v is below 1ms", ErrInvalidArgument, c.SyncInterval)
@@ -650,6 +698,10 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 	if l.closed.Load() {
 		return Decision{}, ErrClosed
 	}
+	r, err := l.ruleFor(ctx, r, user, &userClass{})
+	if err != nil {
+		return Decision{}, err
+	}
 	ms, earliest, err := l.check(r, user, now, n)
 	if err != nil {
 		return Decision{}, err
@@ -664,7 +716,7 @@ func (l *Limiter) allowN(ctx context.Context, r *rule, user string, now time.Tim
 // request (its would-be decision admitted it).
 func (l *Limiter) decideChecked(ctx context.Context, r *rule, user string, ms, earliest, n int64) (d Decision, counted bool, err error) {
 	d, err = l.decide(ctx, r, user, ms, earliest, n)
-	counted = err == nil && d.Allowed && n > 0 && n <= r.maxN
+	counted = err == nil && d.Allowed && n > 0 && n <= r.maxN && r.override == 0 // Unlimited and Deny count nothing
 	if r.Shadow && err == nil {
 		d = r.shadow(d, n)
 	}
@@ -683,6 +735,9 @@ func (r *rule) shadow(d Decision, n int64) Decision {
 
 // decide is the rule's real decision.
 func (l *Limiter) decide(ctx context.Context, r *rule, user string, ms, earliest, n int64) (Decision, error) {
+	if r.override != 0 {
+		return r.overridden(n), nil
+	}
 	if n == 0 || n > r.maxN {
 		return l.peek(ctx, r, user, ms, n)
 	}
@@ -921,8 +976,9 @@ func (l *Limiter) Stats() Stats {
 // Sync runs one reconciliation pass now, on the calling goroutine: for
 // every hybrid key with activity it reports requests, returns unneeded
 // leases, renews leases and learns the global counts, in pipelines of up
-// to 1000 keys (split per node on a cluster), and credits to Redis what
-// the failure policies admitted without it. Strict and local rules have
+// to 256 keys (split per node on a cluster), each followed by a pause as
+// long as it took (so that decisions find Redis free half of the time),
+// and credits to Redis what the failure policies admitted without it. Strict and local rules have
 // nothing else to reconcile.
 func (l *Limiter) Sync(ctx context.Context) error {
 	if l.closed.Load() {
@@ -967,6 +1023,7 @@ func (l *Limiter) Close() error {
 		l.closed.Store(true)
 		if l.syncer != nil {
 			l.stopLoop()
+			l.syncer.Hurry()  // the Syncs under way and the last pass send without pauses
 			l.syncGate.Lock() // waits for the Syncs under way
 			l.syncClosed = true
 			l.syncGate.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"testing"
@@ -226,6 +227,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"brace prefix", Config{Rules: []Rule{ok}, KeyPrefix: "a{b"}, "KeyPrefix"},
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
 		{"tiny sync", Config{Rules: []Rule{ok}, SyncInterval: time.Microsecond}, "SyncInterval"},
+		{"negative sync duty", Config{Rules: []Rule{ok}, SyncDuty: -0.5}, "SyncDuty -0.5 is not in (0, 1]"},
+		{"sync duty above 1", Config{Rules: []Rule{ok}, SyncDuty: 1.5}, "SyncDuty 1.5"},
+		{"NaN sync duty", Config{Rules: []Rule{ok}, SyncDuty: math.NaN()}, "SyncDuty NaN"},
 		{"huge local keys", Config{Rules: []Rule{ok}, MaxLocalKeys: 1 << 40}, "MaxLocalKeys"},
 		{"negative lease keys", Config{Rules: []Rule{ok}, Pipeline: PipelineConfig{LeaseKeysPerCall: -1}}, "Pipeline has a negative field"},
 		{"huge sliding log", Config{Rules: []Rule{{Name: "a", Limit: 1001, Window: time.Second, Algorithm: SlidingLog, Mode: Local}}}, "exceeds 1000 for sliding_log"},

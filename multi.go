@@ -66,15 +66,19 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	rules := make([]*rule, len(checks))
 	set := l.rules.Load() // one set for every check, even while a Reload swaps it
 	var ms, earliest int64
+	var class userClass // the user's class, looked up once
 	for i, c := range checks {
 		r, ok := set.byName[c.Rule]
 		if !ok {
 			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 		}
+		r, err := l.ruleFor(ctx, r, user, &class)
+		if err != nil {
+			return MultiDecision{}, err
+		}
 		if c.N < 1 {
 			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, c.Rule)
 		}
-		var err error
 		if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
 			return MultiDecision{}, fmt.Errorf("rule %q: %w", c.Rule, err)
 		}
@@ -124,14 +128,16 @@ type allowAll struct {
 
 // split returns the indexes of the checks that the strict script decides
 // together (the Strict rules, each named once, for an n they can admit,
-// not shadow rules), and those decided one by one, first.
+// not shadow rules, nor Unlimited or Deny classes, which need no Redis),
+// and those decided one by one, first. The rules are the user's classes'
+// (ruleFor), so the script uses the class's limit.
 func (a *allowAll) split() (together, alone []int) {
 	seen := make(map[*rule]int, len(a.rules))
 	for _, r := range a.rules {
 		seen[r]++
 	}
 	for i, r := range a.rules {
-		if r.Mode == Strict && !r.Shadow && seen[r] == 1 && a.checks[i].N <= r.maxN {
+		if r.Mode == Strict && r.override == 0 && !r.Shadow && seen[r] == 1 && a.checks[i].N <= r.maxN {
 			together = append(together, i)
 		} else {
 			alone = append(alone, i)

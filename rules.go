@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,17 @@ type ruleCore struct {
 
 	cur     atomic.Pointer[rule] // the rule's version in the newest set
 	removed atomic.Bool          // not in the newest set
+
+	// A class of the rule with a Limit (Rule.Classes) has a core of its
+	// own, identified by (id, class): class and parent (the rule's core)
+	// are set; it shares the parent's id (so its Redis key) and tables.
+	class  string
+	parent *ruleCore
+	// A rule's core holds its classes' cores, every one ever made (live or
+	// removed): classCores under reloadMu (buildRules, install), classList
+	// for RuleStats.
+	classCores map[string]*ruleCore
+	classList  atomic.Pointer[[]*ruleCore]
 }
 
 // key returns the Redis key of user's counters under the rule: named by
@@ -54,7 +66,8 @@ func (c *ruleCore) sameCounting(r Rule) bool {
 	return c.algorithm == r.Algorithm && c.mode == r.Mode && c.window == r.Window.Milliseconds()
 }
 
-// built is what buildRules returns: the new set, and the cores it made.
+// built is what buildRules returns: the new set, and the cores it made
+// (the rules' and their classes').
 type built struct {
 	set   *ruleSet
 	fresh []*ruleCore
@@ -64,7 +77,9 @@ type built struct {
 // set. A rule whose ID is in known (every core the Limiter made, live or
 // removed) keeps that core; its algorithm, mode and window must then be the
 // core's, or the rule needs a new ID. Other rules get a fresh core, hybrid
-// ones numbered from nextHybrid on. buildRules changes nothing it is given:
+// ones numbered from nextHybrid on. A rule's classes (Rule.Classes) are
+// built with it (overrides.go), a class with a Limit keeping its core by
+// (ID, class) the same way. buildRules changes nothing it is given:
 // the caller publishes the set (Limiter.install) only if it succeeds.
 func buildRules(rules []Rule, known map[string]*ruleCore, nextHybrid int) (built, error) {
 	if len(rules) == 0 {
@@ -118,9 +133,15 @@ func buildRules(rules []Rule, known map[string]*ruleCore, nextHybrid int) (built
 			}
 			b.fresh = append(b.fresh, c)
 		}
-		rl := &rule{Rule: r, ruleCore: c, window: c.window, algo: global.Algorithm(r.Algorithm), maxN: r.Limit}
+		r.Classes = maps.Clone(r.Classes) // never alias the caller's map
+		rl := &rule{Rule: r, ruleCore: c, base: c, window: c.window, algo: global.Algorithm(r.Algorithm), maxN: r.Limit}
 		if r.Burst > 0 {
 			rl.maxN = r.Burst
+		}
+		if len(r.Classes) > 0 {
+			if err := b.addClasses(rl, &nextHybrid); err != nil {
+				return built{}, fmt.Errorf("%w: rule %d (%q): %w", ErrInvalidArgument, i, r.Name, err)
+			}
 		}
 		b.set.byName[r.Name] = rl
 		b.set.byID[r.ID] = rl
@@ -183,10 +204,14 @@ func (s *ruleSet) first(modes ...Mode) (int, *rule) {
 // A removed rule's name is unknown at once (ErrUnknownRule, also for its
 // RuleLimiters); a Hybrid rule's leases go back to Redis at the next sync
 // pass, and admissions its failure policy made without Redis are still
-// credited to it. Reload cannot add the first Hybrid rule to a Limiter
-// that New built without one, nor a rule that needs Redis to one built
-// without any (New builds the hybrid cache and the store only when a rule
-// needs them): such a set is refused too. Reloads are serialised.
+// credited to it. A rule's classes (Rule.Classes) are rebuilt with it: a
+// class with a Limit keeps its local state by (ID, class) and counts on
+// the rule's counters whatever its Limit; Config.Classes must still name
+// only classes the new rules define. Reload cannot add the first Hybrid
+// rule to a Limiter that New built without one, nor a rule that needs
+// Redis to one built without any (New builds the hybrid cache and the
+// store only when a rule needs them): such a set is refused too. Reloads
+// are serialised.
 func (l *Limiter) Reload(rules []Rule) error {
 	if l.closed.Load() {
 		return ErrClosed
@@ -195,6 +220,9 @@ func (l *Limiter) Reload(rules []Rule) error {
 	defer l.reloadMu.Unlock()
 	b, err := buildRules(rules, l.cores, l.nextHybrid())
 	if err != nil {
+		return err
+	}
+	if err := checkClasses(&l.cfg, b.set); err != nil {
 		return err
 	}
 	if i, r := b.set.first(Hybrid); r != nil && l.hybrid == nil {
@@ -224,6 +252,13 @@ func (l *Limiter) install(b built) {
 	old := l.rules.Load()
 	var hybrids, locals []*ruleCore
 	for _, c := range b.fresh {
+		if c.parent != nil {
+			c.parent.addClass(c)
+			if c.mode == Hybrid {
+				hybrids = append(hybrids, c)
+			}
+			continue // a class's Local table is the rule's: not a Local core of its own
+		}
 		l.cores[c.id] = c
 		switch c.mode {
 		case Hybrid:
@@ -240,17 +275,23 @@ func (l *Limiter) install(b built) {
 		all := append(slices.Clone(*l.localCores.Load()), locals...)
 		l.localCores.Store(&all)
 	}
+	live := make(map[*ruleCore]bool, len(b.set.list))
 	for _, r := range b.set.list {
-		r.cur.Store(r)
-		r.removed.Store(false)
+		for _, v := range r.versions() {
+			v.cur.Store(v)
+			v.removed.Store(false)
+			live[v.ruleCore] = true
+		}
 	}
 	l.rules.Store(b.set)
 	if old == nil {
 		return
 	}
 	for _, r := range old.list {
-		if b.set.byID[r.ID] == nil {
-			r.removed.Store(true)
+		for _, v := range r.versions() {
+			if !live[v.ruleCore] { // a removed rule, or a removed class (or one now Unlimited or Deny)
+				v.removed.Store(true)
+			}
 		}
 	}
 }

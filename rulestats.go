@@ -75,6 +75,12 @@ type RuleStats struct {
 	// denials), peeks excepted; a request of an n that can never pass is
 	// one ShadowDenied.
 	ShadowAllowed, ShadowDenied int64
+
+	// The decisions of the rule's classes (Rule.Classes) are the rule's:
+	// those of a class with a Limit are in the counters above, and
+	// UnlimitedAllowed and DenyDenied count the decisions of its Unlimited
+	// and Deny classes, which count nothing else. Peeks are not counted.
+	UnlimitedAllowed, DenyDenied int64
 }
 
 // ruleCounters are a rule's counters for RuleStats.
@@ -86,6 +92,7 @@ type ruleCounters struct {
 	reconciled, overshoots, overSum atomic.Int64
 	overMax                         atomic.Int64
 	shadowAllowed, shadowDenied     atomic.Int64
+	unlimited, denied               atomic.Int64 // its Unlimited and Deny classes' decisions (overrides.go)
 }
 
 // shadowed counts a shadow rule's would-be decision.
@@ -193,6 +200,7 @@ func (l *Limiter) RuleStats() []RuleStats {
 		if r.table != nil {
 			st.LocalAllowed, st.LocalDenied = r.table.Counts()
 		}
+		addClassStats(&st, r)
 		out = append(out, st)
 	}
 	return out

@@ -2,6 +2,7 @@ package rulesfile
 
 import (
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -39,7 +40,7 @@ func TestBoundsMatchTheLimiter(t *testing.T) {
 		src := fmt.Sprintf("rules:\n  - {name: r, mode: local, limit: %d, window: %v, algorithm: %v, burst: %d}\n",
 			r.Limit, r.Window, r.Algorithm, r.Burst)
 		f, perr := Parse("r.yaml", []byte(src))
-		if perr == nil && f.Rules()[0] != r {
+		if perr == nil && !reflect.DeepEqual(f.Rules()[0], r) {
 			t.Fatalf("%s: decoded %+v, want %+v", src, f.Rules()[0], r)
 		}
 		lim, nerr := ratelimit.New(ratelimit.Config{Rules: []ratelimit.Rule{r}})

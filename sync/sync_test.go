@@ -140,3 +140,73 @@ func TestPassReportsFailures(t *testing.T) {
 		t.Fatalf("errors applied %d, registered %d; want 2 and 2", pl.errs, reg.Len())
 	}
 }
+
+// slowPlanner is planner whose Plan takes at least delay, so that each
+// pipeline of a pass takes at least that much per key.
+type slowPlanner struct {
+	planner
+	delay time.Duration
+}
+
+func (p *slowPlanner) Plan(s *local.State, now, instances int64) (global.LeaseRequest, bool, bool) {
+	time.Sleep(p.delay)
+	return p.planner.Plan(s, now, instances)
+}
+
+func slowReconciler(t *testing.T, pl syncer.Planner, duty float64, keys, maxBatch int) (*syncer.Reconciler, *global.Store) {
+	store, prefix := testStore(t)
+	var reg local.Registry
+	for i := range keys {
+		reg.Add(local.NewState(global.Key(prefix, "r", fmt.Sprint(i)), 0))
+	}
+	cache, err := local.NewCache(16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	return syncer.New(syncer.Config{
+		Store: store, Registry: &reg, Cache: cache, Planner: pl,
+		Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }, Interval: time.Millisecond,
+		InstancesKey: prefix + ":instances", ID: "a", MaxBatch: maxBatch, Duty: duty,
+	}), store
+}
+
+// TestPassPausesBetweenPipelines: with Duty 0.5, a pass of three
+// pipelines waits after the first two as long as each took, and not after
+// the last: at least 3·busy + 2·busy in all.
+func TestPassPausesBetweenPipelines(t *testing.T) {
+	const delay = 10 * time.Millisecond // per key; 2 keys a pipeline
+	pl := &slowPlanner{planner: planner{granted: map[string]int64{}}, delay: delay}
+	r, _ := slowReconciler(t, pl, 0.5, 6, 2)
+	start := time.Now()
+	if err := r.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if took, least := time.Since(start), 5*2*delay; took < least {
+		t.Fatalf("pass took %v, want at least %v (pipelines of %v, a pause after the first two)", took, least, 2*delay)
+	}
+	if n := len(pl.granted); n != 6 {
+		t.Fatalf("%d keys granted, want 6", n)
+	}
+}
+
+// TestHurryEndsPauses: Hurry, called while a pass waits, ends the pass's
+// waits at once: a Duty of 0.001 would otherwise wait about 999 times each
+// pipeline's time (seconds).
+func TestHurryEndsPauses(t *testing.T) {
+	pl := &slowPlanner{planner: planner{granted: map[string]int64{}}, delay: 5 * time.Millisecond}
+	r, _ := slowReconciler(t, pl, 0.001, 4, 1)
+	hurry := time.AfterFunc(100*time.Millisecond, r.Hurry) // during the first pause
+	defer hurry.Stop()
+	start := time.Now()
+	if err := r.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("pass took %v after Hurry, want well under the ~5 s of its first pause", took)
+	}
+	if n := len(pl.granted); n != 4 {
+		t.Fatalf("%d keys granted, want 4", n)
+	}
+	r.Hurry() // idempotent
+}
