@@ -13,11 +13,17 @@
 //	    on_failure: local          # local|open|closed|error; default local
 //	    burst: 0                   # token_bucket only, <= 2 × limit; default limit
 //	    shadow: false              # decide and count, never deny
+//	    classes:                   # per user class (Rule.Classes); one of:
+//	      pro: {limit: 1000}       #   another limit (and burst), same counters
+//	      staff: {unlimited: true} #   every request admitted, nothing counted
+//	      banned: {deny: true}     #   every request denied, nothing counted
 //	routes:                        # optional
 //	  - pattern: "GET /v1/orders/{id}"        # a Go 1.22 http.ServeMux pattern
 //	    rules: ["GET /v1/orders", per-user-day]  # rule names, checked in order
 //
-// The fields map one to one to ratelimit.Rule; a field left out keeps the
+// A user's class comes from Config.Classes or Config.ClassOf, which are
+// code, not part of the file. The fields map one to one to ratelimit.Rule
+// (classes to Rule.Classes, ratelimit.Override); a field left out keeps the
 // Rule's zero value and so the Limiter's default. testdata/rules.yaml is a
 // commented sample. Rules may share fields through YAML anchors and merge
 // keys; a rule's own fields win:

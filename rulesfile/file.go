@@ -3,6 +3,7 @@ package rulesfile
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 
@@ -56,7 +57,13 @@ func (f *File) Name() string { return f.name }
 // Rules returns the file's rules, in file order, ready for Config.Rules or
 // Limiter.Reload. A rule without an id gets its name as ID; other fields
 // left out of the file are zero, so that the Limiter's defaults apply.
-func (f *File) Rules() []ratelimit.Rule { return slices.Clone(f.rules) }
+func (f *File) Rules() []ratelimit.Rule {
+	out := slices.Clone(f.rules)
+	for i := range out {
+		out[i].Classes = maps.Clone(out[i].Classes)
+	}
+	return out
+}
 
 // Routes returns the file's routes, in file order.
 func (f *File) Routes() []Route {

@@ -23,16 +23,17 @@ func TestLoadSample(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []ratelimit.Rule{
 		{ID: "orders-read", Name: "GET /v1/orders", Limit: 100, Window: time.Minute,
-			Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Hybrid, OnFailure: ratelimit.FailLocal},
+			Algorithm: ratelimit.SlidingWindow, Mode: ratelimit.Hybrid, OnFailure: ratelimit.FailLocal,
+			Classes: map[string]ratelimit.Override{"pro": {Limit: 1000}, "internal": {Unlimited: true}, "blocked": {Deny: true}}},
 		{ID: "orders-write", Name: "POST /v1/orders", Limit: 10, Window: time.Second,
 			Algorithm: ratelimit.TokenBucket, Mode: ratelimit.Strict, Burst: 20, OnFailure: ratelimit.FailClosed},
 		{ID: "per-user-day", Name: "per-user-day", Limit: 10000, Window: 24 * time.Hour,
 			Algorithm: ratelimit.FixedWindow, Shadow: true},
 	}, f.Rules())
 	require.Equal(t, []Route{
-		{Pattern: "GET /v1/orders/{id}", Rules: []string{"GET /v1/orders", "per-user-day"}, Line: 24},
-		{Pattern: "GET /v1/orders", Rules: []string{"GET /v1/orders", "per-user-day"}, Line: 26},
-		{Pattern: "POST /v1/orders", Rules: []string{"POST /v1/orders", "per-user-day"}, Line: 28},
+		{Pattern: "GET /v1/orders/{id}", Rules: []string{"GET /v1/orders", "per-user-day"}, Line: 28},
+		{Pattern: "GET /v1/orders", Rules: []string{"GET /v1/orders", "per-user-day"}, Line: 30},
+		{Pattern: "POST /v1/orders", Rules: []string{"POST /v1/orders", "per-user-day"}, Line: 32},
 	}, f.Routes())
 	require.Equal(t, filepath.Join("testdata", "rules.yaml"), f.Name())
 }
@@ -71,8 +72,8 @@ rules:
 	_, err = Parse("r.yaml", []byte("rules:\n  - &base {name: a, limit: 1, window: 1m}\n  - <<: *base\n    name: b\n    window: 1y\n"))
 	require.EqualError(t, err, `r.yaml:5: rules[1].window: "1y" is not a duration (e.g. 1m, 1h, 500ms)`)
 	_, err = Parse("r.yaml", []byte("rules:\n  - &base {name: a, limit: 1, window: 1m, windw: 1s}\n  - <<: *base\n    name: b\n"))
-	require.EqualError(t, err, "r.yaml:2: rules[0].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow)\n"+
-		"r.yaml:2: rules[1].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow)")
+	require.EqualError(t, err, "r.yaml:2: rules[0].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow, classes)\n"+
+		"r.yaml:2: rules[1].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow, classes)")
 }
 
 // TestLoadMissingFile: a file that cannot be read is an error naming it.
@@ -117,7 +118,7 @@ func TestParseErrors(t *testing.T) {
 		{"null name", "rules:\n  - {name: , limit: 1, window: 1s}\n", []string{`r.yaml:2: rules[0].name: want a string, got null`}},
 		{"empty id", "rules:\n  - {id: '', name: a, limit: 1, window: 1s}\n", []string{`r.yaml:2: rules[0].id: empty (leave it out to default to the name)`}},
 		{"unknown field", "rules:\n  - name: a\n    limit: 1\n    window: 1s\n    windw: 2s\n",
-			[]string{`r.yaml:5: rules[0].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow)`}},
+			[]string{`r.yaml:5: rules[0].windw: unknown field (known: id, name, limit, window, algorithm, mode, on_failure, burst, shadow, classes)`}},
 		{"field twice", "rules:\n  - name: a\n    limit: 1\n    window: 1s\n    limit: 2\n", []string{`r.yaml:5: rules[0].limit: given twice (first at line 3)`}},
 		{"rule not a mapping", "rules:\n  - a\n", []string{`r.yaml:2: rules[0]: want a mapping, got "a"`}},
 		{"rules not a list", "rules: {a: 1}\n", []string{`r.yaml:1: rules: want a list, got a mapping`}},

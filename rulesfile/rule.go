@@ -18,7 +18,7 @@ const (
 )
 
 // ruleFields are the fields of a rule, in the order the docs list them.
-var ruleFields = []string{"id", "name", "limit", "window", "algorithm", "mode", "on_failure", "burst", "shadow"}
+var ruleFields = []string{"id", "name", "limit", "window", "algorithm", "mode", "on_failure", "burst", "shadow", "classes"}
 
 // rules decodes the rules list into f and returns the rules' names with
 // their lines (also of rules with other mistakes, so that routes naming
@@ -116,6 +116,9 @@ func (d *decoder) rule(n *yaml.Node, path string) (r ratelimit.Rule, fields map[
 	}
 	if len(d.errs) == errs {
 		d.check(r, fields, path)
+	}
+	if v, p := at("classes"); v != nil && len(d.errs) == errs { // checked against a good rule
+		d.classes(&r, v, p)
 	}
 	return r, fields, len(d.errs) == errs
 }
