@@ -168,7 +168,9 @@ func newEvalsha(tb testing.TB, rdb *redis.Client, prefix string, limit int64, wi
 	if err != nil {
 		tb.Fatalf("reading the library's script: %v", err)
 	}
-	sc := redis.NewScript(string(prelude) + string(src))
+	// The file defines the algorithm's function; the library's script ends
+	// with the line that calls it (global/scripts.go, strictMain).
+	sc := redis.NewScript(string(prelude) + string(src) + "\nreturn strict_main(sliding_window)\n")
 	if err := sc.Load(context.Background(), rdb).Err(); err != nil {
 		tb.Fatal(err)
 	}
