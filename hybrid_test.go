@@ -720,6 +720,16 @@ func testSpendMatchesLockedPath(t *testing.T, front bool) {
 // admissions, and the Stats count every admitted decision. (Written by a
 // reviewer.) Without the front table, a quarter of the decisions: the
 // slowest test of the package, and its churn is the front table's.
+//
+// The one documented exception is a decision's call abandoned at Timeout
+// (Stats.Abandoned): Redis may have applied it (counted its request, and
+// leased tokens this instance never learns of) while the failure policy
+// decided the request too (FailLocal admits it and credits it later), so
+// its key counts more than was admitted, never fewer. Under -race on a
+// loaded machine a 1 s Timeout did expire (one user, one token over,
+// whenever Abandoned was 1), so the test waits longer; should a call still
+// be abandoned, each one may leave one key counting more, and no key may
+// count fewer.
 func TestHybridChurnExact(t *testing.T) {
 	forEachFront(t, testHybridChurnExact)
 }
@@ -738,7 +748,7 @@ func testHybridChurnExact(t *testing.T, front bool) {
 	var lims []*Limiter
 	for range 2 {
 		l, err := New(Config{Redis: c, Rules: []Rule{rule}, KeyPrefix: prefix, Now: fixedClock(now),
-			SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 32, noFront: !front})
+			SyncInterval: 2 * time.Millisecond, MaxLocalKeys: 32, noFront: !front, Timeout: 10 * time.Second})
 		require.NoError(t, err)
 		lims = append(lims, l)
 	}
@@ -776,16 +786,31 @@ func testHybridChurnExact(t *testing.T, front bool) {
 		require.NoError(t, l.Close())
 		st = append(st, l.Stats())
 	}
+	var abandoned int64
+	for _, x := range st {
+		abandoned += x.Abandoned
+	}
+	var over int64 // users whose key counts more than they were admitted
 	for u := range users {
 		a := admitted[u].Load()
 		require.LessOrEqual(t, a, int64(limit), "user %d", u)
-		require.Equal(t, a, redisCount(t, c, global.Key(prefix, rule.Name, fmt.Sprint("u", u)), now, rule.Window), "user %d", u)
+		got := redisCount(t, c, global.Key(prefix, rule.Name, fmt.Sprint("u", u)), now, rule.Window)
+		if abandoned == 0 {
+			require.Equal(t, a, got, "user %d", u)
+			continue
+		}
+		require.GreaterOrEqual(t, got, a, "user %d: never fewer than admitted", u)
+		if got > a {
+			over++
+			t.Logf("user %d: admitted %d, Redis counts %d (calls abandoned at Timeout: %d)", u, a, got, abandoned)
+		}
 	}
+	require.LessOrEqual(t, over, abandoned, "keys counting more than admitted, at most one per abandoned call")
 	var sum int64
 	for _, x := range st {
-		sum += x.HybridInProcessAllowed + x.HybridRedisAllowed
+		sum += x.HybridInProcessAllowed + x.HybridRedisAllowed + x.FallbackLocalAllowed + x.FallbackOpen
 	}
-	t.Logf("admitted %d decisions; stats allowed %d; %+v", total.Load(), sum, st)
+	t.Logf("admitted %d decisions; stats allowed %d; abandoned calls %d; %+v", total.Load(), sum, abandoned, st)
 	require.Equal(t, total.Load(), sum, "admitted decisions in Stats")
 }
 
