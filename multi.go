@@ -132,12 +132,8 @@ type allowAll struct {
 // and those decided one by one, first. The rules are the user's classes'
 // (ruleFor), so the script uses the class's limit.
 func (a *allowAll) split() (together, alone []int) {
-	seen := make(map[*rule]int, len(a.rules))
-	for _, r := range a.rules {
-		seen[r]++
-	}
 	for i, r := range a.rules {
-		if r.Mode == Strict && r.override == 0 && !r.Shadow && seen[r] == 1 && a.checks[i].N <= r.maxN {
+		if r.Mode == Strict && r.override == 0 && !r.Shadow && a.checks[i].N <= r.maxN && namedOnce(a.rules, r) {
 			together = append(together, i)
 		} else {
 			alone = append(alone, i)
@@ -147,6 +143,18 @@ func (a *allowAll) split() (together, alone []int) {
 		alone, together = append(alone, together[0]), nil
 	}
 	return together, alone
+}
+
+// namedOnce reports whether r is in rules once (a request names a few
+// rules: a scan, not a map to allocate).
+func namedOnce(rules []*rule, r *rule) bool {
+	n := 0
+	for _, x := range rules {
+		if x == r {
+			n++
+		}
+	}
+	return n == 1
 }
 
 // admitted records check i's admission d, the most restrictive so far or

@@ -200,6 +200,16 @@ func TestAllowAllStrictInOneCall(t *testing.T) {
 		require.Equal(t, int64(3), l.mustLimit(t, rule)-p.Remaining, "%s counts the 3 admitted requests only", rule)
 	}
 
+	// A rule named twice is decided alone, once per check: 2 of "log"
+	// (3 counted of 20) in two plain strict calls, no multi script.
+	calls.n.Store(0)
+	twice, err := l.AllowAll(ctx, "u", base, Check{Rule: "log", N: 1}, Check{Rule: "log", N: 1})
+	require.NoError(t, err)
+	require.True(t, twice.Allowed)
+	require.Equal(t, int64(15), twice.Remaining, "20 less the 3 before and these 2")
+	require.Equal(t, int64(2), calls.n.Load(), "script calls for a rule named twice")
+	require.NoError(t, l.Refund(ctx, "log", "u", base, 2)) // as before, for what follows
+
 	// With the hybrid rule: denied by "second" (still full), hour refunded.
 	all := append([]Check{{Rule: "hour", N: 1}}, strict...)
 	for range 3 {
