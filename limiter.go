@@ -675,8 +675,30 @@ func (rl *RuleLimiter) Name() string { return rl.core.Load().cur.Load().Name }
 
 // Limit returns the rule's limit: the value of an X-RateLimit-Limit
 // header. After a Reload it is the newest (or, for a removed rule, its
-// last).
+// last). A user whose class overrides the rule has its class's: LimitFor.
 func (rl *RuleLimiter) Limit() int64 { return rl.core.Load().cur.Load().Limit }
+
+// LimitFor returns user's quota under the rule: the rule's Limit, or the
+// limit of the user's class (Rule.Classes) when it overrides the rule; 0
+// for a Deny class, math.MaxInt64 for an Unlimited one. It looks the class
+// up as a decision does (Config.ClassOf's error is returned). AllowAll
+// reports the same in MultiDecision.Limits, without another lookup.
+func (rl *RuleLimiter) LimitFor(ctx context.Context, user string) (int64, error) {
+	r, err := rl.rule()
+	if err != nil {
+		return 0, err
+	}
+	if r, err = rl.l.ruleFor(ctx, r, user, &userClass{}); err != nil {
+		return 0, err
+	}
+	return r.quota(), nil
+}
+
+// ID returns the rule's ID (Rule.ID), which stays the same across Reload.
+func (rl *RuleLimiter) ID() string { return rl.id }
+
+// Window returns the rule's window (its newest, after a Reload).
+func (rl *RuleLimiter) Window() time.Duration { return rl.core.Load().cur.Load().Window }
 
 // Allow reports whether one request by user, made at now, may proceed
 // under the rule. It is shorthand for AllowN(ctx, user, now, 1).

@@ -10,10 +10,16 @@ import (
 )
 
 // Check is one rule of a request checked against several (AllowAll): the
-// rule's name and the request's cost under it.
+// rule, by name or by ID, and the request's cost under it.
 type Check struct {
+	// Rule is the rule's Name. Leave it empty to name the rule by ID.
 	Rule string
-	N    int64
+	// ID is the rule's ID (Rule.ID), used when Rule is empty: a caller
+	// that binds rules once (a middleware's routes) names them by ID, which
+	// a Reload that renames a rule keeps.
+	ID string
+	// N is the request's cost under the rule, at least 1.
+	N int64
 }
 
 // MultiDecision is AllowAll's answer: the most restrictive of the rules'
@@ -22,8 +28,14 @@ type MultiDecision struct {
 	Decision
 	// Rule is the rule that decided: the one that denied, or, when every
 	// rule admitted, the one with the fewest requests remaining (the first
-	// of those that tie).
+	// of those that tie). It is the rule's Name, even for a Check that
+	// named it by ID.
 	Rule string
+	// Limits holds each check's quota for the user, in the order of the
+	// checks, as RuleLimiter.LimitFor reports it (the class's limit where
+	// a class overrides the rule): the q parameters of a RateLimit-Policy
+	// field. It is set whenever AllowAll decides, admitted or denied.
+	Limits []int64
 }
 
 // AllowAll decides a request that several rules limit (a per-second and a
@@ -67,24 +79,24 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	set := l.rules.Load() // one set for every check, even while a Reload swaps it
 	var ms, earliest int64
 	var class userClass // the user's class, looked up once
+	limits := make([]int64, len(checks))
 	for i, c := range checks {
-		r, ok := set.byName[c.Rule]
-		if !ok {
-			return MultiDecision{}, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
-		}
-		r, err := l.ruleFor(ctx, r, user, &class)
+		r, err := set.lookup(c)
 		if err != nil {
 			return MultiDecision{}, err
 		}
+		if r, err = l.ruleFor(ctx, r, user, &class); err != nil {
+			return MultiDecision{}, err
+		}
 		if c.N < 1 {
-			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, c.Rule)
+			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, r.Name)
 		}
 		if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
-			return MultiDecision{}, fmt.Errorf("rule %q: %w", c.Rule, err)
+			return MultiDecision{}, fmt.Errorf("rule %q: %w", r.Name, err)
 		}
-		rules[i] = r
+		rules[i], limits[i] = r, r.quota()
 	}
-	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules}
+	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules, limits: limits}
 	together, alone := a.split()
 	for _, i := range alone {
 		d, counted, err := l.decideChecked(ctx, rules[i], user, ms, earliest, checks[i].N) // checked above, once
@@ -92,7 +104,7 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 			return MultiDecision{}, errors.Join(err, a.rollback(ctx))
 		}
 		if !d.Allowed { // never a shadow rule's
-			return MultiDecision{Decision: d, Rule: checks[i].Rule}, a.rollback(ctx)
+			return a.denied(i, d), a.rollback(ctx)
 		}
 		a.admitted(i, d)
 		if counted { // not a shadow rule's would-be denial
@@ -120,6 +132,7 @@ type allowAll struct {
 	ms, earliest int64
 	checks       []Check
 	rules        []*rule
+	limits       []int64       // MultiDecision.Limits
 	out          MultiDecision // the most restrictive admission so far
 	anyAdmitted  bool
 	refundable   []int    // the checks whose admission a refund can undo
@@ -161,9 +174,35 @@ func namedOnce(rules []*rule, r *rule) bool {
 // not.
 func (a *allowAll) admitted(i int, d Decision) {
 	if !a.anyAdmitted || d.Remaining < a.out.Remaining {
-		a.out = MultiDecision{Decision: d, Rule: a.checks[i].Rule}
+		a.out = MultiDecision{Decision: d, Rule: a.rules[i].Name, Limits: a.limits}
 	}
 	a.anyAdmitted = true
+}
+
+// denied is AllowAll's answer when check i's rule denied with d.
+func (a *allowAll) denied(i int, d Decision) MultiDecision {
+	return MultiDecision{Decision: d, Rule: a.rules[i].Name, Limits: a.limits}
+}
+
+// lookup returns the rule that c names, by Name, or by ID when its Rule is
+// empty.
+func (s *ruleSet) lookup(c Check) (*rule, error) {
+	if c.Rule == "" && c.ID == "" {
+		return nil, fmt.Errorf("%w: a Check names no rule (set Rule or ID)", ErrInvalidArgument)
+	}
+	if c.Rule == "" {
+		if r, ok := s.byID[c.ID]; ok {
+			return r, nil
+		}
+		return nil, fmt.Errorf("%w: ID %q", ErrUnknownRule, c.ID)
+	}
+	if c.ID != "" {
+		return nil, fmt.Errorf("%w: a Check names rule %q and ID %q: set one", ErrInvalidArgument, c.Rule, c.ID)
+	}
+	if r, ok := s.byName[c.Rule]; ok {
+		return r, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 }
 
 // takeAll decides the checks of together, Strict rules of the user, in one
@@ -207,10 +246,10 @@ func (a *allowAll) takeAll(ctx context.Context, together []int) (MultiDecision, 
 		}
 		d := res.decision()
 		if !d.Allowed {
-			return MultiDecision{Decision: d, Rule: a.checks[i].Rule}, a.keptError(nil)
+			return a.denied(i, d), a.keptError(nil)
 		}
 		a.admitted(i, d)
-		a.kept = append(a.kept, a.checks[i].Rule)
+		a.kept = append(a.kept, a.rules[i].Name)
 	}
 	return a.out, nil
 }
@@ -225,7 +264,7 @@ func (a *allowAll) decided(together []int, res global.MultiResult) MultiDecision
 		a.rules[i].stats.redis(false)
 		l.strictDenied.Add(1)
 		d := result{retryAfter: g.RetryAfter, resetAfter: g.ResetAfter, remaining: g.Remaining}.decision()
-		return MultiDecision{Decision: d, Rule: a.checks[i].Rule}
+		return a.denied(i, d)
 	}
 	for j, i := range together {
 		g := res.Results[j]
@@ -250,7 +289,7 @@ func (a *allowAll) keptError(err error) error {
 func (a *allowAll) names(idx []int) []string {
 	out := make([]string, len(idx))
 	for j, i := range idx {
-		out[j] = a.checks[i].Rule
+		out[j] = a.rules[i].Name
 	}
 	return out
 }
@@ -264,7 +303,7 @@ func (a *allowAll) rollback(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx) // a caller gone must not leave counts behind; Timeout bounds each call
 	for _, i := range a.refundable {
 		if err := a.l.refund(ctx, a.rules[i], a.user, a.now, a.checks[i].N); err != nil {
-			failed = append(failed, a.checks[i].Rule)
+			failed = append(failed, a.rules[i].Name)
 			errs = append(errs, err)
 		}
 	}

@@ -206,6 +206,18 @@ func (l *Limiter) ruleFor(ctx context.Context, r *rule, user string, c *userClas
 	return r, nil
 }
 
+// quota is user's limit under r, the class's variant (LimitFor): its Limit,
+// 0 for a Deny class, math.MaxInt64 for an Unlimited one.
+func (r *rule) quota() int64 {
+	switch r.override {
+	case overrideUnlimited:
+		return math.MaxInt64
+	case overrideDeny:
+		return 0
+	}
+	return r.Limit
+}
+
 // overridden is the decision of an Unlimited or Deny variant for n (0: a
 // peek, not counted in RuleStats).
 func (r *rule) overridden(n int64) Decision {
