@@ -97,3 +97,148 @@ func TestTakeAllMatchesReference(t *testing.T) {
 	require.Positive(t, admitted)
 	require.Positive(t, denied)
 }
+
+// TestTakeAllLeasesMatchSingleCalls drives the multi script with random
+// subsets of two strict rules and two hybrid keys of one user (lease
+// exchanges admitting n, asking for a lease, reporting attempts, now and
+// then on a key Redis lost that the caller knew), against the single-rule
+// scripts run on copies of the keys (the oracle): when every copy admits,
+// TakeAll admits all and each answer and key equals the copy's (but for a
+// hybrid key's version, which starts at the server's clock); else it
+// answers the first rule that denied on its copy, with that copy's
+// answer, and Redis is unchanged.
+func TestTakeAllLeasesMatchSingleCalls(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	store := global.NewStore(c, global.Options{})
+	defer store.Close()
+	ctx := context.Background()
+
+	strict := []global.Request{
+		{Algorithm: global.SlidingWindow, Key: global.Key(prefix, "sw", "user"), Window: 1000, Limit: 6},
+		{Algorithm: global.FixedWindow, Key: global.Key(prefix, "fw", "user"), Window: 1000, Limit: 5},
+	}
+	leases := []global.LeaseRequest{
+		{Key: global.Key(prefix, "hs", "user"), Window: 1000, Limit: 8},
+		{Key: global.Key(prefix, "hf", "user"), Window: 500, Limit: 4, Fixed: true},
+	}
+	probe := func(k string) string { return k + ":probe" }
+	copyKey := func(k string) {
+		require.NoError(t, c.Del(ctx, probe(k)).Err())
+		if c.Exists(ctx, k).Val() == 1 {
+			require.NoError(t, c.Copy(ctx, k, probe(k), 0, true).Err())
+		}
+	}
+	// state is a key's hash but for its version.
+	state := func(k string) string {
+		h, err := c.HGetAll(ctx, k).Result()
+		require.NoError(t, err)
+		delete(h, "v")
+		return fmt.Sprint(h)
+	}
+	all := func() string {
+		out := ""
+		for _, q := range strict {
+			out += redisState(t, c, q.Key) + "|"
+		}
+		for _, q := range leases {
+			out += redisState(t, c, q.Key) + "|"
+		}
+		return out
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	now := base.UnixMilli()
+	var admitted, denied, restored, granted int
+	for step := range 800 {
+		switch rng.IntN(10) {
+		case 0:
+			now -= rng.Int64N(300)
+		case 1:
+			now += rng.Int64N(1500)
+		default:
+			now += rng.Int64N(80)
+		}
+		req := global.MultiRequest{Now: now}
+		for _, i := range rng.Perm(len(strict))[:rng.IntN(len(strict)+1)] {
+			q := strict[i]
+			q.Now, q.N = now, 1+rng.Int64N(2)
+			req.Rules = append(req.Rules, q)
+		}
+		for _, i := range rng.Perm(len(leases))[:rng.IntN(len(leases)+1)] {
+			q := leases[i]
+			q.Now, q.N, q.Want, q.Attempts = now, 1+rng.Int64N(2), rng.Int64N(4), rng.Int64N(3)
+			if rng.IntN(8) == 0 { // a key Redis lost, that the caller knew
+				require.NoError(t, c.Del(ctx, q.Key).Err())
+				q.Known = global.Known{Window: now / q.Window, Prev: rng.Int64N(3), Cur: rng.Int64N(3), Version: 7}
+			}
+			req.Leases = append(req.Leases, q)
+		}
+		if len(req.Rules)+len(req.Leases) == 0 {
+			continue
+		}
+		where := fmt.Sprintf("step %d (now=%d)", step, now)
+		// The oracle: each rule alone, on a copy of its key.
+		wantDenied, wantLeaseDenied := -1, -1
+		wantRes := make([]global.Result, len(req.Rules))
+		wantLease := make([]global.LeaseResult, len(req.Leases))
+		for i, q := range req.Rules {
+			copyKey(q.Key)
+			q.Key = probe(q.Key)
+			res, err := store.Take(ctx, q)
+			require.NoError(t, err)
+			if wantRes[i] = res; !res.Allowed && wantDenied < 0 {
+				wantDenied = i
+			}
+		}
+		for i, q := range req.Leases {
+			copyKey(q.Key)
+			q.Key = probe(q.Key)
+			res, err := store.Lease(ctx, q)
+			require.NoError(t, err)
+			if wantLease[i] = res; !res.Allowed && wantDenied < 0 && wantLeaseDenied < 0 {
+				wantLeaseDenied = i
+			}
+		}
+		before := all()
+		got, err := store.TakeAll(ctx, req)
+		require.NoError(t, err, where)
+		require.Equal(t, wantDenied, got.Denied, where)
+		require.Equal(t, wantLeaseDenied, got.LeaseDenied, where)
+		sameLease := func(i int) {
+			w, g := wantLease[i], got.LeaseResults[i]
+			w.Version, g.Version = 0, 0
+			require.Equal(t, w, g, "%s: lease %d", where, i)
+		}
+		switch {
+		case wantDenied >= 0:
+			require.Equal(t, wantRes[wantDenied], got.Results[wantDenied], where)
+		case wantLeaseDenied >= 0:
+			sameLease(wantLeaseDenied) // the counts as the script read them
+			v, _ := c.HGet(ctx, req.Leases[wantLeaseDenied].Key, "v").Int64()
+			require.Equal(t, v, got.LeaseResults[wantLeaseDenied].Version, "%s: the version as it is (0: none)", where)
+		}
+		if wantDenied >= 0 || wantLeaseDenied >= 0 {
+			denied++
+			require.Equal(t, before, all(), "%s: a denial wrote", where)
+			continue
+		}
+		admitted++
+		for i, q := range req.Rules {
+			require.Equal(t, wantRes[i], got.Results[i], where)
+			require.Equal(t, redisState(t, c, probe(q.Key)), redisState(t, c, q.Key), where)
+		}
+		for i, q := range req.Leases {
+			sameLease(i)
+			require.Equal(t, state(probe(q.Key)), state(q.Key), where)
+			if got.LeaseResults[i].Restored {
+				restored++
+			}
+			granted += int(got.LeaseResults[i].Granted)
+		}
+	}
+	t.Logf("800 steps: %d admitted under every rule, %d denied; %d restored keys; %d tokens leased", admitted, denied, restored, granted)
+	require.Positive(t, admitted)
+	require.Positive(t, denied)
+	require.Positive(t, restored)
+	require.Positive(t, granted)
+}

@@ -12,7 +12,7 @@ import (
 var (
 	//go:embed scripts/lease.lua
 	leaseLua    string
-	leaseScript = newScript(leaseLua)
+	leaseScript = newScript(leaseLua + leaseMain)
 
 	//go:embed scripts/admit.lua
 	admitLua    string
@@ -22,6 +22,10 @@ var (
 	heartbeatLua    string
 	heartbeatScript = newScript(heartbeatLua)
 )
+
+// leaseMain is the line that makes lease.lua a script of its own (multi.lua
+// calls its lease function too).
+const leaseMain = "\nreturn lease_main()\n"
 
 // LeaseRequest is one hybrid-mode exchange for one key: give back unspent
 // leases, admit N now, reserve up to Want more, and report Attempts. Any

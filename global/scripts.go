@@ -62,9 +62,9 @@ var scripts = func() (s [numAlgorithms]*redis.Script) {
 	return s
 }()
 
-// multiScript decides several strict rules of one user at once (TakeAll):
-// the four strict files' functions, then multi.lua.
-var multiScript = newScript(strings.Join(strictBodies[:], "\n") + "\n" + multiLua)
+// multiScript decides several rules of one user at once (TakeAll): the
+// four strict files' functions, lease.lua's, then multi.lua.
+var multiScript = newScript(strings.Join(strictBodies[:], "\n") + "\n" + leaseLua + "\n" + multiLua)
 
 // keyCount is how many KEYS each script takes; all derive from one base key.
 var keyCount = [numAlgorithms]int{SlidingWindow: 1, SlidingLog: 2, FixedWindow: 1, TokenBucket: 1}

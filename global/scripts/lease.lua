@@ -38,9 +38,15 @@
 --          failed (a foreign value under it, say), the error's text. One
 --          key's error changes nothing of the others'.
 -- Helpers (fdiv, int, op_state, ...): prelude.lua, which Go puts before
--- this file.
+-- this file. The file defines lease, one key's exchange, and lease_main,
+-- the script's entry, which Go calls at its end (`return lease_main()`);
+-- multi.lua calls lease too, for the hybrid keys of AllowAll, with its
+-- writes deferred until every rule has admitted.
 
-local function lease(key, a)
+-- lease decides key from its 17 arguments after ARGV[a] and writes through
+-- put (redis.call, or multi.lua's collector; an op's prune reads the key
+-- first, so multi.lua sends no op).
+local function lease(key, a, put)
   local now = tonumber(ARGV[a + 1])
   local w = tonumber(ARGV[a + 2])
   local limit = tonumber(ARGV[a + 3])
@@ -115,29 +121,31 @@ local function lease(key, a)
   end
 
   if stream ~= '' then
-    redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap),
+    put('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap),
       'v', int(version), stream, op_record(ops, seq, idx, 8 * granted + allowed))
     op_prune(key, idx)
   else
-    redis.call('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+    put('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
   end
-  redis.call('PEXPIRE', key, 2 * w)
+  put('PEXPIRE', key, 2 * w)
   return {allowed, granted, prev, cur, ap, ac, now, version, restored, 0}
 end
 
-local out = {}
-for i = 1, #KEYS do
-  local a = 17 * (i - 1)
-  -- A key fails on its first command in practice (a foreign value under
-  -- it) and writes nothing; a later failure (out of memory) may leave its
-  -- writes, which the caller treats as a lost answer.
-  local ok, r = pcall(lease, KEYS[i], a)
-  if ok then
-    out[i] = r
-  elseif type(r) == 'table' and r.err then
-    out[i] = r.err
-  else
-    out[i] = tostring(r)
+local function lease_main()
+  local out = {}
+  for i = 1, #KEYS do
+    local a = 17 * (i - 1)
+    -- A key fails on its first command in practice (a foreign value under
+    -- it) and writes nothing; a later failure (out of memory) may leave its
+    -- writes, which the caller treats as a lost answer.
+    local ok, r = pcall(lease, KEYS[i], a, redis.call)
+    if ok then
+      out[i] = r
+    elseif type(r) == 'table' and r.err then
+      out[i] = r.err
+    else
+      out[i] = tostring(r)
+    end
   end
+  return out
 end
-return out
