@@ -69,18 +69,32 @@ func (r *rule) prevWeight(prev int64) int64 {
 // decision about to add it), and the pass tells the cache of the key's
 // uses.
 func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
+	res, s, done := h.inProcess(r, user, ms, n)
+	switch {
+	case done:
+		return res, nil
+	case s == nil:
+		return h.admitOnce(ctx, r, user, ms, n)
+	}
+	return h.acquire(ctx, s, r, user, ms, n)
+}
+
+// inProcess decides from what this process holds of the key when it can
+// (done: res is the decision). Otherwise Redis must decide: s is the key's
+// state, for acquire, or nil for a key's first sighting, for admitOnce.
+func (h *hybrid) inProcess(r *rule, user string, ms, n int64) (res result, s *local.State, done bool) {
 	ref := h.cache.Get(user, r.hybridIndex)
 	if n == 1 { // Spend refuses a key Get did not find
 		if prev, cur, lease, elapsed, ok := ref.Spend(ms, r.window); ok {
 			if lease%promoteEvery == 0 && !ref.InFront() {
 				h.cache.Promote(h.cache.State(ref))
 			}
-			return h.spent(r, prev, cur, lease, elapsed), nil
+			return h.spent(r, prev, cur, lease, elapsed), nil, true
 		}
 	}
-	s := h.cache.State(ref)
+	s = h.cache.State(ref)
 	if s == nil && h.cache.FirstSight(ref) {
-		return h.admitOnce(ctx, r, user, ms, n)
+		return result{}, nil, false
 	}
 	if s == nil {
 		// Not found: a new key (decideLocal sends it to Redis), or one so
@@ -100,13 +114,13 @@ func (h *hybrid) decide(ctx context.Context, r *rule, user string, ms, n int64) 
 	}
 	res, promote, ok := h.decideLocal(s, r, ms, n)
 	if !ok {
-		return h.acquire(ctx, s, r, user, ms, n)
+		return result{}, s, false
 	}
 	h.registry.Add(s)
 	if promote {
 		h.cache.Promote(s)
 	}
-	return res, nil
+	return res, nil, true
 }
 
 // Keys decided locally often enough live in the front table: one local
@@ -206,11 +220,33 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 	if h.closed {
 		return result{}, ErrClosed
 	}
+	x, err := h.prepare(s, r, user, ms, n)
+	if err != nil {
+		return result{}, err
+	}
+	return h.send(ctx, x, r, ms, n)
+}
+
+// exchange is an acquire's call for a key's state, built by prepare, sent
+// by send (or within AllowAll's script), and folded back into the state by
+// finish, failed or unsent. The gate is held shared from prepare on.
+type exchange struct {
+	s    *local.State
+	req  global.LeaseRequest
+	lead bool // this call sizes the key's lease (State.Acquiring)
+}
+
+// prepare builds s's call to admit n at ms: the lease its demand calls for
+// (unless another call for the key is out), what it gives back and
+// reports. It changes nothing of s when it refuses (the breaker is open, or
+// the key's failure-policy admissions are not credited yet). It requires
+// the gate, held shared.
+func (h *hybrid) prepare(s *local.State, r *rule, user string, ms, n int64) (exchange, error) {
 	switch {
 	case h.l.store.Refuses(s.Key): // straight to the policy, nothing to undo
-		return result{}, global.ErrBreakerOpen
+		return exchange{}, global.ErrBreakerOpen
 	case h.l.pending.has(r, user):
-		return result{}, errPending
+		return exchange{}, errPending
 	}
 	w := r.window
 	s.Lock()
@@ -240,33 +276,36 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 	h.nameReturns(&req)
 	know(s, &req)
 	s.Unlock()
+	return exchange{s: s, req: req, lead: lead}, nil
+}
 
+// send sends x alone and folds the answer into its state.
+func (h *hybrid) send(ctx context.Context, x exchange, r *rule, ms, n int64) (result, error) {
 	h.remote.Add(1)
-	res, err := h.l.store.Lease(ctx, req)
+	res, err := h.l.store.Lease(ctx, x.req)
 	if err == nil && res.Stale {
 		// A newer call of this instance for the key got there first (a
 		// sync pass's): this one changed nothing. Its returns stay
 		// counted, unspent (an earlier copy may have applied them); the
 		// rest goes again, unnamed, so that n is decided.
-		req.Returns, req.Op = [2]global.Return{}, global.Op{}
-		res, err = h.l.store.Lease(ctx, req)
-	}
-
-	s.Lock()
-	if lead {
-		s.Acquiring = false
+		x.req.Returns, x.req.Op = [2]global.Return{}, global.Op{}
+		res, err = h.l.store.Lease(ctx, x.req)
 	}
 	if err != nil {
-		h.unreport(s, req, err)
-		s.Attempts += n // report it next time
-		s.Unlock()
-		h.registry.Add(s)
-		if errors.Is(err, global.ErrClosed) {
-			return result{}, ErrClosed
-		}
-		return result{}, fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+		return result{}, h.failed(x, r, n, err)
 	}
-	h.apply(s, r, req, res)
+	return h.finish(x, r, ms, n, res), nil
+}
+
+// finish folds Redis's answer res to x into its state, and returns the
+// decision of n at ms.
+func (h *hybrid) finish(x exchange, r *rule, ms, n int64, res global.LeaseResult) result {
+	s, w := x.s, r.window
+	s.Lock()
+	if x.lead {
+		s.Acquiring = false
+	}
+	h.apply(s, r, x.req, res)
 	cur := res.Cur - res.Granted
 	if res.Now/w == s.Window {
 		s.MineCur += n // Redis counted n among the key's attempts
@@ -275,8 +314,31 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 	out := h.answer(r, res, cur, ms, n)
 	s.Unlock()
 	h.registry.Add(s)
-	return out, nil
+	return out
 }
+
+// failed undoes x's accounting after its call failed with err (the request
+// of n is reported with the key's next call), and returns the error to
+// report.
+func (h *hybrid) failed(x exchange, r *rule, n int64, err error) error {
+	s := x.s
+	s.Lock()
+	if x.lead {
+		s.Acquiring = false
+	}
+	h.unreport(s, x.req, err)
+	s.Attempts += n // report it next time
+	s.Unlock()
+	h.registry.Add(s)
+	if errors.Is(err, global.ErrClosed) {
+		return ErrClosed
+	}
+	return fmt.Errorf("ratelimit: rule %q: %w", r.Name, err)
+}
+
+// errUnsent is failed's reason for an exchange that Redis did not apply:
+// AllowAll's script denied under another rule and wrote nothing.
+var errUnsent = errors.New("ratelimit: exchange not applied")
 
 // answer is the result of a decision that Redis made (res), for a request
 // of n at ms; cur is the window's count as the caller sees it, all
@@ -387,12 +449,12 @@ func know(s *local.State, req *global.LeaseRequest) {
 // failed with err, so that they are reported with the next one. Returned
 // tokens are restored only if the request was never sent (the breaker held
 // it back): otherwise Redis may have taken them, and spending them twice
-// would exceed the limit; left out, they only go unused. It requires the
-// lock.
+// would exceed the limit; left out, they only go unused (errUnsent: Redis
+// applied nothing either). It requires the lock.
 func (h *hybrid) unreport(s *local.State, req global.LeaseRequest, err error) {
 	s.MineCur -= req.Attempts
 	s.Attempts += req.Attempts
-	if !errors.Is(err, global.ErrBreakerOpen) {
+	if !errors.Is(err, global.ErrBreakerOpen) && err != errUnsent {
 		return
 	}
 	if ret := req.Returns[1]; ret.N > 0 && ret.Window == s.Window {
