@@ -422,3 +422,42 @@ func behaveAllowAllAtomic(t *testing.T, b backend, p concurrency) {
 		}
 	}
 }
+
+// behaveAllowAllMixed: Limiters deciding AllowAll at once for the same
+// users under a Strict rule and two Hybrid ones (a sliding and a fixed
+// window, wide: they never deny) admit each user exactly the Strict rule's
+// limit, and once the leases are back (Close) each Hybrid key counts
+// exactly those admissions: the requests the Strict rule denied, decided
+// in the same script as the Hybrid keys' Redis-bound parts, or after their
+// leases served them, consumed nothing under them.
+func behaveAllowAllMixed(t *testing.T, b backend, p concurrency) {
+	ctx := context.Background()
+	rules := []Rule{
+		{Name: "mixed-tight", Limit: p.limit * 4 / 10, Window: time.Minute, Mode: Strict, OnFailure: FailError},
+		{Name: "mixed-wide", Limit: 10 * p.limit, Window: time.Minute, Mode: Hybrid, OnFailure: FailError},
+		{Name: "mixed-fixed", Limit: 10 * p.limit, Window: time.Minute, Algorithm: FixedWindow, Mode: Hybrid, OnFailure: FailError},
+	}
+	var lims []*Limiter
+	for range p.instances {
+		l, err := New(Config{Redis: b.client(t), Rules: rules, KeyPrefix: b.prefix, Now: fixedClock(base), Timeout: behaveTimeout, ManualSync: true})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() }) // if the test fails before its Close
+		lims = append(lims, l)
+	}
+	checks := []Check{{Rule: "mixed-wide", N: 1}, {Rule: "mixed-tight", N: 1}, {Rule: "mixed-fixed", N: 1}}
+	got := hammerWith(t, lims, p.users, p.goroutines, p.attempts, func(l *Limiter, user string) (bool, error) {
+		d, err := l.AllowAll(ctx, user, base, checks...)
+		return d.Allowed, err
+	})
+	for _, l := range lims {
+		require.NoError(t, l.Close()) // the leases go back
+	}
+	want := rules[0].Limit
+	for i, u := range p.users {
+		require.Equal(t, want, got[i], "user %q: admitted", u)
+		for _, r := range rules[1:] {
+			require.Equal(t, want, windowCount(t, b.c, global.Key(b.prefix, r.Name, u), base, r.Window),
+				"user %q: rule %s counts the admitted requests only", u, r.Name)
+		}
+	}
+}

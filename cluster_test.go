@@ -188,3 +188,10 @@ func userOf(t *testing.T, prefix, key string) string {
 	require.True(t, ok, "key %s has no closing brace", key)
 	return u
 }
+
+// TestClusterAllowAllMixed: on the cluster, a user's Strict rule and the
+// Redis-bound parts of its Hybrid rules go in one script (one slot), all
+// or nothing.
+func TestClusterAllowAllMixed(t *testing.T) {
+	behaveAllowAllMixed(t, testCluster(t), clusterLoad)
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drl-go/distributed-rate-limiter/global"
+	"github.com/drl-go/distributed-rate-limiter/local"
 )
 
 // Check is one rule of a request checked against several (AllowAll): the
@@ -43,30 +44,34 @@ type MultiDecision struct {
 // admitted only if every rule admits it, and a request that one rule
 // denies consumes nothing under the others.
 //
-// The Strict rules among checks are decided together, in one Redis script
-// over the user's keys (one hash tag, so one slot on a cluster): the
-// script checks every one of them and counts all or none, atomically, at
-// the cost of one strict decision plus a few microseconds of Redis time
-// per rule. The other rules (Hybrid, Local, and any Strict rule named
-// twice or asked for more than it can ever admit) are decided first, one
-// by one as AllowN would, most of them in process; when a later rule
-// denies, their admissions are refunded (Refund) before AllowAll returns.
-// That part is not atomic across rules: a concurrent request of the same
-// user may meet a count raised for the length of the rollback and be
-// denied by it; no request is ever admitted beyond a limit.
+// The rules that need Redis for this request are decided together, in one
+// Redis script over the user's keys (one hash tag, so one slot on a
+// cluster): every Strict rule, and every Hybrid rule whose key this
+// process cannot decide from its lease (a sparse user's, a key's first
+// sighting). The script checks every one of them and counts all or none,
+// atomically, at the cost of one strict decision plus a few microseconds
+// of Redis time per rule. A Hybrid rule decided from its lease reserves
+// its tokens in process first; so do the rules decided one by one, as
+// AllowN would (Local rules, shadow rules, Unlimited and Deny classes, a
+// rule named twice or asked for more than it can ever admit, and a Hybrid
+// key that has tokens to give back, whose call goes alone). When a later
+// rule denies, those admissions are refunded (Refund) before AllowAll
+// returns. That part is not atomic across rules: a concurrent request of
+// the same user may meet a count raised for the length of the rollback and
+// be denied by it; no request is ever admitted beyond a limit.
 //
 // Bad input (no checks, an unknown rule, a bad n or key) is an error before
 // anything is counted. An error of a rule's decision (its failure policy
 // being FailError, say) refunds the rules admitted before it and is
-// returned. When Redis cannot answer the strict rules' call, each of them
-// is decided by its failure policy, in order. If a refund fails (Redis went
+// returned. When Redis cannot answer the script's call, each of its rules
+// is decided by its failure policy, in order (the Strict rules, then the
+// Hybrid ones). If a refund fails (Redis went
 // away meanwhile), or a failure policy's admission stays counted because a
 // later rule denied (Refund cannot reach those), AllowAll still returns the
 // denial, with an error wrapping ErrUnavailable that names the rules left
 // counted: the request is denied either way.
 //
-// RuleStats count a decision of the strict script under the rules it
-// decided: every rule when all admitted, the denying rule alone when one
+// RuleStats count a decision of the script under the rules it decided: every rule when all admitted, the denying rule alone when one
 // denied (the others neither admitted nor denied the request).
 func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, checks ...Check) (MultiDecision, error) {
 	if len(checks) == 0 {
@@ -97,7 +102,7 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 		rules[i], limits[i] = r, r.quota()
 	}
 	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules, limits: limits}
-	together, alone := a.split()
+	strict, hybrid, alone := a.split()
 	for _, i := range alone {
 		d, counted, err := l.decideChecked(ctx, rules[i], user, ms, earliest, checks[i].N) // checked above, once
 		if err != nil {
@@ -111,8 +116,21 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 			a.refundable = append(a.refundable, i)
 		}
 	}
-	if len(together) > 0 {
-		d, err := a.takeAll(ctx, together)
+	for _, i := range hybrid {
+		res, s, done := l.hybrid.inProcess(rules[i], user, ms, checks[i].N)
+		if !done {
+			a.remote = append(a.remote, remote{i: i, s: s})
+			continue
+		}
+		if d := res.decision(); !d.Allowed {
+			return a.denied(i, d), a.rollback(ctx)
+		} else {
+			a.admitted(i, d)
+		}
+		a.refundable = append(a.refundable, i)
+	}
+	if len(strict)+len(a.remote) > 0 {
+		d, err := a.takeAll(ctx, strict)
 		switch {
 		case d.Rule == "": // no decision: an error
 			return MultiDecision{}, errors.Join(err, a.rollback(ctx))
@@ -137,25 +155,41 @@ type allowAll struct {
 	anyAdmitted  bool
 	refundable   []int    // the checks whose admission a refund can undo
 	kept         []string // rules whose admission (a failure policy's) no refund can undo
+	remote       []remote // the Hybrid checks that Redis decides
 }
 
-// split returns the indexes of the checks that the strict script decides
-// together (the Strict rules, each named once, for an n they can admit,
-// not shadow rules, nor Unlimited or Deny classes, which need no Redis),
-// and those decided one by one, first. The rules are the user's classes'
-// (ruleFor), so the script uses the class's limit.
-func (a *allowAll) split() (together, alone []int) {
+// remote is a Hybrid check of AllowAll that Redis decides: its key's
+// state's exchange (prepare), or for a key's first sighting (s nil) the
+// admit-only request that admitOnce would make.
+type remote struct {
+	i    int
+	s    *local.State
+	x    exchange // built when s is not nil
+	req  global.LeaseRequest
+	sent bool // x is built (prepared), to be finished, failed or unsent
+}
+
+// split returns the indexes of the checks whose rules may go in the one
+// script (those that count, named once, for an n they can admit): the
+// Strict ones and the Hybrid ones (which go there only when their lease
+// cannot decide); and those decided one by one, first. The rules are the
+// user's classes' (ruleFor), so the script uses the class's limit.
+func (a *allowAll) split() (strict, hybrid, alone []int) {
 	for i, r := range a.rules {
-		if r.Mode == Strict && r.override == 0 && !r.Shadow && a.checks[i].N <= r.maxN && namedOnce(a.rules, r) {
-			together = append(together, i)
-		} else {
+		joint := r.override == 0 && !r.Shadow && a.checks[i].N <= r.maxN && namedOnce(a.rules, r)
+		switch {
+		case joint && r.Mode == Strict:
+			strict = append(strict, i)
+		case joint && r.Mode == Hybrid:
+			hybrid = append(hybrid, i)
+		default:
 			alone = append(alone, i)
 		}
 	}
-	if len(together) == 1 { // one rule: a plain strict decision
-		alone, together = append(alone, together[0]), nil
+	if len(strict) == 1 && len(hybrid) == 0 { // one rule: a plain strict decision
+		alone, strict = append(alone, strict[0]), nil
 	}
-	return together, alone
+	return strict, hybrid, alone
 }
 
 // namedOnce reports whether r is in rules once (a request names a few
@@ -205,15 +239,24 @@ func (s *ruleSet) lookup(c Check) (*rule, error) {
 	return nil, fmt.Errorf("%w: %q", ErrUnknownRule, c.Rule)
 }
 
-// takeAll decides the checks of together, Strict rules of the user, in one
-// call of the multi script. It returns the denial and the rule that made
-// it, or when all admitted the most restrictive admission so far (a.out),
-// or an error and no decision (Rule "").
-func (a *allowAll) takeAll(ctx context.Context, together []int) (MultiDecision, error) {
-	l := a.l
-	req := global.MultiRequest{Now: a.ms, ServerTime: l.cfg.ServerTime, Rules: make([]global.Request, len(together))}
+// takeAll decides in one call of the multi script the checks of strict,
+// Strict rules of the user, and a.remote, Hybrid ones. It returns the
+// denial and the rule that made it, or when all admitted the most
+// restrictive admission so far (a.out), or an error and no decision (Rule
+// "").
+func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, error) {
+	l, h := a.l, a.l.hybrid
+	if len(a.remote) > 0 {
+		// As acquire: Close's last pass must not run while a grant is out.
+		h.gate.RLock()
+		defer h.gate.RUnlock()
+		if h.closed {
+			return MultiDecision{}, ErrClosed
+		}
+	}
+	req := global.MultiRequest{Now: a.ms, ServerTime: l.cfg.ServerTime, Rules: make([]global.Request, len(strict))}
 	var cause error
-	for j, i := range together {
+	for j, i := range strict {
 		r := a.rules[i]
 		key := r.key(l.cfg.KeyPrefix, a.user)
 		switch {
@@ -224,21 +267,71 @@ func (a *allowAll) takeAll(ctx context.Context, together []int) (MultiDecision, 
 		}
 		req.Rules[j] = global.Request{Algorithm: r.algo, Key: key, Window: r.window, Limit: r.Limit, N: a.checks[i].N, Burst: r.Burst}
 	}
+	var leases []int // indexes in a.remote of the exchanges in req.Leases
+	for k := range a.remote {
+		e := &a.remote[k]
+		r, n := a.rules[e.i], a.checks[e.i].N
+		if e.s == nil { // a first sighting, as admitOnce
+			key := r.key(l.cfg.KeyPrefix, a.user)
+			switch {
+			case l.store.Refuses(key):
+				cause = global.ErrBreakerOpen
+			case l.pending.has(r, a.user):
+				cause = errPending
+			}
+			e.req = global.LeaseRequest{Key: key, Now: a.ms, Window: r.window, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
+			leases, req.Leases = append(leases, k), append(req.Leases, e.req)
+			continue
+		}
+		if cause != nil {
+			continue
+		}
+		x, err := h.prepare(e.s, r, a.user, a.ms, n)
+		if err != nil { // refused, nothing changed
+			cause = err
+			continue
+		}
+		if x.req.Op.Stream != "" {
+			// The key gives tokens back: its call goes alone, named, now.
+			res, err := h.send(ctx, x, r, a.ms, n)
+			if d, ok, err := a.alone(e.i, res, err); !ok {
+				a.unsend()
+				return d, err
+			}
+			continue
+		}
+		e.x, e.sent = x, true
+		leases, req.Leases = append(leases, k), append(req.Leases, x.req)
+	}
 	if cause == nil {
-		res, err := l.store.TakeAll(ctx, req)
+		h0 := len(req.Leases)
+		var res global.MultiResult
+		var err error
+		if h0 == 0 && len(req.Rules) == 0 {
+			return a.out, nil // every Hybrid key went alone
+		}
+		res, err = l.store.TakeAll(ctx, req)
+		if h0 > 0 {
+			h.remote.Add(int64(h0))
+		}
 		switch {
 		case err == nil:
-			return a.decided(together, res), nil
+			return a.decided(strict, leases, res), nil
 		case errors.Is(err, global.ErrClosed):
+			a.fail(err)
 			return MultiDecision{}, ErrClosed
 		case !redisFailed(err):
+			a.fail(err)
 			l.redisErrors.Add(1)
-			return MultiDecision{}, fmt.Errorf("ratelimit: rules %q: %w", a.names(together), err)
+			return MultiDecision{}, fmt.Errorf("ratelimit: rules %q: %w", a.names(strict, leases), err)
 		}
+		a.fail(err)
 		cause = err
+	} else {
+		a.unsend()
 	}
 	// Redis cannot answer: each rule's failure policy decides, in order.
-	for _, i := range together {
+	for _, i := range a.scripted(strict, leases) {
 		r := a.rules[i]
 		res, err := l.fallback(r, a.user, a.ms, a.earliest, a.checks[i].N, cause)
 		if err != nil {
@@ -254,24 +347,99 @@ func (a *allowAll) takeAll(ctx context.Context, together []int) (MultiDecision, 
 	return a.out, nil
 }
 
-// decided records the multi script's answer res to the checks of together,
-// and returns the denial or the most restrictive admission.
-func (a *allowAll) decided(together []int, res global.MultiResult) MultiDecision {
-	l := a.l
-	if res.Denied >= 0 {
-		i := together[res.Denied]
+// alone records the answer of check i's exchange sent alone (res, or err).
+// ok is false when AllowAll's answer is decided: a denial, or an error
+// (Rule "").
+func (a *allowAll) alone(i int, res result, err error) (d MultiDecision, ok bool, _ error) {
+	if err != nil {
+		if !redisFailed(err) {
+			if !errors.Is(err, ErrClosed) {
+				a.l.redisErrors.Add(1)
+			}
+			return MultiDecision{}, false, err
+		}
+		if res, err = a.l.fallback(a.rules[i], a.user, a.ms, a.earliest, a.checks[i].N, err); err != nil {
+			return MultiDecision{}, false, a.keptError(err)
+		}
+		if !res.allowed {
+			return a.denied(i, res.decision()), false, a.keptError(nil)
+		}
+		a.kept = append(a.kept, a.rules[i].Name)
+		a.admitted(i, res.decision())
+		return MultiDecision{}, true, nil
+	}
+	if !res.allowed {
+		return a.denied(i, res.decision()), false, nil
+	}
+	a.admitted(i, res.decision())
+	a.refundable = append(a.refundable, i)
+	return MultiDecision{}, true, nil
+}
+
+// unsend folds back the exchanges prepared for the script, which Redis
+// did not apply (the call was not made, or its script denied).
+func (a *allowAll) unsend() { a.fail(errUnsent) }
+
+// fail folds err, the script call's failure, into the exchanges prepared
+// for it.
+func (a *allowAll) fail(err error) {
+	for k := range a.remote {
+		if e := &a.remote[k]; e.sent {
+			_ = a.l.hybrid.failed(e.x, a.rules[e.i], a.checks[e.i].N, err)
+			e.sent = false
+		}
+	}
+}
+
+// scripted returns the indexes of the checks of the script: strict, then
+// the Hybrid ones of leases (indexes in a.remote).
+func (a *allowAll) scripted(strict, leases []int) []int {
+	out := append([]int(nil), strict...)
+	for _, k := range leases {
+		out = append(out, a.remote[k].i)
+	}
+	return out
+}
+
+// decided records the multi script's answer res to the checks of strict
+// and of leases (indexes in a.remote), and returns the denial or the most
+// restrictive admission.
+func (a *allowAll) decided(strict, leases []int, res global.MultiResult) MultiDecision {
+	l, h := a.l, a.l.hybrid
+	switch {
+	case res.Denied >= 0:
+		a.unsend()
+		i := strict[res.Denied]
 		g := res.Results[res.Denied]
 		a.rules[i].stats.redis(false)
 		l.strictDenied.Add(1)
-		d := result{retryAfter: g.RetryAfter, resetAfter: g.ResetAfter, remaining: g.Remaining}.decision()
-		return a.denied(i, d)
+		return a.denied(i, result{retryAfter: g.RetryAfter, resetAfter: g.ResetAfter, remaining: g.Remaining}.decision())
+	case res.LeaseDenied >= 0:
+		a.unsend()
+		e := a.remote[leases[res.LeaseDenied]]
+		g := res.LeaseResults[res.LeaseDenied]
+		// Nothing was written: the counts answer the denial, and no state
+		// adopts them (their version is the key's as it was).
+		return a.denied(e.i, h.answer(a.rules[e.i], g, g.Cur, a.ms, a.checks[e.i].N).decision())
 	}
-	for j, i := range together {
+	for j, i := range strict {
 		g := res.Results[j]
 		a.rules[i].stats.redis(true)
 		l.strictAllowed.Add(1)
 		a.admitted(i, result{allowed: true, remaining: g.Remaining, resetAfter: g.ResetAfter}.decision())
 		a.refundable = append(a.refundable, i)
+	}
+	for j, k := range leases {
+		e := &a.remote[k]
+		r, n, g := a.rules[e.i], a.checks[e.i].N, res.LeaseResults[j]
+		var out result
+		if e.sent {
+			out, e.sent = h.finish(e.x, r, a.ms, n, g), false
+		} else { // a first sighting: nothing kept, as admitOnce
+			out = h.answer(r, g, g.Cur, a.ms, n)
+		}
+		a.admitted(e.i, out.decision())
+		a.refundable = append(a.refundable, e.i)
 	}
 	return a.out
 }
@@ -285,8 +453,9 @@ func (a *allowAll) keptError(err error) error {
 	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (admitted by their failure policy)", ErrUnavailable, a.kept))
 }
 
-// names returns the rule names of the checks of idx.
-func (a *allowAll) names(idx []int) []string {
+// names returns the rule names of the checks of the script (scripted).
+func (a *allowAll) names(strict, leases []int) []string {
+	idx := a.scripted(strict, leases)
 	out := make([]string, len(idx))
 	for j, i := range idx {
 		out[j] = a.rules[i].Name

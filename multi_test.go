@@ -272,3 +272,75 @@ func TestAllowAllRedisDown(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorContains(t, err, `rule "error"`)
 }
+
+// TestAllowAllMixed: the behaviour on the single node (the cluster suite
+// runs it too).
+func TestAllowAllMixed(t *testing.T) {
+	behaveAllowAllMixed(t, singleNode(t), clusterLoad)
+}
+
+// TestAllowAllHybridInOneCall: a Strict rule and two Hybrid rules cost one
+// script call per AllowAll: a sparse user's first request (no state), its
+// next ones (a state without lease, the lease sized by its demand), and
+// later ones that leases serve in process (the Strict rule alone in the
+// call); before, each Hybrid key without lease cost a call of its own. A
+// denial by the Strict rule leaves the Hybrid keys counting only the
+// admitted requests; a denial by a Hybrid rule leaves the Strict one so.
+func TestAllowAllHybridInOneCall(t *testing.T) {
+	ctx := context.Background()
+	calls := &scriptCalls{}
+	c := redis.NewClient(&redis.Options{Addr: redistest.Addr()})
+	defer c.Close()
+	c.AddHook(calls)
+	prefix := testPrefix(t, c)
+	l, err := New(Config{Redis: c, KeyPrefix: prefix, ManualSync: true, Now: fixedClock(base),
+		Rules: []Rule{
+			{Name: "second", Limit: 5, Window: time.Second, Mode: Strict},
+			{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
+			{Name: "day", Limit: 3, Window: 24 * time.Hour, Algorithm: FixedWindow, Mode: Hybrid},
+		}})
+	require.NoError(t, err)
+	checks := []Check{{Rule: "second", N: 1}, {Rule: "hour", N: 1}}
+
+	const sparse = 50
+	calls.n.Store(0)
+	for u := range sparse { // one request each: first sightings
+		d, err := l.AllowAll(ctx, fmt.Sprint("s", u), base, checks...)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	require.Equal(t, int64(sparse), calls.n.Load(), "script calls for %d sparse users", sparse)
+
+	for i := range 8 { // one user: first sighting, then a state, then leases
+		calls.n.Store(0)
+		d, err := l.AllowAll(ctx, "u", base, checks...)
+		require.NoError(t, err)
+		require.Equal(t, i < 5, d.Allowed, "request %d", i)
+		require.Equal(t, int64(1), calls.n.Load(), "request %d: script calls", i)
+	}
+	st := l.Stats()
+	t.Logf("stats after the dense user: %+v", st)
+
+	// Denied by the Hybrid "day" (3 a day) after its 3: "second", in the
+	// same call or not, counts the 3 only.
+	dayChecks := []Check{{Rule: "second", N: 1}, {Rule: "day", N: 1}}
+	for i := range 5 {
+		d, err := l.AllowAll(ctx, "v", base, dayChecks...)
+		require.NoError(t, err)
+		require.Equal(t, i < 3, d.Allowed, "request %d", i)
+		if !d.Allowed {
+			require.Equal(t, "day", d.Rule)
+		}
+	}
+	p, err := l.Peek(ctx, "second", "v", base)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), p.Remaining, "second counts the 3 admitted only")
+
+	require.NoError(t, l.Close()) // the leases go back
+	for u := range sparse {
+		require.Equal(t, int64(1), windowCount(t, c, global.Key(prefix, "hour", fmt.Sprint("s", u)), base, time.Hour))
+	}
+	require.Equal(t, int64(5), windowCount(t, c, global.Key(prefix, "hour", "u"), base, time.Hour),
+		"hour counts the 5 admitted by second, not the 3 it denied")
+	require.Equal(t, int64(3), windowCount(t, c, global.Key(prefix, "day", "v"), base, 24*time.Hour))
+}

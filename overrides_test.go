@@ -500,8 +500,9 @@ func TestOverrideAllowAllClasses(t *testing.T) {
 		require.NoError(t, err)
 		a.rules[i] = r
 	}
-	together, alone := a.split()
+	together, hybrid, alone := a.split()
 	require.Equal(t, []int{0, 2}, together, "day and hour in one script")
+	require.Empty(t, hybrid)
 	require.Equal(t, []int{1}, alone, "the Unlimited class alone")
 
 	d, err := l.AllowAll(ctx, "mallory", base, checks...)
