@@ -29,14 +29,28 @@ type MultiDecision struct {
 	Decision
 	// Rule is the rule that decided: the one that denied, or, when every
 	// rule admitted, the one with the fewest requests remaining (the first
-	// of those that tie). It is the rule's Name, even for a Check that
-	// named it by ID.
+	// of those that tie), an enforced rule before a shadow one. It is the
+	// rule's Name, even for a Check that named it by ID.
 	Rule string
-	// Limits holds each check's quota for the user, in the order of the
-	// checks, as RuleLimiter.LimitFor reports it (the class's limit where
-	// a class overrides the rule): the q parameters of a RateLimit-Policy
-	// field. It is set whenever AllowAll decides, admitted or denied.
-	Limits []int64
+	// Quotas holds each check's policy for the user, in the order of the
+	// checks: what a RateLimit-Policy field reports. It is set whenever
+	// AllowAll decides, admitted or denied.
+	Quotas []Quota
+}
+
+// Quota is a rule's policy for one user, as AllowAll applied it.
+type Quota struct {
+	// Rule and ID are the rule's Name and ID as of the decision (the
+	// newest Name, after a Reload renamed the rule).
+	Rule, ID string
+	// Limit is the user's quota, as RuleLimiter.LimitFor reports it: the
+	// rule's Limit, or that of the user's class where a class overrides the
+	// rule; 0 for a Deny class, math.MaxInt64 for an Unlimited one.
+	Limit int64
+	// Window is the rule's Window.
+	Window time.Duration
+	// Shadow reports a shadow rule (Rule.Shadow), which never denies.
+	Shadow bool
 }
 
 // AllowAll decides a request that several rules limit (a per-second and a
@@ -80,28 +94,23 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	if l.closed.Load() {
 		return MultiDecision{}, ErrClosed
 	}
-	rules := make([]*rule, len(checks))
+	if len(checks) == 1 {
+		return l.allowOne(ctx, user, now, checks[0])
+	}
+	rules := make([]*rule, 0, len(checks))
 	set := l.rules.Load() // one set for every check, even while a Reload swaps it
 	var ms, earliest int64
 	var class userClass // the user's class, looked up once
-	limits := make([]int64, len(checks))
+	quotas := make([]Quota, len(checks))
 	for i, c := range checks {
-		r, err := set.lookup(c)
+		r, err := l.checkOne(ctx, set, c, user, now, &class, &ms, &earliest)
 		if err != nil {
 			return MultiDecision{}, err
 		}
-		if r, err = l.ruleFor(ctx, r, user, &class); err != nil {
-			return MultiDecision{}, err
-		}
-		if c.N < 1 {
-			return MultiDecision{}, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, r.Name)
-		}
-		if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
-			return MultiDecision{}, fmt.Errorf("rule %q: %w", r.Name, err)
-		}
-		rules[i], limits[i] = r, r.quota()
+		rules = append(rules, r)
+		quotas[i] = r.quotaOf()
 	}
-	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules, limits: limits}
+	a := allowAll{l: l, user: user, now: now, ms: ms, earliest: earliest, checks: checks, rules: rules, quotas: quotas}
 	strict, hybrid, alone := a.split()
 	for _, i := range alone {
 		d, counted, err := l.decideChecked(ctx, rules[i], user, ms, earliest, checks[i].N) // checked above, once
@@ -141,6 +150,45 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	return a.out, nil
 }
 
+// allowOne is AllowAll of one check: the rule's plain decision, nothing
+// to roll back.
+func (l *Limiter) allowOne(ctx context.Context, user string, now time.Time, c Check) (MultiDecision, error) {
+	var ms, earliest int64
+	r, err := l.checkOne(ctx, l.rules.Load(), c, user, now, &userClass{}, &ms, &earliest)
+	if err != nil {
+		return MultiDecision{}, err
+	}
+	d, _, err := l.decideChecked(ctx, r, user, ms, earliest, c.N)
+	if err != nil {
+		return MultiDecision{}, err
+	}
+	return MultiDecision{Decision: d, Rule: r.Name, Quotas: []Quota{r.quotaOf()}}, nil
+}
+
+// checkOne returns the rule of c in set for user (its class's), after
+// checking c's n and the arguments (ms and earliest are check's answers).
+func (l *Limiter) checkOne(ctx context.Context, set *ruleSet, c Check, user string, now time.Time, class *userClass, ms, earliest *int64) (*rule, error) {
+	r, err := set.lookup(c)
+	if err != nil {
+		return nil, err
+	}
+	if r, err = l.ruleFor(ctx, r, user, class); err != nil {
+		return nil, err
+	}
+	if c.N < 1 {
+		return nil, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, r.Name)
+	}
+	if *ms, *earliest, err = l.check(r, user, now, c.N); err != nil {
+		return nil, fmt.Errorf("rule %q: %w", r.Name, err)
+	}
+	return r, nil
+}
+
+// quotaOf is the rule's Quota, as MultiDecision reports it.
+func (r *rule) quotaOf() Quota {
+	return Quota{Rule: r.Name, ID: r.ID, Limit: r.quota(), Window: r.Window, Shadow: r.Shadow}
+}
+
 // allowAll is one AllowAll call under way: its checked arguments, and the
 // admissions made so far.
 type allowAll struct {
@@ -150,9 +198,10 @@ type allowAll struct {
 	ms, earliest int64
 	checks       []Check
 	rules        []*rule
-	limits       []int64       // MultiDecision.Limits
+	quotas       []Quota       // MultiDecision.Quotas
 	out          MultiDecision // the most restrictive admission so far
 	anyAdmitted  bool
+	outShadow    bool     // out is a shadow rule's
 	refundable   []int    // the checks whose admission a refund can undo
 	kept         []string // rules whose admission (a failure policy's) no refund can undo
 	remote       []remote // the Hybrid checks that Redis decides
@@ -205,17 +254,20 @@ func namedOnce(rules []*rule, r *rule) bool {
 }
 
 // admitted records check i's admission d, the most restrictive so far or
-// not.
+// not: an enforced rule's before a shadow rule's, then the fewest
+// remaining.
 func (a *allowAll) admitted(i int, d Decision) {
-	if !a.anyAdmitted || d.Remaining < a.out.Remaining {
-		a.out = MultiDecision{Decision: d, Rule: a.rules[i].Name, Limits: a.limits}
+	shadow := a.rules[i].Shadow
+	if !a.anyAdmitted || a.outShadow && !shadow || a.outShadow == shadow && d.Remaining < a.out.Remaining {
+		a.out = MultiDecision{Decision: d, Rule: a.rules[i].Name, Quotas: a.quotas}
+		a.outShadow = shadow
 	}
 	a.anyAdmitted = true
 }
 
 // denied is AllowAll's answer when check i's rule denied with d.
 func (a *allowAll) denied(i int, d Decision) MultiDecision {
-	return MultiDecision{Decision: d, Rule: a.rules[i].Name, Limits: a.limits}
+	return MultiDecision{Decision: d, Rule: a.rules[i].Name, Quotas: a.quotas}
 }
 
 // lookup returns the rule that c names, by Name, or by ID when its Rule is

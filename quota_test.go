@@ -11,7 +11,7 @@ import (
 )
 
 // TestLimitForIsTheClassQuota: RuleLimiter.LimitFor and
-// MultiDecision.Limits report each user's quota, the class's where a class
+// MultiDecision.Quotas report each user's quota, the class's where a class
 // overrides the rule (a Limit class, Unlimited as math.MaxInt64, Deny as
 // 0), in every mode, from AllowAll admitted or denied.
 func TestLimitForIsTheClassQuota(t *testing.T) {
@@ -33,10 +33,12 @@ func TestLimitForIsTheClassQuota(t *testing.T) {
 				require.Equal(t, q, got, "LimitFor(%s)", user)
 				require.Equal(t, int64(5), rl.Limit(), "Limit is the rule's")
 				for range 4 { // the last ones are denials, but for i
-
 					md, err := l.AllowAll(ctx, user, base, Check{Rule: "day", N: 1}, Check{Rule: "api", N: 1})
 					require.NoError(t, err)
-					require.Equal(t, []int64{50, q}, md.Limits, "AllowAll of %s", user)
+					require.Equal(t, []Quota{
+						{Rule: "day", ID: "day", Limit: 50, Window: time.Hour},
+						{Rule: "api", ID: "api", Limit: q, Window: time.Minute},
+					}, md.Quotas, "AllowAll of %s", user)
 				}
 			}
 			rl, err := l.Rule("day")
@@ -75,6 +77,7 @@ func TestCheckByID(t *testing.T) {
 		} else {
 			require.Equal(t, "orders-v2", md.Rule)
 		}
+		require.Equal(t, Quota{Rule: "orders-v2", ID: "o1", Limit: 3, Window: time.Minute}, md.Quotas[1], "the newest name")
 	}
 	require.Equal(t, 2, admitted, "the ID kept the first request's count")
 	_, err = l.AllowAll(ctx, "u", base, Check{Rule: "orders", N: 1})
@@ -92,4 +95,29 @@ func TestCheckByID(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "day", rl.ID())
 	require.Equal(t, time.Hour, rl.Window())
+}
+
+// TestAllowAllReportsEnforcedBeforeShadow: the admission AllowAll reports
+// is an enforced rule's even where a shadow rule has fewer remaining (a
+// client is told the limit that applies to it), a shadow rule's only when
+// every rule is one; Quotas mark the shadow rule.
+func TestAllowAllReportsEnforcedBeforeShadow(t *testing.T) {
+	c := testRedis(t)
+	l := newOverrides(t, c, testPrefix(t, c), Strict, Config{},
+		Rule{Name: "trial", Limit: 1, Window: time.Minute, Shadow: true},
+		Rule{Name: "api", Limit: 10, Window: time.Minute},
+		Rule{Name: "trial2", Limit: 5, Window: time.Minute, Shadow: true})
+	ctx := context.Background()
+	for i := range 3 {
+		md, err := l.AllowAll(ctx, "u", base, Check{Rule: "trial", N: 1}, Check{Rule: "api", N: 1})
+		require.NoError(t, err)
+		require.True(t, md.Allowed, "a shadow rule never denies")
+		require.Equal(t, "api", md.Rule)
+		require.Equal(t, int64(9-i), md.Remaining)
+		require.Equal(t, []bool{true, false}, []bool{md.Quotas[0].Shadow, md.Quotas[1].Shadow})
+	}
+	md, err := l.AllowAll(ctx, "u", base, Check{Rule: "trial2", N: 1}, Check{Rule: "trial", N: 1})
+	require.NoError(t, err)
+	require.True(t, md.Allowed)
+	require.Equal(t, "trial", md.Rule, "all shadow: the fewest remaining")
 }

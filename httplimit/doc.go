@@ -23,10 +23,13 @@
 //     RouteContext(ctx).RoutePattern(), known once chi has routed: wrap the
 //     route's handler, not the router).
 //
-// A route with several rules is checked rule by rule, in the order given,
-// and stops at the first denial, all or nothing as Limiter.AllowAll: the
-// rules before the denial are refunded, so a denied request consumes no
-// quota. The most restrictive decision is the one reported.
+// A route's rules are decided together by one Limiter.AllowAll, all or
+// nothing: a request that one rule denies consumes nothing under the others
+// (the Strict rules, and the Hybrid ones that need Redis, in one script; see
+// AllowAll). The most restrictive decision is the one reported. A route
+// names its rules by ID, so it follows them across Limiter.Reload: a
+// renamed rule keeps its counts, and the headers show its newest name,
+// limit and window.
 //
 // # Keys
 //
@@ -49,11 +52,15 @@
 //	RateLimit-Policy: "orders";q=100;w=60
 //	RateLimit: "orders";r=0;t=12
 //
-// RateLimit-Policy lists every policy of the route (q the rule's Limit, w
-// its Window in seconds, rounded up). RateLimit reports the most restrictive
-// decision: r the remaining quota, t the seconds until the quota resets
-// (allowed) or until a retry is admitted (denied), rounded up. Policy names
-// are the rules' names, serialized as Structured Field strings (RFC 8941).
+// RateLimit-Policy lists the route's policies as they apply to the caller:
+// q the caller's quota (the rule's Limit, or its user class's: Rule.Classes),
+// w the rule's Window in seconds, rounded up. RateLimit reports the most
+// restrictive decision: r the remaining quota, t the seconds until the
+// quota resets (allowed) or until a retry is admitted (denied), rounded up.
+// Policy names are the rules' names, serialized as Structured Field strings
+// (RFC 8941). Shadow rules (Rule.Shadow) and an Unlimited class's rules are
+// not listed: they never deny the caller. A route whose every rule is such
+// gets neither field.
 //
 // A denied request gets 429 with Retry-After (whole seconds, rounded up, at
 // least 1, equal to t: the draft's section 6 wants Retry-After no earlier
@@ -64,7 +71,9 @@
 //
 // # Errors
 //
-// The rule's FailurePolicy decides in the Limiter while Redis is down. The
+// The rule's FailurePolicy decides in the Limiter while Redis is down. A
+// denial that leaves a rule counted (AllowAll could not roll back a rule
+// the request passed) is still a 429, logged at Warn on Options.Logger. The
 // errors left (a key the Limiter rejects, a closed Limiter, a FailError
 // rule, a canceled request) go to Options.OnError; by default an error
 // wrapping ratelimit.ErrInvalidKey is a 400 and any other a 503 with

@@ -23,7 +23,7 @@ func Example() {
 		panic(err)
 	}
 	defer lim.Close()
-	m, err := httplimit.New(lim, rules, httplimit.Options{Now: now})
+	m, err := httplimit.New(lim, httplimit.Options{Now: now})
 	if err != nil {
 		panic(err)
 	}
@@ -66,7 +66,7 @@ func ExampleOptions_newKeysPerSecond() {
 		panic(err)
 	}
 	defer lim.Close()
-	m, err := httplimit.New(lim, rules, httplimit.Options{Now: now, NewKeysPerSecond: 2})
+	m, err := httplimit.New(lim, httplimit.Options{Now: now, NewKeysPerSecond: 2})
 	if err != nil {
 		panic(err)
 	}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
@@ -47,6 +49,11 @@ type Options struct {
 	OnError func(w http.ResponseWriter, r *http.Request, err error)
 	// Now is the clock of the decisions. Default time.Now.
 	Now func() time.Time
+	// Logger receives a warning for a denied request that stays counted
+	// under a rule it passed (ratelimit.Limiter.AllowAll could not roll it
+	// back: Redis went away meanwhile, or a failure policy admitted it).
+	// The request is denied either way. Default: no logging.
+	Logger *slog.Logger
 
 	// NewKeysPerSecond, when positive, limits the identities (KeyFunc's
 	// keys) never seen before that one client network may bring per second
@@ -76,40 +83,36 @@ type Options struct {
 type Middleware struct {
 	lim     *ratelimit.Limiter
 	opts    Options
-	rules   map[string]ratelimit.Rule // by name: the windows, which a RuleLimiter does not expose
-	newKeys *newKeyGate               // nil unless Options.NewKeysPerSecond
+	newKeys *newKeyGate // nil unless Options.NewKeysPerSecond
 
 	mu      sync.RWMutex
 	routes  map[string]*route // by pattern, for Wrap
 	methods []string          // the methods of the patterns with rules, in order of registration: the 405 probes
 }
 
-// route is the rules of one pattern, resolved once, and its
-// RateLimit-Policy value.
+// route is the rules of one pattern, named by ID (which a Reload that
+// renames a rule keeps), and the RateLimit-Policy value last written.
 type route struct {
 	pattern string
-	rules   []*ratelimit.RuleLimiter
-	names   []string // the rules' names as Structured Field strings
-	policy  string
+	checks  []ratelimit.Check
+	policy  atomic.Pointer[policy]
 }
 
-// New returns a Middleware deciding with lim. rules are the Config.Rules
-// lim was built with: the middleware reads their windows for the
-// RateLimit-Policy field (a RuleLimiter does not expose its window).
-func New(lim *ratelimit.Limiter, rules []ratelimit.Rule, opts Options) (*Middleware, error) {
+// policy is a RateLimit-Policy value and the quotas it was built from:
+// built again only when a request's quotas differ (another user class, a
+// Reload).
+type policy struct {
+	quotas []ratelimit.Quota
+	names  []string // each quota's policy name, "" when not advertised
+	field  string
+}
+
+// New returns a Middleware deciding with lim. Each request's headers
+// report the rules as lim applied them to the request's caller: the newest
+// names and windows after a Reload, the caller's class's limits.
+func New(lim *ratelimit.Limiter, opts Options) (*Middleware, error) {
 	if lim == nil {
 		return nil, errors.New("httplimit: nil Limiter")
-	}
-	byName := make(map[string]ratelimit.Rule, len(rules))
-	for _, r := range rules {
-		rl, err := lim.Rule(r.Name)
-		if err != nil {
-			return nil, fmt.Errorf("httplimit: %w", err)
-		}
-		if rl.Limit() != r.Limit {
-			return nil, fmt.Errorf("httplimit: rule %q: limit %d, the Limiter's is %d", r.Name, r.Limit, rl.Limit())
-		}
-		byName[r.Name] = r
 	}
 	if opts.IdentityHeader == "" {
 		opts.IdentityHeader = "X-User-ID"
@@ -132,11 +135,14 @@ func New(lim *ratelimit.Limiter, rules []ratelimit.Rule, opts Options) (*Middlew
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	gate, err := newNewKeyGate(&opts)
 	if err != nil {
 		return nil, err
 	}
-	return &Middleware{lim: lim, opts: opts, rules: byName, newKeys: gate, routes: make(map[string]*route)}, nil
+	return &Middleware{lim: lim, opts: opts, newKeys: gate, routes: make(map[string]*route)}, nil
 }
 
 // newRoute resolves the named rules of pattern.
@@ -145,28 +151,16 @@ func (m *Middleware) newRoute(pattern string, ruleNames []string) (*route, error
 		return nil, fmt.Errorf("httplimit: route %q: no rules", pattern)
 	}
 	rt := &route{pattern: pattern}
-	var policy strings.Builder
-	for i, name := range ruleNames {
+	for _, name := range ruleNames {
 		rl, err := m.lim.Rule(name)
 		if err != nil {
 			return nil, fmt.Errorf("httplimit: route %q: %w", pattern, err)
 		}
-		cfg, ok := m.rules[name]
-		if !ok {
-			return nil, fmt.Errorf("httplimit: route %q: rule %q is not among the rules given to New", pattern, name)
-		}
-		sf, err := sfString(name)
-		if err != nil {
+		if _, err := sfString(name); err != nil {
 			return nil, fmt.Errorf("httplimit: route %q: rule %q: %w", pattern, name, err)
 		}
-		if i > 0 {
-			policy.WriteString(", ")
-		}
-		fmt.Fprintf(&policy, "%s;q=%d;w=%d", sf, rl.Limit(), ceilSeconds(cfg.Window))
-		rt.rules = append(rt.rules, rl)
-		rt.names = append(rt.names, sf)
+		rt.checks = append(rt.checks, ratelimit.Check{ID: rl.ID(), N: 1})
 	}
-	rt.policy = policy.String()
 	return rt, nil
 }
 
@@ -270,68 +264,11 @@ func (m *Middleware) lookup(r *http.Request, mux *http.ServeMux) *route {
 	return m.routes[pattern]
 }
 
-// result is one rule's decision.
-type result struct {
-	rule *ratelimit.RuleLimiter
-	name string // Structured Field string
-	d    ratelimit.Decision
-}
-
-// decide checks the request of key at now against every rule of rt, in
-// order, stopping at the first denial, and returns the decisions made. This
-// is the one place that calls the Limiter. All or nothing, as
-// Limiter.AllowAll: a request that a rule denies, or that fails under one,
-// is refunded under the rules before it, so a denied request consumes no
-// quota (best effort: a refund that fails, Redis gone meanwhile, leaves that
-// rule's count one higher, never a limit exceeded).
-func (m *Middleware) decide(ctx context.Context, rt *route, key string, now time.Time) ([]result, error) {
-	res := make([]result, 0, len(rt.rules))
-	refund := func() {
-		for _, r := range res[:len(res)-1] {
-			_ = r.rule.Refund(context.WithoutCancel(ctx), key, now, 1)
-		}
-	}
-	for i, rl := range rt.rules {
-		d, err := rl.Allow(ctx, key, now)
-		if err != nil {
-			res = append(res, result{})
-			refund()
-			return nil, err
-		}
-		res = append(res, result{rule: rl, name: rt.names[i], d: d})
-		if !d.Allowed {
-			refund()
-			break
-		}
-	}
-	return res, nil
-}
-
-// mostRestrictive returns the decision to report: a denial before an
-// admission, the longest wait among denials, the fewest remaining among
-// admissions (then the latest reset).
-func mostRestrictive(res []result) result {
-	best := res[0]
-	for _, c := range res[1:] {
-		switch {
-		case c.d.Allowed != best.d.Allowed:
-			if !c.d.Allowed {
-				best = c
-			}
-		case !c.d.Allowed:
-			if c.d.RetryAfter > best.d.RetryAfter {
-				best = c
-			}
-		case c.d.Remaining < best.d.Remaining,
-			c.d.Remaining == best.d.Remaining && c.d.ResetAfter > best.d.ResetAfter:
-			best = c
-		}
-	}
-	return best
-}
-
 // serve decides r under rt and writes the headers; it answers a denied or
-// failed request itself and reports whether r may proceed.
+// failed request itself and reports whether r may proceed. It is the one
+// place that calls the Limiter: one AllowAll over the route's rules, all or
+// nothing (a request that one rule denies consumes nothing under the
+// others).
 func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, rt *route) bool {
 	key, err := m.opts.KeyFunc(r)
 	if err != nil {
@@ -342,37 +279,95 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, rt *route) bo
 	if m.newKeys != nil && !m.gateNewKey(w, r, key, now) {
 		return false
 	}
-	res, err := m.decide(r.Context(), rt, key, now)
+	md, err := m.lim.AllowAll(r.Context(), key, now, rt.checks...)
 	if err != nil {
-		m.opts.OnError(w, r, err)
-		return false
+		if md.Rule == "" || md.Allowed { // no decision
+			m.opts.OnError(w, r, err)
+			return false
+		}
+		// Denied, and a rule it passed keeps its count: denied either way.
+		m.opts.Logger.Warn("httplimit: denied request left counted", "route", rt.pattern, "rule", md.Rule, "err", err)
 	}
-	best := mostRestrictive(res)
 	h := w.Header()
-	h.Set("RateLimit-Policy", rt.policy)
-	if best.d.Allowed {
-		h.Set("RateLimit", best.name+";r="+strconv.FormatInt(max(best.d.Remaining, 0), 10)+
-			";t="+strconv.FormatInt(ceilSeconds(best.d.ResetAfter), 10))
+	p := rt.policyOf(md.Quotas)
+	if p.field != "" {
+		h.Set("RateLimit-Policy", p.field)
+	}
+	q, name := p.find(md.Rule)
+	if md.Allowed {
+		if name != "" {
+			h.Set("RateLimit", name+";r="+strconv.FormatInt(max(md.Remaining, 0), 10)+
+				";t="+strconv.FormatInt(ceilSeconds(md.ResetAfter), 10))
+		}
 		return true
 	}
-	retry := strconv.Itoa(retryAfterSeconds(best.d))
-	h.Set("RateLimit", best.name+";r=0;t="+retry)
-	h.Set("Retry-After", retry)
-	var violated []string
-	for _, c := range res {
-		if !c.d.Allowed {
-			violated = append(violated, c.rule.Name())
-		}
+	retry := strconv.Itoa(retryAfterSeconds(md.Decision))
+	if name != "" {
+		h.Set("RateLimit", name+";r=0;t="+retry)
 	}
+	h.Set("Retry-After", retry)
 	writeProblem(w, Problem{
 		Type:   QuotaExceededType,
 		Title:  "Request cannot be satisfied as assigned quota has been exceeded",
 		Status: http.StatusTooManyRequests,
 		Detail: fmt.Sprintf("quota of policy %q (%d per %v) exceeded; retry in %s s",
-			best.rule.Name(), best.rule.Limit(), m.rules[best.rule.Name()].Window, retry),
-		ViolatedPolicies: violated,
+			md.Rule, q.Limit, q.Window, retry),
+		ViolatedPolicies: []string{md.Rule},
 	})
 	return false
+}
+
+// maxSFInteger is the largest Structured Field integer (RFC 8941, 3.3.1).
+const maxSFInteger = 999_999_999_999_999
+
+// advertised returns the policy name of q, or "" when the headers do not
+// list q: a shadow rule's (it never denies), an Unlimited class's (no
+// quota), or one whose name is no Structured Field string (a Reload may
+// rename a rule to one; Route refuses those).
+func advertised(q ratelimit.Quota) string {
+	if q.Shadow || q.Limit > maxSFInteger {
+		return ""
+	}
+	name, err := sfString(q.Rule)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+// policyOf returns the policy of quotas: the one rt built last when they
+// are the same.
+func (rt *route) policyOf(quotas []ratelimit.Quota) *policy {
+	if p := rt.policy.Load(); p != nil && slices.Equal(p.quotas, quotas) {
+		return p
+	}
+	p := &policy{quotas: slices.Clone(quotas), names: make([]string, len(quotas))}
+	var b strings.Builder
+	for i, q := range quotas {
+		name := advertised(q)
+		if name == "" {
+			continue
+		}
+		p.names[i] = name
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s;q=%d;w=%d", name, q.Limit, ceilSeconds(q.Window))
+	}
+	p.field = b.String()
+	rt.policy.Store(p)
+	return p
+}
+
+// find returns the quota of the named rule and its policy name ("" when
+// the headers do not list it).
+func (p *policy) find(rule string) (ratelimit.Quota, string) {
+	for i, q := range p.quotas {
+		if q.Rule == rule {
+			return q, p.names[i]
+		}
+	}
+	return ratelimit.Quota{}, ""
 }
 
 // retryAfterSeconds is d's Retry-After: whole seconds, rounded up, at

@@ -71,10 +71,10 @@ func orders(limit int64) ratelimit.Rule {
 }
 
 // newMiddleware returns a middleware on lim and its rules, clocked by clk.
-func newMiddleware(t *testing.T, lim *ratelimit.Limiter, clk *clock, opts httplimit.Options, rules ...ratelimit.Rule) *httplimit.Middleware {
+func newMiddleware(t *testing.T, lim *ratelimit.Limiter, clk *clock, opts httplimit.Options) *httplimit.Middleware {
 	t.Helper()
 	opts.Now = clk.Now
-	m, err := httplimit.New(lim, rules, opts)
+	m, err := httplimit.New(lim, opts)
 	require.NoError(t, err)
 	return m
 }
@@ -101,7 +101,7 @@ func TestHeaderValues(t *testing.T) {
 			clk := newClock(t0)
 			rule := orders(3)
 			lim := newLimiter(t, mode, clk, rule)
-			m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+			m := newMiddleware(t, lim, clk, httplimit.Options{})
 			mux := http.NewServeMux()
 			require.NoError(t, m.Handle(mux, "GET /v1/orders", http.HandlerFunc(ok), "orders"))
 
@@ -136,7 +136,7 @@ func TestDeniedProblem(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(1)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "POST /v1/orders", http.HandlerFunc(ok), "orders"))
 	require.Equal(t, 200, do(mux, "POST", "/v1/orders", "bob").Code)
@@ -164,7 +164,7 @@ func TestEveryMethodCounts(t *testing.T) {
 		clk := newClock(t0)
 		rule := orders(3)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
-		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+		m := newMiddleware(t, lim, clk, httplimit.Options{})
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /v1/orders", ok)
 		require.NoError(t, m.Route("GET /v1/orders", "orders"))
@@ -186,7 +186,7 @@ func TestEveryMethodCounts(t *testing.T) {
 		clk := newClock(t0)
 		rule := orders(2)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
-		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+		m := newMiddleware(t, lim, clk, httplimit.Options{})
 		mux := http.NewServeMux()
 		require.NoError(t, m.Handle(mux, "GET /v1/orders", http.HandlerFunc(ok), "orders"))
 		require.Equal(t, 200, do(mux, "HEAD", "/v1/orders", "dave").Code)
@@ -197,7 +197,7 @@ func TestEveryMethodCounts(t *testing.T) {
 		clk := newClock(t0)
 		rule := orders(2)
 		lim := newLimiter(t, ratelimit.Local, clk, rule)
-		m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+		m := newMiddleware(t, lim, clk, httplimit.Options{})
 		mux := http.NewServeMux()
 		require.NoError(t, m.Handle(mux, "GET /v1/orders", http.HandlerFunc(ok), "orders"))
 		h := m.Wrap(mux)
@@ -212,7 +212,7 @@ func TestPathParametersShareARule(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(3)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /v1/orders/{id}", http.HandlerFunc(ok), "orders"))
 	for id := 1; id <= 3; id++ {
@@ -229,7 +229,7 @@ func TestSeveralRules(t *testing.T) {
 	burst := ratelimit.Rule{Name: "burst", Limit: 2, Window: 10 * time.Second, Algorithm: ratelimit.FixedWindow}
 	perMin := orders(5)
 	lim := newLimiter(t, ratelimit.Local, clk, perMin, burst)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, perMin, burst)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /v1/orders", http.HandlerFunc(ok), "orders", "burst"))
 
@@ -265,7 +265,7 @@ func TestPolicyNameQuoted(t *testing.T) {
 	odd := ratelimit.Rule{Name: `GET "a\b"`, Limit: 1, Window: 1500 * time.Millisecond}
 	bad := ratelimit.Rule{Name: "caf\u00e9", Limit: 1, Window: time.Second}
 	lim := newLimiter(t, ratelimit.Local, clk, odd, bad)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, odd, bad)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /a", http.HandlerFunc(ok), odd.Name))
 	// A window of 1.5 s is advertised as 2 s: w has no fractions.
@@ -281,7 +281,7 @@ func TestErrors(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(3)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /v1/orders", http.HandlerFunc(ok), "orders"))
 
@@ -307,7 +307,7 @@ func TestErrors(t *testing.T) {
 	m2 := newMiddleware(t, lim, clk, httplimit.Options{OnError: func(w http.ResponseWriter, r *http.Request, err error) {
 		got = err
 		w.WriteHeader(http.StatusTeapot)
-	}}, rule)
+	}})
 	mux2 := http.NewServeMux()
 	require.NoError(t, m2.Handle(mux2, "GET /v1/orders", http.HandlerFunc(ok), "orders"))
 	require.Equal(t, http.StatusTeapot, do(mux2, "GET", "/v1/orders", "judy").Code)
@@ -321,7 +321,7 @@ func TestPatternFunc(t *testing.T) {
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
 	m := newMiddleware(t, lim, clk, httplimit.Options{PatternFunc: func(r *http.Request) string {
 		return r.Context().Value(patternKey{}).(string) // as chi's RouteContext would
-	}}, rule)
+	}})
 	require.NoError(t, m.Route("/v1/orders/{id}", "orders"))
 	h := m.Wrap(http.HandlerFunc(ok))
 	serve := func(path string) int {
@@ -396,7 +396,7 @@ func TestDefaultKey(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(1)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{IdentityHeader: "X-Caller"}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{IdentityHeader: "X-Caller"})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /x", http.HandlerFunc(ok), "orders"))
 	serve := func(caller, remote string) int {
@@ -421,7 +421,7 @@ func TestWrapProbesOtherMethods(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(2)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/orders/{id}", ok)
 	require.NoError(t, m.Route("POST /v1/orders/{id}", "orders"))
@@ -471,7 +471,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	lim, err := ratelimit.New(ratelimit.Config{Rules: []ratelimit.Rule{rule}})
 	require.NoError(b, err)
 	defer lim.Close()
-	m, err := httplimit.New(lim, []ratelimit.Rule{rule}, httplimit.Options{})
+	m, err := httplimit.New(lim, httplimit.Options{})
 	require.NoError(b, err)
 	mux := http.NewServeMux()
 	require.NoError(b, m.Handle(mux, "GET /v1/orders/{id}", http.HandlerFunc(ok), "orders"))

@@ -23,7 +23,7 @@ func TestNewKeysPerSecond(t *testing.T) {
 	clk := newClock(t0)
 	rule := orders(2)
 	lim := newLimiter(t, ratelimit.Local, clk, rule)
-	m := newMiddleware(t, lim, clk, httplimit.Options{NewKeysPerSecond: 10}, rule)
+	m := newMiddleware(t, lim, clk, httplimit.Options{NewKeysPerSecond: 10})
 	mux := http.NewServeMux()
 	require.NoError(t, m.Handle(mux, "GET /orders", http.HandlerFunc(ok), "orders"))
 	from := func(addr, user string) *httptest.ResponseRecorder {

@@ -39,12 +39,21 @@ func TestFirstSight(t *testing.T) {
 		t.Fatalf("%d of %d new keys taken for seen ones, want at most %d (3%%)", falsePos, maxKeys-2, limit)
 	}
 	t.Logf("%d of %d new keys taken for seen ones", falsePos, maxKeys-2)
-	// Two generations later a key seen once is new again.
+	// Two generations later the keys seen once are new again, but for the
+	// false positives of a full filter (one key alone would fail the test
+	// now and then: a few percent of the time).
 	for i := range 3 * maxKeys {
 		first("v"+strconv.Itoa(i), 0)
 	}
-	if !first("a", 1) {
-		t.Fatal("a key seen once is remembered forever")
+	const once = 1000
+	remembered := 0
+	for i := range once {
+		if !first("u"+strconv.Itoa(i), 0) {
+			remembered++
+		}
+	}
+	if limit := once * 3 / 100; remembered > limit {
+		t.Fatalf("%d of %d keys seen once two generations ago are still known, want at most %d (3%%): remembered forever", remembered, once, limit)
 	}
 }
 

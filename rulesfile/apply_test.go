@@ -152,7 +152,7 @@ routes:
 	lim, err := ratelimit.New(ratelimit.Config{Rules: f.Rules(), Now: now})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, lim.Close()) }()
-	m, err := httplimit.New(lim, f.Rules(), httplimit.Options{Now: now})
+	m, err := httplimit.New(lim, httplimit.Options{Now: now})
 	require.NoError(t, err)
 	require.NoError(t, f.Bind(m))
 	mux := http.NewServeMux()
@@ -170,14 +170,15 @@ routes:
 	require.Equal(t, []int{200, 200, 429, 200, 429}, codes, "orders: 2; all: 3 across both routes")
 }
 
-// TestBindErrorNamesTheLine: a route the Middleware refuses (its rule is
-// not among New's) is an error naming the route's line.
+// TestBindErrorNamesTheLine: a route the Middleware refuses (its rule's
+// name cannot be a header's policy name) is an error naming the route's
+// line.
 func TestBindErrorNamesTheLine(t *testing.T) {
-	f := mustParse(t, "rules:\n  - {name: a, limit: 1, window: 1m, mode: local}\n  - {name: b, limit: 1, window: 1m, mode: local}\nroutes:\n  - {pattern: /b, rules: [b]}\n")
+	f := mustParse(t, "rules:\n  - {name: a, limit: 1, window: 1m, mode: local}\n  - {name: caf\u00e9, limit: 1, window: 1m, mode: local}\nroutes:\n  - {pattern: /b, rules: [caf\u00e9]}\n")
 	lim, err := ratelimit.New(ratelimit.Config{Rules: f.Rules()})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, lim.Close()) }()
-	m, err := httplimit.New(lim, f.Rules()[:1], httplimit.Options{})
+	m, err := httplimit.New(lim, httplimit.Options{})
 	require.NoError(t, err)
-	require.Equal(t, `rules.yaml:5: routes[0]: httplimit: route "/b": rule "b" is not among the rules given to New`, f.Bind(m).Error())
+	require.Equal(t, `rules.yaml:5: routes[0]: httplimit: route "/b": rule "café": byte 0xc3 at 3 cannot be in a structured field string`, f.Bind(m).Error())
 }

@@ -7,15 +7,15 @@ import (
 )
 
 // Bind binds the file's routes to m with Middleware.Route, for
-// Middleware.Wrap: m must have been built (httplimit.New) with the
-// Limiter and the rules of this file. An error names the route's line.
+// Middleware.Wrap: m must decide with the Limiter this file was applied to.
+// An error names the route's line.
 //
-// Bind is for start-up. A Middleware keeps the rules given to New and its
-// routes for good: Route can re-bind a pattern to other rules among those,
-// but no pattern can be removed and no rule added. After Apply of a file
-// whose routes or rule names changed, build a new Middleware (httplimit.New
-// with the new rules, then Bind) and switch the server's handler to it, as
-// examples/gateway does on SIGHUP.
+// A Middleware follows its rules across Apply (by id: the headers report
+// the newest names, limits and windows) but keeps its routes: Route can
+// re-bind a pattern, but no pattern can be removed. After Apply of a file
+// whose routes changed, build a new Middleware (httplimit.New, then Bind)
+// and switch the server's handler to it, as examples/gateway does on
+// SIGHUP.
 func (f *File) Bind(m *httplimit.Middleware) error {
 	for i, rt := range f.routes {
 		if err := m.Route(rt.Pattern, rt.Rules...); err != nil {

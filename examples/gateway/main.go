@@ -137,7 +137,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		pr.SetXForwarded()
 	}}
 	opts := httplimit.Options{TrustedProxies: proxies, ForwardedHeader: *forwarded}
-	h, err := handler(lim, rules, routes, opts, proxy)
+	h, err := handler(lim, routes, opts, proxy)
 	if err != nil {
 		return err
 	}
@@ -187,9 +187,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // handler returns the gateway's handler: routes proxied, limited by a
-// Middleware of rules (lim's rules in force).
-func handler(lim *ratelimit.Limiter, rules []ratelimit.Rule, routes []rulesfile.Route, opts httplimit.Options, proxy http.Handler) (http.Handler, error) {
-	m, err := httplimit.New(lim, rules, opts)
+// Middleware of lim's rules in force.
+func handler(lim *ratelimit.Limiter, routes []rulesfile.Route, opts httplimit.Options, proxy http.Handler) (http.Handler, error) {
+	m, err := httplimit.New(lim, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +213,7 @@ func reload(path string, lim *ratelimit.Limiter, opts httplimit.Options, proxy h
 	if err := f.Apply(lim); err != nil {
 		return err
 	}
-	h, err := handler(lim, f.Rules(), f.Routes(), opts, proxy)
+	h, err := handler(lim, f.Routes(), opts, proxy)
 	if err != nil {
 		return fmt.Errorf("%s: rules applied, routes kept: %w", path, err)
 	}
