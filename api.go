@@ -270,9 +270,12 @@ func (h *hybrid) drop(r *rule, user string) {
 // (for the previous window, at the next sync pass). n is between 1 and the
 // rule's Limit (Burst). With Config.ServerTime, strict rules refund in the
 // window of the Redis server's clock, as they counted. When Redis cannot
-// answer, Refund returns an error wrapping ErrUnavailable and gives
-// nothing back; admissions that a failure policy made without Redis are
-// not refunded. Refunds are not counted in Stats.
+// answer and the call certainly did not run (the breaker refused it, no
+// connection could be made), Refund gives back n admissions that a failure
+// policy (FailOpen, FailLocal) made during the outage in now's window and
+// that still wait for the sync pass to credit them: the same count, once
+// they are. Otherwise it returns an error wrapping ErrUnavailable and gives
+// nothing back. Refunds are not counted in Stats.
 func (l *Limiter) Refund(ctx context.Context, ruleName, user string, now time.Time, n int64) error {
 	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
@@ -323,6 +326,11 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 	case errors.Is(err, global.ErrClosed), errors.Is(err, ErrClosed):
 		return ErrClosed
 	case errors.Is(err, global.ErrUnavailable):
+		// The call did not run: give back admissions of the outage not yet
+		// credited to Redis instead (the same count, once they are).
+		if global.NotApplied(err) && l.unfallback(r, user, ms, n) {
+			return nil
+		}
 		return fmt.Errorf("%w: refund rule %q: %w", ErrUnavailable, r.Name, err)
 	}
 	return fmt.Errorf("ratelimit: refund rule %q: %w", r.Name, err)

@@ -310,6 +310,23 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 	return res, nil
 }
 
+// unfallback gives back n admissions of user under r at ms that a failure
+// policy made while Redis could not answer (FailOpen, FailLocal), and
+// reports whether it could: they must still wait for the sync pass, unsent
+// (pending.sub). A FailLocal rule's local count falls by n too. It is how
+// AllowAll rolls such an admission back, and how Refund gives back
+// admissions while Redis is away.
+func (l *Limiter) unfallback(r *rule, user string, ms, n int64) bool {
+	if !l.pending.sub(r, user, ms, n) {
+		return false
+	}
+	if r.OnFailure == FailLocal {
+		limit, _ := r.share(l.instances())
+		r.fallback.Visit(user, ms, func(s *localState) { s.refund(r.Algorithm, ms, r.window, limit, n) })
+	}
+	return true
+}
+
 // instances returns the number of live instances FailLocal divides limits
 // by: the number last seen, at least Config.MinInstances.
 func (l *Limiter) instances() int64 {
@@ -400,6 +417,37 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 	}
 	d.by = r.ruleCore
 	p.expired.Add(d.addAt(ms/r.window, n, ms))
+}
+
+// sub takes back n admissions of user under r at ms that wait in an
+// unsent delta, and reports whether it could: a delta whose credit went
+// out once goes again as it was (Redis may have applied it), so what it
+// carries cannot change; nor can admissions of a window it no longer
+// holds.
+func (p *pending) sub(r *rule, user string, ms, n int64) bool {
+	k := pendingKey{r.base, user}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, ok := p.m[k]
+	if !ok || !d.op.IsZero() {
+		return false
+	}
+	switch idx := ms / r.window; {
+	case idx == d.idx && d.cur >= n:
+		d.cur -= n
+	case idx == d.idx-1 && d.prev >= n:
+		d.prev -= n
+	default:
+		return false
+	}
+	if d.cur == 0 && d.prev == 0 { // nothing left to credit: the key is not pending for it
+		delete(p.m, k)
+		if p.keys[k]--; p.keys[k] <= 0 {
+			delete(p.keys, k)
+		}
+		p.size.Store(int64(len(p.keys)))
+	}
+	return true
 }
 
 // addAt adds n admissions of window idx, the newest at last, and returns

@@ -432,3 +432,33 @@ func testRule(r Rule, w int64) *rule {
 	c.cur.Store(rl)
 	return rl
 }
+
+// TestPendingSub: sub takes back admissions of an unsent delta, of its
+// newest window or the one before, never more than it holds; a delta
+// emptied leaves the key not pending; a delta taken for sending cannot
+// change, nor one sent again (restored under its name).
+func TestPendingSub(t *testing.T) {
+	r := pendRule("r", time.Second)
+	p := newPending(10)
+	p.add(r, "u", 5_100, 2)
+	p.add(r, "u", 6_100, 3)
+	require.False(t, p.sub(r, "u", 6_200, 4), "more than the window holds")
+	require.False(t, p.sub(r, "u", 4_200, 1), "a window the delta does not hold")
+	require.False(t, p.sub(r, "v", 6_200, 1), "another user")
+	require.True(t, p.sub(r, "u", 6_200, 3))
+	require.True(t, p.sub(r, "u", 5_900, 1))
+	wantDelta(t, "after the subs", pendGet(p, r, "u"), pendingDelta{idx: 6, prev: 1, last: 6_100})
+	require.True(t, p.has(r, "u"))
+	require.True(t, p.sub(r, "u", 5_000, 1))
+	require.False(t, p.has(r, "u"), "emptied: nothing to credit")
+	require.Equal(t, int64(0), p.len())
+
+	p.add(r, "u", 7_000, 2)
+	sent := p.take()
+	require.Len(t, sent, 1)
+	require.False(t, p.sub(r, "u", 7_000, 1), "taken for sending")
+	sent[0].d.op = global.NewOps().Next()
+	p.restore(sent[0].k, sent[0].d)
+	require.False(t, p.sub(r, "u", 7_000, 1), "to be sent again as it was")
+	require.True(t, p.has(r, "u"))
+}

@@ -79,11 +79,14 @@ type Quota struct {
 // being FailError, say) refunds the rules admitted before it and is
 // returned. When Redis cannot answer the script's call, each of its rules
 // is decided by its failure policy, in order (the Strict rules, then the
-// Hybrid ones). If a refund fails (Redis went
-// away meanwhile), or a failure policy's admission stays counted because a
-// later rule denied (Refund cannot reach those), AllowAll still returns the
-// denial, with an error wrapping ErrUnavailable that names the rules left
-// counted: the request is denied either way.
+// Hybrid ones). When a later rule denies, the admissions of FailOpen and
+// FailLocal are given back too, while their credit still waits for the
+// sync pass (FailLocal's local count with it). If a refund fails (Redis
+// went away meanwhile, and the call may have run), or a failure policy's
+// admission cannot be given back (its credit already went to Redis, or it
+// was beyond Config.MaxPendingKeys), AllowAll still returns the denial,
+// with an error wrapping ErrUnavailable that names the rules left counted:
+// the request is denied either way.
 //
 // RuleStats count a decision of the script under the rules it decided: every rule when all admitted, the denying rule alone when one
 // denied (the others neither admitted nor denied the request).
@@ -203,7 +206,7 @@ type allowAll struct {
 	anyAdmitted  bool
 	outShadow    bool     // out is a shadow rule's
 	refundable   []int    // the checks whose admission a refund can undo
-	kept         []string // rules whose admission (a failure policy's) no refund can undo
+	kept         []int    // the checks whose admission a failure policy made (unfallback may undo it)
 	remote       []remote // the Hybrid checks that Redis decides
 }
 
@@ -394,7 +397,7 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 			return a.denied(i, d), a.keptError(nil)
 		}
 		a.admitted(i, d)
-		a.kept = append(a.kept, a.rules[i].Name)
+		a.kept = append(a.kept, i)
 	}
 	return a.out, nil
 }
@@ -416,7 +419,7 @@ func (a *allowAll) alone(i int, res result, err error) (d MultiDecision, ok bool
 		if !res.allowed {
 			return a.denied(i, res.decision()), false, a.keptError(nil)
 		}
-		a.kept = append(a.kept, a.rules[i].Name)
+		a.kept = append(a.kept, i)
 		a.admitted(i, res.decision())
 		return MultiDecision{}, true, nil
 	}
@@ -496,13 +499,21 @@ func (a *allowAll) decided(strict, leases []int, res global.MultiResult) MultiDe
 	return a.out
 }
 
-// keptError joins err with an error naming the rules whose admissions no
-// refund can undo, if any.
+// keptError undoes the admissions that failure policies made (unfallback)
+// after a rule denied or failed, and joins err with an error naming the
+// rules whose admission it could not undo, if any.
 func (a *allowAll) keptError(err error) error {
-	if len(a.kept) == 0 {
+	var left []string
+	for _, i := range a.kept {
+		if !a.l.unfallback(a.rules[i], a.user, a.ms, a.checks[i].N) {
+			left = append(left, a.rules[i].Name)
+		}
+	}
+	a.kept = nil
+	if len(left) == 0 {
 		return err
 	}
-	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (admitted by their failure policy)", ErrUnavailable, a.kept))
+	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (their failure policy's admission cannot be given back: its credit went to Redis, or it was beyond MaxPendingKeys)", ErrUnavailable, left))
 }
 
 // names returns the rule names of the checks of the script (scripted).

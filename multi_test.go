@@ -259,8 +259,7 @@ func TestAllowAllRedisDown(t *testing.T) {
 	proc.Kill()
 
 	d, err = l.AllowAll(ctx, "u", base, Check{Rule: "open", N: 1}, Check{Rule: "closed", N: 1})
-	require.ErrorIs(t, err, ErrUnavailable)
-	require.ErrorContains(t, err, `rules ["open"] keep the request counted`)
+	require.NoError(t, err, "FailOpen's admission given back: its credit was not sent yet")
 	require.False(t, d.Allowed)
 	require.Equal(t, "closed", d.Rule)
 

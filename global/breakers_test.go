@@ -1,7 +1,11 @@
 package global
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -58,3 +62,31 @@ func (p proto) Error() string { return string(p) }
 func (proto) RedisError()     {}
 
 var _ redis.Error = proto("")
+
+// TestNotApplied: a call certainly not run (refused by the breaker, no
+// connection, a server that cannot serve now) against one that may have run
+// (no answer in time, a connection lost) or that ran (an error reply).
+func TestNotApplied(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	_, dialErr := net.Dial("tcp", addr) // nothing listens there now
+	require.Error(t, dialErr)
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("take: %w", ErrBreakerOpen), true},
+		{classify(dialErr), true},
+		{classify(proto("LOADING Redis is loading the dataset in memory")), true},
+		{classify(proto("TRYAGAIN Multiple keys request during rehashing of slot")), true},
+		{errTimeout, false},
+		{classify(context.DeadlineExceeded), false},
+		{classify(io.EOF), false},
+		{proto("ERR user_script:1: bad"), false},
+		{nil, false},
+	} {
+		require.Equal(t, tc.want, NotApplied(tc.err), "%v", tc.err)
+	}
+}
