@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -571,34 +572,140 @@ func (c *Config) fill() error {
 	return nil
 }
 
-func (r Rule) validate() error {
+// RuleError is a rule that New, Reload or Rule.Validate refuse: the rule,
+// the field at fault and why. It wraps ErrInvalidArgument. A rules file
+// (package rulesfile) maps Field to the line it came from.
+type RuleError struct {
+	// Index is the rule's index in Config.Rules (or in Reload's rules); -1
+	// from Rule.Validate, which sees one rule.
+	Index int
+	// Rule is the rule's Name.
+	Rule string
+	// Class is the class of Rule.Classes whose Override is at fault, or ""
+	// for the rule's own fields.
+	Class string
+	// Field is the field at fault, of the Rule ("Name", "Limit", "Window",
+	// "Algorithm", "Mode", "OnFailure", "Burst") or, with Class, of the
+	// Override ("Limit", "Burst", "Unlimited"), or "" for the class as a
+	// whole (its name, or no single kind of override).
+	Field string
+	// Reason says what is wrong, starting with the field's value where it
+	// has one: "0 is not positive".
+	Reason string
+}
+
+// Error returns, e.g., `ratelimit: invalid argument: rule 2 ("orders"):
+// field Limit 0 is not positive`.
+func (e *RuleError) Error() string {
+	var b strings.Builder
+	b.WriteString(ErrInvalidArgument.Error())
+	if e.Index >= 0 {
+		fmt.Fprintf(&b, ": rule %d (%q)", e.Index, e.Rule)
+	} else {
+		fmt.Fprintf(&b, ": rule %q", e.Rule)
+	}
+	if e.Class != "" {
+		fmt.Fprintf(&b, ": class %q", e.Class)
+	}
+	if e.Field != "" {
+		fmt.Fprintf(&b, ": field %s %s", e.Field, e.Reason)
+	} else {
+		fmt.Fprintf(&b, ": %s", e.Reason)
+	}
+	return b.String()
+}
+
+// Unwrap returns ErrInvalidArgument.
+func (e *RuleError) Unwrap() error { return ErrInvalidArgument }
+
+// Validate checks r as New and Reload do, alone: its fields and their
+// bounds, its Mode against its Algorithm, and each class's Override
+// (Rule.Classes) against the rule. What depends on the other rules or on
+// the Limiter (a duplicate name or ID, an ID that counted otherwise before
+// a Reload, a Strict rule without Redis) is checked by New and Reload only.
+// A mistake is a *RuleError with Index -1.
+func (r Rule) Validate() error {
+	if e := r.validate(); e != nil {
+		return e
+	}
+	return nil
+}
+
+// validate is Validate, with its *RuleError (nil: none).
+func (r Rule) validate() *RuleError {
+	if field, reason := r.fault(); field != "" {
+		return &RuleError{Index: -1, Rule: r.Name, Field: field, Reason: reason}
+	}
+	if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
+		return &RuleError{Index: -1, Rule: r.Name, Field: "Mode", Reason: fmt.Sprintf("hybrid supports sliding_window and fixed_window, not %v", r.Algorithm)}
+	}
+	for _, class := range slices.Sorted(maps.Keys(r.Classes)) {
+		if e := r.validateOverride(class, r.Classes[class]); e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// fault returns the first field of r at fault and why, or "".
+func (r Rule) fault() (field, reason string) {
 	switch {
 	case r.Name == "":
-		return errors.New("field Name is empty")
+		return "Name", "is empty"
 	case r.Limit <= 0:
-		return fmt.Errorf("field Limit %d is not positive", r.Limit)
+		return "Limit", fmt.Sprintf("%d is not positive", r.Limit)
 	case r.Window < time.Millisecond:
-		return fmt.Errorf("field Window %v is below 1ms", r.Window)
+		return "Window", fmt.Sprintf("%v is below 1ms", r.Window)
 	case r.Window%time.Millisecond != 0:
-		return fmt.Errorf("field Window %v is not a whole number of milliseconds", r.Window)
+		return "Window", fmt.Sprintf("%v is not a whole number of milliseconds", r.Window)
 	case r.Algorithm >= numAlgorithms:
-		return fmt.Errorf("field Algorithm %d is unknown", r.Algorithm)
+		return "Algorithm", fmt.Sprintf("%d is unknown", r.Algorithm)
 	case r.Mode >= numModes:
-		return fmt.Errorf("field Mode %d is unknown", r.Mode)
+		return "Mode", fmt.Sprintf("%d is unknown", r.Mode)
 	case r.OnFailure >= numPolicies:
-		return fmt.Errorf("field OnFailure %d is unknown", r.OnFailure)
+		return "OnFailure", fmt.Sprintf("%d is unknown", r.OnFailure)
 	case r.Algorithm == SlidingLog && r.Limit > maxLogLimit:
-		return fmt.Errorf("field Limit %d exceeds %d for sliding_log, which keeps every admission (SlidingWindow has O(1) state)", r.Limit, maxLogLimit)
+		return "Limit", fmt.Sprintf("%d exceeds %d for sliding_log, which keeps every admission (sliding_window has O(1) state)", r.Limit, maxLogLimit)
 	case r.Window > maxWindow:
-		return fmt.Errorf("field Window %v exceeds 100 years", r.Window)
+		return "Window", fmt.Sprintf("%v exceeds 100 years", r.Window)
 	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
-		return fmt.Errorf("fields Limit %d × Window %v exceed 2^50 ms", r.Limit, r.Window)
+		return "Limit", fmt.Sprintf("%d × window %v exceeds 2^50 ms", r.Limit, r.Window)
 	case r.Burst < 0:
-		return fmt.Errorf("field Burst %d is negative", r.Burst)
+		return "Burst", fmt.Sprintf("%d is negative", r.Burst)
 	case r.Burst != 0 && r.Algorithm != TokenBucket:
-		return fmt.Errorf("field Burst is set, but only token_bucket has a burst, not %v", r.Algorithm)
+		return "Burst", fmt.Sprintf("%d is set, but only token_bucket has a burst, not %v", r.Burst, r.Algorithm)
 	case r.Burst > 2*r.Limit:
-		return fmt.Errorf("field Burst %d exceeds 2 × Limit %d", r.Burst, r.Limit)
+		return "Burst", fmt.Sprintf("%d exceeds 2 × limit %d", r.Burst, r.Limit)
+	}
+	return "", ""
+}
+
+// validateOverride checks class's override o of r: exactly one kind, and
+// for a Limit the rule's bounds with that limit and burst.
+func (r Rule) validateOverride(class string, o Override) *RuleError {
+	fail := func(field, reason string) *RuleError {
+		return &RuleError{Index: -1, Rule: r.Name, Class: class, Field: field, Reason: reason}
+	}
+	set := 0
+	for _, on := range []bool{o.Limit != 0, o.Unlimited, o.Deny} {
+		if on {
+			set++
+		}
+	}
+	switch {
+	case class == "":
+		return fail("", "empty class name")
+	case set != 1:
+		return fail("", "set exactly one of fields Limit, Unlimited and Deny")
+	case o.Burst != 0 && o.Limit == 0:
+		return fail("Burst", fmt.Sprintf("%d is set without a Limit", o.Burst))
+	case o.Limit == 0:
+		return nil
+	}
+	v := r
+	v.Limit, v.Burst = o.Limit, o.Burst
+	if field, reason := v.fault(); field != "" {
+		return fail(field, reason)
 	}
 	return nil
 }

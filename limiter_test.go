@@ -222,7 +222,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"duplicate", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: Local}, {Name: "a", Limit: 2, Window: time.Second, Mode: Local}}}, `duplicate name "a"`},
 		{"bad algorithm", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Algorithm: 9, Mode: Local}}}, "Algorithm 9"},
 		{"bad mode", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Mode: 9}}}, "Mode 9"},
-		{"huge product", Config{Rules: []Rule{{Name: "a", Limit: 1 << 40, Window: time.Hour, Mode: Local}}}, "exceed 2^50"},
+		{"huge product", Config{Rules: []Rule{{Name: "a", Limit: 1 << 40, Window: time.Hour, Mode: Local}}}, "exceeds 2^50"},
 		{"strict without redis", Config{Rules: []Rule{ok}}, "Config.Redis is nil"},
 		{"brace prefix", Config{Rules: []Rule{ok}, KeyPrefix: "a{b"}, "KeyPrefix"},
 		{"negative key size", Config{Rules: []Rule{ok}, MaxKeyBytes: -1}, "MaxKeyBytes"},
@@ -241,7 +241,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"jitter above 1", Config{Rules: []Rule{ok}, Breaker: BreakerConfig{Jitter: 2}}, "Jitter"},
 		{"negative burst", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Algorithm: TokenBucket, Burst: -1, Mode: Local}}}, "Burst -1 is negative"},
 		{"burst off token bucket", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, Burst: 1, Mode: Local}}}, "only token_bucket has a burst"},
-		{"burst above 2×limit", Config{Rules: []Rule{{Name: "a", Limit: 10, Window: time.Second, Algorithm: TokenBucket, Burst: 21, Mode: Local}}}, "exceeds 2 × Limit"},
+		{"burst above 2×limit", Config{Rules: []Rule{{Name: "a", Limit: 10, Window: time.Second, Algorithm: TokenBucket, Burst: 21, Mode: Local}}}, "exceeds 2 × limit"},
 		{"bad policy", Config{Rules: []Rule{{Name: "a", Limit: 1, Window: time.Second, OnFailure: 9, Mode: Local}}}, "OnFailure 9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -72,22 +72,9 @@ func (b *built) addClasses(rl *rule, nextHybrid *int) error {
 	return nil
 }
 
-// variant returns rl's variant for class, overridden by o.
+// variant returns rl's variant for class, overridden by o, which
+// Rule.validate accepted.
 func (b *built) variant(rl *rule, class string, o Override, nextHybrid *int) (*rule, error) {
-	set := 0
-	for _, on := range []bool{o.Limit != 0, o.Unlimited, o.Deny} {
-		if on {
-			set++
-		}
-	}
-	switch {
-	case class == "":
-		return nil, fmt.Errorf("empty class name")
-	case set != 1:
-		return nil, fmt.Errorf("set exactly one of fields Limit, Unlimited and Deny")
-	case o.Burst != 0 && o.Limit == 0:
-		return nil, fmt.Errorf("field Burst %d is set without a Limit", o.Burst)
-	}
 	v := &rule{Rule: rl.Rule, ruleCore: rl.ruleCore, base: rl.ruleCore, window: rl.window, algo: rl.algo, maxN: rl.maxN}
 	v.Classes = nil
 	switch {
@@ -99,9 +86,6 @@ func (b *built) variant(rl *rule, class string, o Override, nextHybrid *int) (*r
 		return v, nil
 	}
 	v.Limit, v.Burst = o.Limit, o.Burst
-	if err := v.Rule.validate(); err != nil { // the bounds of a rule's Limit and Burst
-		return nil, err
-	}
 	v.maxN = v.Limit
 	if v.Burst > 0 {
 		v.maxN = v.Burst

@@ -94,8 +94,9 @@ func buildRules(rules []Rule, known map[string]*ruleCore, nextHybrid int) (built
 		if r.ID == "" {
 			r.ID = r.Name
 		}
-		if err := r.validate(); err != nil {
-			return built{}, fmt.Errorf("%w: rule %d (%q): %w", ErrInvalidArgument, i, r.Name, err)
+		if e := r.validate(); e != nil { // its classes' overrides too
+			e.Index = i
+			return built{}, e
 		}
 		if _, dup := b.set.byName[r.Name]; dup {
 			return built{}, fmt.Errorf("%w: rule %d: duplicate name %q", ErrInvalidArgument, i, r.Name)
@@ -111,10 +112,6 @@ func buildRules(rules []Rule, known map[string]*ruleCore, nextHybrid int) (built
 		}
 		if r.OnFailure == 0 {
 			r.OnFailure = FailLocal
-		}
-		if r.Mode == Hybrid && !r.Algorithm.supportsHybrid() {
-			return built{}, fmt.Errorf("%w: rule %d (%q): Mode hybrid supports sliding_window and fixed_window, not %v",
-				ErrInvalidArgument, i, r.Name, r.Algorithm)
 		}
 		c := known[r.ID]
 		switch {

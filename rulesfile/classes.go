@@ -81,7 +81,7 @@ func (d *decoder) override(r ratelimit.Rule, n *yaml.Node, path string) (o ratel
 		// The class is the rule with another limit and burst: the rule's
 		// bounds apply.
 		r.Limit, r.Burst = o.Limit, o.Burst
-		d.check(r, fields, path)
+		d.check(r, n, fields, path)
 	}
 	return o, len(d.errs) == errs
 }

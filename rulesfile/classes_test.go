@@ -48,7 +48,7 @@ func TestClassErrors(t *testing.T) {
 		{"two set", head + "      pro: {limit: 5, deny: true}\n", `r.yaml:6: rules[0].classes.pro: set exactly one of limit, unlimited: true and deny: true`},
 		{"zero limit", head + "      pro:\n        limit: 0\n", `r.yaml:7: rules[0].classes.pro.limit: 0 is not positive`},
 		{"burst alone", head + "      pro: {burst: 3, unlimited: true}\n", `r.yaml:6: rules[0].classes.pro.burst: set without a limit`},
-		{"burst not bucket", head + "      pro: {limit: 3, burst: 3}\n", `r.yaml:6: rules[0].classes.pro.burst: only token_bucket has a burst, not sliding_window`},
+		{"burst not bucket", head + "      pro: {limit: 3, burst: 3}\n", `r.yaml:6: rules[0].classes.pro.burst: 3 is set, but only token_bucket has a burst, not sliding_window`},
 		{"unknown field", head + "      pro: {limt: 3}\n", `r.yaml:6: rules[0].classes.pro.limt: unknown field (known: limit, burst, unlimited, deny)`},
 		{"class twice", head + "      pro: {limit: 3}\n      pro: {limit: 4}\n", `r.yaml:7: rules[0].classes.pro: given twice (first at line 6)`},
 		{"empty class", head + "      '': {limit: 3}\n", `r.yaml:6: rules[0].classes: empty class name`},

@@ -130,7 +130,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad shadow", "rules:\n  - {name: a, limit: 1, window: 1s, shadow: maybe}\n", []string{`r.yaml:2: rules[0].shadow: "maybe" is not true or false`}},
 		{"hybrid token bucket", "rules:\n  - name: a\n    limit: 1\n    window: 1s\n    algorithm: token_bucket\n    mode: hybrid\n",
 			[]string{`r.yaml:6: rules[0].mode: hybrid supports sliding_window and fixed_window, not token_bucket`}},
-		{"burst without bucket", "rules:\n  - name: a\n    limit: 1\n    window: 1s\n    burst: 2\n", []string{`r.yaml:5: rules[0].burst: only token_bucket has a burst, not sliding_window`}},
+		{"burst without bucket", "rules:\n  - name: a\n    limit: 1\n    window: 1s\n    burst: 2\n", []string{`r.yaml:5: rules[0].burst: 2 is set, but only token_bucket has a burst, not sliding_window`}},
 		{"negative burst", "rules:\n  - {name: a, limit: 1, window: 1s, algorithm: token_bucket, burst: -1}\n", []string{`r.yaml:2: rules[0].burst: -1 is negative`}},
 		{"burst too big", "rules:\n  - {name: a, limit: 2, window: 1s, algorithm: token_bucket, burst: 5}\n", []string{`r.yaml:2: rules[0].burst: 5 exceeds 2 × limit 2`}},
 		{"sliding log limit", "rules:\n  - {name: a, limit: 1001, window: 1s, algorithm: sliding_log}\n",

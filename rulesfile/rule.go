@@ -1,20 +1,13 @@
 package rulesfile
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
-)
-
-// Bounds the Limiter puts on a rule (limiter.go), checked here too so that
-// the mistake carries its line.
-const (
-	maxWindow      = 100 * 365 * 24 * time.Hour
-	maxLimitWindow = 1 << 50 // Limit × Window in ms
-	maxLogLimit    = 1000    // a sliding_log rule's Limit
 )
 
 // ruleFields are the fields of a rule, in the order the docs list them.
@@ -115,7 +108,7 @@ func (d *decoder) rule(n *yaml.Node, path string) (r ratelimit.Rule, fields map[
 		r.Shadow, _ = d.boolean(v, p)
 	}
 	if len(d.errs) == errs {
-		d.check(r, fields, path)
+		d.check(r, n, fields, path)
 	}
 	if v, p := at("classes"); v != nil && len(d.errs) == errs { // checked against a good rule
 		d.classes(&r, v, p)
@@ -123,38 +116,34 @@ func (d *decoder) rule(n *yaml.Node, path string) (r ratelimit.Rule, fields map[
 	return r, fields, len(d.errs) == errs
 }
 
-// window decodes a rule's window: a Go duration ("1m", "1h30m"), at least
-// 1ms, whole milliseconds, at most 100 years.
+// window decodes a rule's window: a Go duration ("1m", "1h30m"). Its
+// bounds are the Limiter's (check).
 func (d *decoder) window(n *yaml.Node, path string) time.Duration {
 	w, err := time.ParseDuration(n.Value)
-	switch {
-	case n.Kind != yaml.ScalarNode || err != nil:
+	if n.Kind != yaml.ScalarNode || err != nil {
 		d.fail(n, path, "%s is not a duration (e.g. 1m, 1h, 500ms)", kind(n))
-	case w < time.Millisecond:
-		d.fail(n, path, "%v is below 1ms", w)
-	case w%time.Millisecond != 0:
-		d.fail(n, path, "%v is not a whole number of milliseconds", w)
-	case w > maxWindow:
-		d.fail(n, path, "%v exceeds 100 years", w)
 	}
 	return w
 }
 
-// check checks the fields of a decoded rule against each other, as the
-// Limiter will.
-func (d *decoder) check(r ratelimit.Rule, fields map[string]*yaml.Node, path string) {
-	switch {
-	case r.Limit > maxLimitWindow/r.Window.Milliseconds():
-		d.fail(fields["limit"], path+".limit", "%d × window %v exceeds 2^50 ms", r.Limit, r.Window)
-	case r.Algorithm == ratelimit.SlidingLog && r.Limit > maxLogLimit:
-		d.fail(fields["limit"], path+".limit", "%d exceeds %d for sliding_log, which keeps every admission (sliding_window has O(1) state)", r.Limit, maxLogLimit)
-	case r.Mode == ratelimit.Hybrid && r.Algorithm != ratelimit.SlidingWindow && r.Algorithm != ratelimit.FixedWindow:
-		d.fail(fields["mode"], path+".mode", "hybrid supports sliding_window and fixed_window, not %v", r.Algorithm)
-	case r.Burst < 0:
-		d.fail(fields["burst"], path+".burst", "%d is negative", r.Burst)
-	case r.Burst != 0 && r.Algorithm != ratelimit.TokenBucket:
-		d.fail(fields["burst"], path+".burst", "only token_bucket has a burst, not %v", r.Algorithm)
-	case r.Burst > 2*r.Limit:
-		d.fail(fields["burst"], path+".burst", "%d exceeds 2 × limit %d", r.Burst, r.Limit)
+// check checks a decoded rule as the Limiter will (ratelimit.Rule.Validate,
+// its classes apart: see override), and reports its mistake at the field
+// at fault, or at the rule (n) for a field the file left out.
+func (d *decoder) check(r ratelimit.Rule, n *yaml.Node, fields map[string]*yaml.Node, path string) {
+	r.Classes = nil
+	var e *ratelimit.RuleError
+	if !errors.As(r.Validate(), &e) {
+		return
 	}
+	field := yamlField[e.Field]
+	if v := fields[field]; v != nil {
+		n = v
+	}
+	d.fail(n, join(path, field), "%s", e.Reason)
+}
+
+// yamlField is the file's name of each field of a ratelimit.Rule.
+var yamlField = map[string]string{
+	"Name": "name", "Limit": "limit", "Window": "window", "Algorithm": "algorithm",
+	"Mode": "mode", "OnFailure": "on_failure", "Burst": "burst",
 }
