@@ -314,11 +314,8 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 	for j, i := range strict {
 		r := a.rules[i]
 		key := r.key(l.cfg.KeyPrefix, a.user)
-		switch {
-		case l.store.Refuses(key):
-			cause = global.ErrBreakerOpen
-		case l.pending.has(r, a.user):
-			cause = errPending
+		if c := a.refused(r, key); c != nil {
+			cause = c
 		}
 		req.Rules[j] = global.Request{Algorithm: r.algo, Key: key, Window: r.window, Limit: r.Limit, N: a.checks[i].N, Burst: r.Burst}
 	}
@@ -328,11 +325,8 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 		r, n := a.rules[e.i], a.checks[e.i].N
 		if e.s == nil { // a first sighting, as admitOnce
 			key := r.key(l.cfg.KeyPrefix, a.user)
-			switch {
-			case l.store.Refuses(key):
-				cause = global.ErrBreakerOpen
-			case l.pending.has(r, a.user):
-				cause = errPending
+			if c := a.refused(r, key); c != nil {
+				cause = c
 			}
 			e.req = global.LeaseRequest{Key: key, Now: a.ms, Window: r.window, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
 			leases, req.Leases = append(leases, k), append(req.Leases, e.req)
@@ -400,6 +394,19 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 		a.kept = append(a.kept, i)
 	}
 	return a.out, nil
+}
+
+// refused returns why the script must not decide r's key, or nil: its
+// node's breaker is open, or the key has admissions made without Redis not
+// yet credited to it (Redis would judge it on counts that miss them).
+func (a *allowAll) refused(r *rule, key string) error {
+	switch {
+	case a.l.store.Refuses(key):
+		return global.ErrBreakerOpen
+	case a.l.pending.has(r, a.user):
+		return errPending
+	}
+	return nil
 }
 
 // alone records the answer of check i's exchange sent alone (res, or err).

@@ -171,20 +171,12 @@ func (h *scriptCalls) count(cmd redis.Cmder) {
 // requests only.
 func TestAllowAllStrictInOneCall(t *testing.T) {
 	ctx := context.Background()
-	calls := &scriptCalls{}
-	c := redis.NewClient(&redis.Options{Addr: redistest.Addr()})
-	defer c.Close()
-	c.AddHook(calls)
-	prefix := testPrefix(t, c)
-	l, err := New(Config{Redis: c, KeyPrefix: prefix, ManualSync: true, Now: fixedClock(base),
-		Rules: []Rule{
-			{Name: "second", Limit: 3, Window: time.Second, Mode: Strict},
-			{Name: "minute", Limit: 10, Window: time.Minute, Algorithm: TokenBucket},
-			{Name: "log", Limit: 20, Window: time.Minute, Algorithm: SlidingLog},
-			{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
-		}})
-	require.NoError(t, err)
-	defer l.Close()
+	l, calls := countedLimiter(t, []Rule{
+		{Name: "second", Limit: 3, Window: time.Second, Mode: Strict},
+		{Name: "minute", Limit: 10, Window: time.Minute, Algorithm: TokenBucket},
+		{Name: "log", Limit: 20, Window: time.Minute, Algorithm: SlidingLog},
+		{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
+	})
 	strict := []Check{{Rule: "second", N: 1}, {Rule: "minute", N: 1}, {Rule: "log", N: 1}}
 	for i := range 5 {
 		calls.n.Store(0)
@@ -287,18 +279,12 @@ func TestAllowAllMixed(t *testing.T) {
 // admitted requests; a denial by a Hybrid rule leaves the Strict one so.
 func TestAllowAllHybridInOneCall(t *testing.T) {
 	ctx := context.Background()
-	calls := &scriptCalls{}
-	c := redis.NewClient(&redis.Options{Addr: redistest.Addr()})
-	defer c.Close()
-	c.AddHook(calls)
-	prefix := testPrefix(t, c)
-	l, err := New(Config{Redis: c, KeyPrefix: prefix, ManualSync: true, Now: fixedClock(base),
-		Rules: []Rule{
-			{Name: "second", Limit: 5, Window: time.Second, Mode: Strict},
-			{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
-			{Name: "day", Limit: 3, Window: 24 * time.Hour, Algorithm: FixedWindow, Mode: Hybrid},
-		}})
-	require.NoError(t, err)
+	l, calls := countedLimiter(t, []Rule{
+		{Name: "second", Limit: 5, Window: time.Second, Mode: Strict},
+		{Name: "hour", Limit: 100, Window: time.Hour, Mode: Hybrid},
+		{Name: "day", Limit: 3, Window: 24 * time.Hour, Algorithm: FixedWindow, Mode: Hybrid},
+	})
+	c, prefix := l.cfg.Redis, l.cfg.KeyPrefix
 	checks := []Check{{Rule: "second", N: 1}, {Rule: "hour", N: 1}}
 
 	const sparse = 50
@@ -342,4 +328,19 @@ func TestAllowAllHybridInOneCall(t *testing.T) {
 	require.Equal(t, int64(5), windowCount(t, c, global.Key(prefix, "hour", "u"), base, time.Hour),
 		"hour counts the 5 admitted by second, not the 3 it denied")
 	require.Equal(t, int64(3), windowCount(t, c, global.Key(prefix, "day", "v"), base, 24*time.Hour))
+}
+
+// countedLimiter returns a Limiter of rules on the test Redis (a prefix of
+// the test's own, manual sync, the clock at base) whose script calls are
+// counted.
+func countedLimiter(t *testing.T, rules []Rule) (*Limiter, *scriptCalls) {
+	t.Helper()
+	calls := &scriptCalls{}
+	c := redis.NewClient(&redis.Options{Addr: redistest.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	c.AddHook(calls)
+	l, err := New(Config{Redis: c, KeyPrefix: testPrefix(t, c), ManualSync: true, Now: fixedClock(base), Rules: rules})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l, calls
 }

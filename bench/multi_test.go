@@ -36,10 +36,7 @@ func BenchmarkAllowAll(b *testing.B) {
 		{Name: "c", Limit: hugeLimit, Window: benchWindow, Algorithm: ratelimit.FixedWindow, Mode: ratelimit.Strict},
 	}
 	checks := []ratelimit.Check{{Rule: "a", N: 1}, {Rule: "b", N: 1}, {Rule: "c", N: 1}}
-	impls := []struct {
-		name string
-		make func(l *ratelimit.Limiter) op
-	}{
+	impls := []impl{
 		{"allowall", func(l *ratelimit.Limiter) op {
 			return func(ctx context.Context, u int, now time.Time) (bool, error) {
 				d, err := l.AllowAll(ctx, users[u], now, checks...)
@@ -63,28 +60,7 @@ func BenchmarkAllowAll(b *testing.B) {
 			}
 		}},
 	}
-	for _, conc := range []string{"serial", fmt.Sprint(benchConc)} {
-		for _, im := range impls {
-			b.Run("conc="+conc+"/impl="+im.name, func(b *testing.B) {
-				rdb, rt := newClient(b, func(o *redis.Options) { o.Addr = proc.Addr(); o.ContextTimeoutEnabled = true })
-				l, err := ratelimit.New(ratelimit.Config{Redis: rdb, KeyPrefix: newPrefix(b, rdb), Rules: rules})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = l.Close() })
-				var calls0, usec0 int64
-				atStart := func() { calls0, usec0 = commandStats(b, rdb) }
-				if conc == "serial" {
-					runSerial(b, im.make(l), rt, atStart)
-				} else {
-					runParallel(b, im.make(l), rt, atStart)
-				}
-				calls, usec := commandStats(b, rdb)
-				b.ReportMetric(float64(usec-usec0)/float64(b.N), "redis-µs/op")
-				b.ReportMetric(float64(calls-calls0-1)/float64(b.N), "cmds/op") // less the INFO of the first commandStats
-			})
-		}
-	}
+	benchImpls(b, proc, rules, impls)
 }
 
 // BenchmarkAllowAllSparse weighs a request limited by a Strict rule and two
@@ -105,10 +81,7 @@ func BenchmarkAllowAllSparse(b *testing.B) {
 	}
 	checks := []ratelimit.Check{{Rule: "s", N: 1}, {Rule: "h", N: 1}, {Rule: "f", N: 1}}
 	var fresh atomic.Int64 // each request a user never seen
-	impls := []struct {
-		name string
-		make func(l *ratelimit.Limiter) op
-	}{
+	impls := []impl{
 		{"allowall", func(l *ratelimit.Limiter) op {
 			return func(ctx context.Context, _ int, now time.Time) (bool, error) {
 				d, err := l.AllowAll(ctx, "sparse-"+strconv.FormatInt(fresh.Add(1), 10), now, checks...)
@@ -127,6 +100,20 @@ func BenchmarkAllowAllSparse(b *testing.B) {
 			}
 		}},
 	}
+	benchImpls(b, proc, rules, impls)
+}
+
+// impl is one way of deciding a benchmark's request, for benchImpls.
+type impl struct {
+	name string
+	make func(l *ratelimit.Limiter) op
+}
+
+// benchImpls runs each of impls serially and from benchConc goroutines, on
+// a Limiter of rules over proc, and reports Redis's CPU time and commands
+// per request (INFO commandstats) beside runSerial's and runParallel's
+// metrics.
+func benchImpls(b *testing.B, proc *redistest.Proc, rules []ratelimit.Rule, impls []impl) {
 	for _, conc := range []string{"serial", fmt.Sprint(benchConc)} {
 		for _, im := range impls {
 			b.Run("conc="+conc+"/impl="+im.name, func(b *testing.B) {
