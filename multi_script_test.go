@@ -45,14 +45,7 @@ func TestTakeAllMatchesReference(t *testing.T) {
 	now := base.UnixMilli()
 	var admitted, denied int
 	for step := range 600 {
-		switch rng.IntN(10) {
-		case 0:
-			now -= rng.Int64N(500)
-		case 1:
-			now += rng.Int64N(2500)
-		default:
-			now += rng.Int64N(120)
-		}
+		now = nextNow(rng, now, 500, 2500, 120)
 		order := rng.Perm(len(specs))[:1+rng.IntN(len(specs))]
 		req := global.MultiRequest{Now: now}
 		ns := make([]int64, len(order))
@@ -150,14 +143,7 @@ func TestTakeAllLeasesMatchSingleCalls(t *testing.T) {
 	now := base.UnixMilli()
 	var admitted, denied, restored, granted int
 	for step := range 800 {
-		switch rng.IntN(10) {
-		case 0:
-			now -= rng.Int64N(300)
-		case 1:
-			now += rng.Int64N(1500)
-		default:
-			now += rng.Int64N(80)
-		}
+		now = nextNow(rng, now, 300, 1500, 80)
 		req := global.MultiRequest{Now: now}
 		for _, i := range rng.Perm(len(strict))[:rng.IntN(len(strict)+1)] {
 			q := strict[i]
@@ -241,4 +227,16 @@ func TestTakeAllLeasesMatchSingleCalls(t *testing.T) {
 	require.Positive(t, denied)
 	require.Positive(t, restored)
 	require.Positive(t, granted)
+}
+
+// nextNow moves a random walk's clock now (ms): back by up to back one step
+// in ten, ahead by up to jump one in ten, else ahead by up to step.
+func nextNow(rng *rand.Rand, now, back, jump, step int64) int64 {
+	switch rng.IntN(10) {
+	case 0:
+		return now - rng.Int64N(back)
+	case 1:
+		return now + rng.Int64N(jump)
+	}
+	return now + rng.Int64N(step)
 }
