@@ -14,7 +14,8 @@ import (
 // killed), an AllowAll that a FailClosed rule denies gives back what the
 // FailLocal and FailOpen rules before it admitted (their pending credits,
 // and FailLocal's local count), so it returns the denial with no error; a
-// Refund while Redis is down gives back an admission of the outage. Once
+// Refund while Redis is down (its breaker open: the call is not sent) gives
+// back an admission of the outage. Once
 // Redis is back, the sync pass credits Redis with exactly the admissions
 // that stand.
 func TestFallbackAdmissionsUndone(t *testing.T) {
@@ -47,6 +48,7 @@ func TestFallbackAdmissionsUndone(t *testing.T) {
 	require.True(t, allow("local"), "the denied AllowAll calls gave FailLocal's share back")
 	require.True(t, allow("local"))
 	require.False(t, allow("local"), "2 ÷ 1 instance")
+	require.True(t, l.store.Refuses(l.rules.Load().byName["local"].key(l.cfg.KeyPrefix, "u")), "the breaker is open: a refund's call is never sent")
 	require.NoError(t, l.Refund(ctx, "local", "u", clock.Now(), 1), "an admission of the outage, not yet sent")
 	require.True(t, allow("local"), "the refund gave it back locally")
 	require.False(t, allow("local"))
@@ -61,4 +63,48 @@ func TestFallbackAdmissionsUndone(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, d.Remaining, "rule %s: Redis counts the admissions that stand", rule)
 	}
+}
+
+// TestAllowAllHybridBesidePendingStrict: while a Strict key of the user has
+// admissions made without Redis not yet credited (so the multi script is
+// not sent), a Hybrid rule beside it is still decided, by its own call: 53
+// requests under a Hybrid limit of 10 are admitted exactly 10 times, before
+// and after an outage (a review found them all admitted, the Hybrid rule
+// skipped).
+func TestAllowAllHybridBesidePendingStrict(t *testing.T) {
+	proc := redistest.StartProc(t)
+	clock := &vclock{t: windowStart.Add(time.Second)}
+	rules := []Rule{
+		{Name: "s", Limit: 1000, Window: time.Minute, Mode: Strict, OnFailure: FailOpen},
+		{Name: "h", Limit: 10, Window: time.Minute, Mode: Hybrid, OnFailure: FailClosed},
+	}
+	l, err := New(Config{Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: "beside", Now: clock.Now,
+		ManualSync: true, Timeout: 200 * time.Millisecond})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	all := []Check{{Rule: "s", N: 1}, {Rule: "h", N: 1}}
+	admitted := 0
+	allowAll := func() {
+		t.Helper()
+		md, err := l.AllowAll(ctx, "u", clock.Now(), all...)
+		require.NoError(t, err)
+		if md.Allowed {
+			admitted++
+		} else {
+			require.Equal(t, "h", md.Rule)
+		}
+	}
+	for range 3 { // the Hybrid key gets a state
+		allowAll()
+	}
+	proc.Kill()
+	d, err := l.Allow(ctx, "s", "u", clock.Now()) // FailOpen: pending
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	proc.Restart(t)
+	for range 50 {
+		allowAll()
+	}
+	require.Equal(t, 10, admitted, "h's limit, exactly")
 }

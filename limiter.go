@@ -789,7 +789,7 @@ func (rl *RuleLimiter) Limit() int64 { return rl.core.Load().cur.Load().Limit }
 // limit of the user's class (Rule.Classes) when it overrides the rule; 0
 // for a Deny class, math.MaxInt64 for an Unlimited one. It looks the class
 // up as a decision does (Config.ClassOf's error is returned). AllowAll
-// reports the same in MultiDecision.Limits, without another lookup.
+// reports the same in MultiDecision.Quotas, without another lookup.
 func (rl *RuleLimiter) LimitFor(ctx context.Context, user string) (int64, error) {
 	r, err := rl.rule()
 	if err != nil {

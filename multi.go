@@ -332,17 +332,16 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 			leases, req.Leases = append(leases, k), append(req.Leases, e.req)
 			continue
 		}
-		if cause != nil {
-			continue
-		}
 		x, err := h.prepare(e.s, r, a.user, a.ms, n)
-		if err != nil { // refused, nothing changed
-			cause = err
-			continue
-		}
-		if x.req.Op.Stream != "" {
-			// The key gives tokens back: its call goes alone, named, now.
-			res, err := h.send(ctx, x, r, a.ms, n)
+		if err != nil || cause != nil || x.req.Op.Stream != "" {
+			// Decided alone, now: its key is refused (its failure policy
+			// decides; prepare changed nothing), the script will not be
+			// sent (a key before it is refused), or the key gives tokens
+			// back (its call is named).
+			var res result
+			if err == nil {
+				res, err = h.send(ctx, x, r, a.ms, n)
+			}
 			if d, ok, err := a.alone(e.i, res, err); !ok {
 				a.unsend()
 				return d, err
@@ -365,14 +364,18 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 		}
 		switch {
 		case err == nil:
-			return a.decided(strict, leases, res), nil
+			d := a.decided(strict, leases, res)
+			if !d.Allowed {
+				return d, a.keptError(nil) // of the keys decided alone before
+			}
+			return d, nil
 		case errors.Is(err, global.ErrClosed):
 			a.fail(err)
-			return MultiDecision{}, ErrClosed
+			return MultiDecision{}, a.keptError(ErrClosed)
 		case !redisFailed(err):
 			a.fail(err)
 			l.redisErrors.Add(1)
-			return MultiDecision{}, fmt.Errorf("ratelimit: rules %q: %w", a.names(strict, leases), err)
+			return MultiDecision{}, a.keptError(fmt.Errorf("ratelimit: rules %q: %w", a.names(strict, leases), err))
 		}
 		a.fail(err)
 		cause = err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -56,21 +55,12 @@ func unavailable(err error) bool {
 var unavailablePrefixes = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "ASK ", "MOVED ", "BUSY", "NOREPLICAS"}
 
 // NotApplied reports whether err, an error of a call to Redis, means that
-// the call certainly did not run: the breaker refused it, no connection
-// could be made, or the server answered that it cannot serve now (LOADING,
-// READONLY, TRYAGAIN, ...). A call past its deadline, or whose connection
-// was lost, may have run: NotApplied is false for those.
-func NotApplied(err error) bool {
-	if errors.Is(err, ErrBreakerOpen) {
-		return true
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	var re redis.Error
-	return errors.As(err, &re) && unavailable(re)
-}
+// the call certainly did not run: the circuit breaker refused it, so it was
+// never written to a connection. Any other failure may follow an attempt
+// that ran: go-redis re-sends a call whose reply was lost (MaxRetries), and
+// the last attempt's error (a refused dial, a LOADING reply) says nothing
+// of the first one's.
+func NotApplied(err error) bool { return errors.Is(err, ErrBreakerOpen) }
 
 // slotBusy reports whether err is a cluster node's answer that a slot is
 // moving (TRYAGAIN: a call of several keys while they are split between

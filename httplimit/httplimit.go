@@ -51,8 +51,9 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives a warning for a denied request that stays counted
 	// under a rule it passed (ratelimit.Limiter.AllowAll could not roll it
-	// back: Redis went away meanwhile, or a failure policy admitted it).
-	// The request is denied either way. Default: no logging.
+	// back: Redis went away meanwhile, or a failure policy's admission was
+	// already credited to Redis or beyond Config.MaxPendingKeys). The
+	// request is denied either way. Default: no logging.
 	Logger *slog.Logger
 
 	// NewKeysPerSecond, when positive, limits the identities (KeyFunc's
@@ -321,16 +322,17 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, rt *route) bo
 const maxSFInteger = 999_999_999_999_999
 
 // advertised returns the policy name of q, or "" when the headers do not
-// list q: a shadow rule's (it never denies), an Unlimited class's (no
-// quota), or one whose name is no Structured Field string (a Reload may
-// rename a rule to one; Route refuses those).
+// list q: a shadow rule's (it never denies) or an Unlimited class's (no
+// quota, nor one a Structured Field integer can hold). A name that cannot
+// be a Structured Field string (Route refuses those, but a Reload may
+// rename a rule to one) is listed with its other bytes percent-encoded.
 func advertised(q ratelimit.Quota) string {
 	if q.Shadow || q.Limit > maxSFInteger {
 		return ""
 	}
 	name, err := sfString(q.Rule)
 	if err != nil {
-		return ""
+		name, _ = sfString(percentEncode(q.Rule))
 	}
 	return name
 }

@@ -89,3 +89,17 @@ func sfString(s string) (string, error) {
 	b.WriteByte('"')
 	return b.String(), nil
 }
+
+// percentEncode returns s with each byte that cannot be in a Structured
+// Field string (outside printable ASCII) written as %XX.
+func percentEncode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

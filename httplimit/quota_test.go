@@ -162,3 +162,26 @@ func TestDenialLeftCountedIsA429(t *testing.T) {
 	require.Contains(t, logs.String(), "rule=closed")
 	require.Contains(t, logs.String(), `\"open\"`)
 }
+
+// TestRenamedToNonSFName: a Reload that renames a route's rule to a name
+// that cannot be a Structured Field string (Route would refuse it) keeps
+// the rule in both fields, its other bytes percent-encoded, rather than
+// dropping the RateLimit field of the most restrictive rule.
+func TestRenamedToNonSFName(t *testing.T) {
+	clk := newClock(t0)
+	burst := ratelimit.Rule{Name: "burst", ID: "b", Limit: 2, Window: 10 * time.Second, Algorithm: ratelimit.FixedWindow}
+	perMin := orders(50)
+	lim := newLimiter(t, ratelimit.Local, clk, perMin, burst)
+	m := newMiddleware(t, lim, clk, httplimit.Options{})
+	mux := http.NewServeMux()
+	require.NoError(t, m.Handle(mux, "GET /x", http.HandlerFunc(ok), "orders", "burst"))
+	require.Equal(t, `"burst";r=1;t=2`, do(mux, "GET", "/x", "alice").Header().Get("RateLimit"))
+	renamed := burst
+	renamed.Name = "burst\u00e9"
+	renamed.Mode, perMin.Mode = ratelimit.Local, ratelimit.Local
+	require.NoError(t, lim.Reload([]ratelimit.Rule{perMin, renamed}))
+	rec := do(mux, "GET", "/x", "alice")
+	require.Equal(t, 200, rec.Code)
+	require.Equal(t, `"orders";q=50;w=60, "burst%C3%A9";q=2;w=10`, rec.Header().Get("RateLimit-Policy"))
+	require.Equal(t, `"burst%C3%A9";r=0;t=2`, rec.Header().Get("RateLimit"))
+}
