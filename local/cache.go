@@ -33,25 +33,29 @@ type Cache struct {
 	seed1, seed2 maphash.Seed
 	ruleSeed     uint64 // mixed with a rule's index into the user's hashes (ruleMix)
 
-	// front is a table of hot records (see hot) in front of ristretto,
-	// 4-way set associative: a state given a slot here keeps its lease in
-	// it, so that a decision from the lease finds the key and spends in one
-	// cache line, without ristretto's read lock and access buffers and
-	// without touching the State. The decision path promotes a state it
-	// found in ristretto (Promote), and the sync pass tells ristretto of
-	// the front's uses (Touch), so that its admission policy still sees the
-	// keys in use. It has two slots per key the cache may hold, rounded up
-	// to a power of two within frontMin and frontMax, so that nearly every
-	// resident key has one (with one slot per key, a full cache leaves a
-	// fifth of its keys out of their bucket: TestFrontHoldsResidentKeys). A
-	// state ristretto lets go of leaves its slot. A cache made by
-	// NewCacheWithoutFront has none (len 0).
-	front []frontBucket
-	// owners are the states of the front's slots (slot i of bucket b is
-	// owners[b·frontWays+i]), nil for a free slot: kept apart so that the
-	// front table holds no pointer. A decision from the front table reads
-	// its slot only; State reads the owner.
-	owners []atomic.Pointer[State]
+	// table is the front table of hot records (see hot) in front of
+	// ristretto, 4-way set associative: a state given a slot here keeps its
+	// lease in it, so that a decision from the lease finds the key and
+	// spends in one cache line, without ristretto's read lock and access
+	// buffers and without touching the State. The decision path promotes a
+	// state it found in ristretto (Promote), and the sync pass tells
+	// ristretto of the front's uses (Touch), so that its admission policy
+	// still sees the keys in use. A state ristretto lets go of leaves its
+	// slot. A cache made by NewCacheWithoutFront has an empty table.
+	//
+	// The table starts at frontMin slots and grows (Forget, from the sync
+	// pass) to two slots per resident key, rounded up to a power of two, up
+	// to maxSlots: two per key the cache may hold, within frontMin and
+	// frontMax (with one slot per key, a full cache leaves a fifth of its
+	// keys out of their bucket: TestFrontHoldsResidentKeys). So New
+	// reserves 72 KiB of it, not 144 bytes per key of capacity. Growth
+	// swaps in a larger empty table and moves the old one's states over
+	// (grow): a state's home points into the table it was promoted to, so
+	// slots are never copied.
+	table    atomic.Pointer[frontTable]
+	old      atomic.Pointer[frontTable] // the table a growth is emptying, or nil: see owner
+	maxSlots int
+	growMu   sync.Mutex // one growth at a time
 
 	mu     sync.Mutex
 	recent map[uint64]*State // created since the last Forget
@@ -60,6 +64,49 @@ type Cache struct {
 
 	door    *doorkeeper  // keys seen lately: see FirstSight
 	letGoes atomic.Int64 // states evicted or rejected, for LetGo
+	// resident counts the states handed to ristretto less those it let go
+	// of: the keys the front table is sized for. It is an estimate (a key
+	// set again over a state ristretto still holds is counted twice), and
+	// errs high, which only grows the table sooner.
+	resident atomic.Int64
+}
+
+// frontTable is the front table: its buckets, and the owners of their
+// slots (slot i of bucket b is owners[b·frontWays+i]), nil for a free slot:
+// kept apart so that the buckets hold no pointer. A decision from the front
+// table reads its slot only; State reads the owner. A table never changes
+// size: Cache.grow replaces it.
+type frontTable struct {
+	front  []frontBucket
+	owners []atomic.Pointer[State]
+}
+
+// newFrontTable returns an empty table of slots slots (a power of two, at
+// least frontWays; 0 for none).
+func newFrontTable(slots int) *frontTable {
+	return &frontTable{front: make([]frontBucket, slots/frontWays), owners: make([]atomic.Pointer[State], slots)}
+}
+
+// bucket returns the index of key's bucket, and the bucket. The table
+// must have some.
+func (t *frontTable) bucket(key uint64) (uint64, *frontBucket) {
+	bi := key & uint64(len(t.front)-1)
+	return bi, &t.front[bi]
+}
+
+// owner returns the owner cell of h, a slot of key's bucket in t, or nil if
+// h is none of them.
+func (t *frontTable) owner(h *hot, key uint64) *atomic.Pointer[State] {
+	if len(t.front) == 0 {
+		return nil
+	}
+	bi, b := t.bucket(key)
+	for i := range b {
+		if &b[i] == h {
+			return &t.owners[bi*frontWays+uint64(i)]
+		}
+	}
+	return nil
 }
 
 // LetGo returns how many states ristretto evicted or rejected.
@@ -105,13 +152,13 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 		recent:   make(map[uint64]*State),
 		door:     newDoorkeeper(maxKeys),
 	}
+	c.table.Store(newFrontTable(0))
 	if front {
-		slots := int64(frontMin)
-		for slots < 2*maxKeys && slots < frontMax { // two per key: see Cache.front
-			slots *= 2
+		c.maxSlots = frontMin
+		for int64(c.maxSlots) < 2*maxKeys && c.maxSlots < frontMax { // two per key: see Cache.table
+			c.maxSlots *= 2
 		}
-		c.front = make([]frontBucket, slots/frontWays)
-		c.owners = make([]atomic.Pointer[State], slots)
+		c.table.Store(newFrontTable(frontMin))
 	}
 	var err error
 	c.c, err = ristretto.NewCache(&ristretto.Config[uint64, *State]{
@@ -134,6 +181,7 @@ func newCache(name string, maxKeys int64, rules int, front bool) (*Cache, error)
 // plans.)
 func (c *Cache) letGo(item *ristretto.Item[*State]) {
 	c.letGoes.Add(1)
+	c.resident.Add(-1)
 	s := item.Value
 	s.Lock()
 	s.orphan()
@@ -151,24 +199,19 @@ func (c *Cache) moveHome(s *State, h *hot) {
 	}
 }
 
-// owner returns the owner cell of h, a slot of key's bucket, or nil if h
-// is none of them.
+// owner returns the owner cell of h, a slot of key's bucket in the front
+// table or in the one a growth is emptying, or nil if h is none of them.
+// (Only those two hold states: grow moves every state out of the old table
+// before it forgets it.)
 func (c *Cache) owner(h *hot, key uint64) *atomic.Pointer[State] {
-	if len(c.front) == 0 {
-		return nil
+	if o := c.table.Load().owner(h, key); o != nil {
+		return o
 	}
-	bi := key & uint64(len(c.front)-1)
-	b := &c.front[bi]
-	for i := range b {
-		if &b[i] == h {
-			return &c.owners[bi*frontWays+uint64(i)]
-		}
+	if t := c.old.Load(); t != nil {
+		return t.owner(h, key)
 	}
 	return nil
 }
-
-// bucket returns key's bucket of the front table, which must have some.
-func (c *Cache) bucket(key uint64) *frontBucket { return &c.front[key&uint64(len(c.front)-1)] }
 
 func (c *Cache) hash(user string, rule int) (key, check uint64) {
 	mix := c.ruleMix(rule)
@@ -227,8 +270,8 @@ func (c *Cache) Get(user string, rule int) Ref {
 	key, check := c.hash(user, rule)
 	// Without a front table, straight to ristretto. (The test stands in for
 	// the bounds check of the bucket's index, which it proves needless.)
-	if n := uint64(len(c.front)); n != 0 {
-		b := &c.front[key&(n-1)]
+	if t := c.table.Load(); len(t.front) != 0 {
+		b := &t.front[key&uint64(len(t.front)-1)]
 		for i := range b {
 			h := &b[i]
 			if h.key.Load() == key && h.tag.Load() == check {
@@ -290,7 +333,8 @@ func (c *Cache) State(r Ref) *State {
 // a slot, is left as it is. Promote takes s's lock. Without a front table
 // it does nothing.
 func (c *Cache) Promote(s *State) {
-	if len(c.front) == 0 {
+	t := c.table.Load()
+	if len(t.front) == 0 {
 		return
 	}
 	s.Lock()
@@ -299,11 +343,11 @@ func (c *Cache) Promote(s *State) {
 		return
 	}
 	key := s.own.key.Load()
-	bi := key & uint64(len(c.front)-1)
-	b, owners := &c.front[bi], c.owners[bi*frontWays:(bi+1)*frontWays]
+	bi, b := t.bucket(key)
+	owners := t.owners[bi*frontWays : (bi+1)*frontWays]
 	for i := range b {
 		if owners[i].CompareAndSwap(nil, s) {
-			c.moveHome(s, &b[i])
+			c.settle(t, s, &b[i], &owners[i])
 			return
 		}
 	}
@@ -318,22 +362,92 @@ func (c *Cache) Promote(s *State) {
 	}
 	o.Unlock()
 	if owners[i].CompareAndSwap(nil, s) {
-		c.moveHome(s, h)
+		c.settle(t, s, h, &owners[i])
 	}
+}
+
+// settle moves s (locked, at home) into h, a slot of t it has just claimed
+// (its owner cell o holds s), unless t is no longer the front table: a
+// growth swapped it out after Promote loaded it, and may have looked at o
+// before s claimed it, so s leaves at once and frees the slot itself.
+// (grow stores the new table before it reads an owner, and settle reads
+// the table after it claimed o: either grow sees s in o, and waits for its
+// lock to move it, or settle sees the new table.)
+func (c *Cache) settle(t *frontTable, s *State, h *hot, o *atomic.Pointer[State]) {
+	c.moveHome(s, h)
+	if c.table.Load() != t {
+		s.moveHome(&s.own)
+		o.Store(nil)
+	}
+}
+
+// grow replaces the front table with a larger one if the keys resident
+// outnumber half its slots: two slots per key, rounded up to a power of
+// two, up to maxSlots. The states of the old table move to the new one
+// (or to their own record, if their bucket there is full), each under its
+// lock, as Promote moves them: their leases close in the old slot and
+// reopen in the new. Until a state has moved, Get does not find it in the
+// front table but through ristretto, whose Ref names its old slot, where
+// Spend still serves it. grow runs in the sync pass (Forget), not in a
+// decision: it visits every slot of the old table.
+func (c *Cache) grow() {
+	c.growMu.Lock()
+	defer c.growMu.Unlock()
+	old := c.table.Load()
+	slots := len(old.owners)
+	want := 2 * c.resident.Load()
+	if slots == 0 || slots >= c.maxSlots || want <= int64(slots) {
+		return
+	}
+	for int64(slots) < want && slots < c.maxSlots {
+		slots *= 2
+	}
+	t := newFrontTable(slots)
+	c.old.Store(old) // first: owner must find the old slots as long as states hold them
+	c.table.Store(t) // Promote promotes into t from here on (see settle)
+	for bi := range old.front {
+		for i := range old.front[bi] {
+			o := old.owners[bi*frontWays+i].Load()
+			if o == nil {
+				continue
+			}
+			o.Lock()
+			if h := &old.front[bi][i]; o.home.Load() == h {
+				c.moveInto(t, o)
+			}
+			o.Unlock()
+		}
+	}
+	c.old.Store(nil)
+}
+
+// moveInto moves s (locked, in a slot of the old table) to a free slot of
+// its bucket in t, or home to its own record if there is none.
+func (c *Cache) moveInto(t *frontTable, s *State) {
+	if !s.Orphaned() {
+		bi, b := t.bucket(s.own.key.Load())
+		for i := range b {
+			if t.owners[bi*frontWays+uint64(i)].CompareAndSwap(nil, s) {
+				c.moveHome(s, &b[i])
+				return
+			}
+		}
+	}
+	c.moveHome(s, &s.own)
 }
 
 // Touch tells ristretto's admission policy of a use of s that the front
 // table served. Without a front table it does nothing: every use went
 // through ristretto's Get.
 func (c *Cache) Touch(s *State) {
-	if len(c.front) != 0 {
+	if c.HasFront() {
 		c.get(s.own.key.Load())
 	}
 }
 
 // HasFront reports whether the cache has a front table (NewCache) or not
 // (NewCacheWithoutFront).
-func (c *Cache) HasFront() bool { return len(c.front) != 0 }
+func (c *Cache) HasFront() bool { return c.maxSlots != 0 }
 
 // FirstSight reports whether the key of r, which Get did not find, is one
 // not seen lately (then it records the sighting): the caller may decide its
@@ -363,6 +477,7 @@ func (c *Cache) GetOrCreate(user string, rule int, redisKey func() string) *Stat
 		s.orphan() // dropped at once: it serves from recent until Forget
 		return s
 	}
+	c.resident.Add(1) // less one when ristretto lets go of it (letGo)
 	c.Promote(s)
 	return s
 }
@@ -387,9 +502,10 @@ func (c *Cache) Find(user string, rule int) *State {
 // those it evicted, rejected or dropped; the sync pass calls it once per
 // interval. A state ristretto has not processed yet stays, so that it is
 // never replaced by a second state for the same key while it is pending.
+// Then it grows the front table if the keys resident have outgrown it
+// (grow).
 func (c *Cache) Forget() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for key, s := range c.recent {
 		if s.Orphaned() {
 			delete(c.recent, key)
@@ -397,6 +513,8 @@ func (c *Cache) Forget() {
 			delete(c.recent, key)
 		}
 	}
+	c.mu.Unlock() // before grow: GetOrCreate, which takes c.mu, must not wait for it
+	c.grow()
 }
 
 // Close stops the cache's goroutines. It waits for the calls into
