@@ -191,27 +191,42 @@ func residentLimiter(b *testing.B, front bool) *ratelimit.Limiter {
 		}
 		ctx := context.Background()
 		now := time.UnixMilli(residentClock.Load())
-		// One AllowN of residentLease per user leases as much again (a
-		// lease covers twice the demand seen); the sync pass then tops each
-		// lease up to twice the interval's demand: 2·residentLease
-		// decisions per key, more than any run of the benchmark makes.
-		var wg sync.WaitGroup
-		var failed atomic.Pointer[error]
-		for g := range 256 {
-			wg.Go(func() {
-				for i := g; i < residentKeys; i += 256 {
-					if _, err := r.lim.AllowN(ctx, "r", residentUsers[i], now, residentLease); err != nil {
-						failed.CompareAndSwap(nil, &err)
-						return
+		// Two AllowN of residentLease per user: the first is the key's
+		// first sighting, decided in Redis without a State (admit.lua); the
+		// second makes its State and leases as much again (a lease covers
+		// twice the demand seen); the sync pass then tops each lease up to
+		// twice the interval's demand: more decisions per key than any run
+		// of the benchmark makes.
+		// Then, after that pass grew the front table to the keys resident,
+		// promoteEvery single decisions each promote every key into it (as
+		// a key's local decisions do after a growth), and one more AllowN
+		// of residentLease keeps the demand that the second pass sizes the
+		// leases on.
+		everyUser := func(times int, n int64) error {
+			var wg sync.WaitGroup
+			var failed atomic.Pointer[error]
+			for g := range 256 {
+				wg.Go(func() {
+					for i := g; i < residentKeys; i += 256 {
+						for range times {
+							if _, err := r.lim.AllowN(ctx, "r", residentUsers[i], now, n); err != nil {
+								failed.CompareAndSwap(nil, &err)
+								return
+							}
+						}
 					}
-				}
-			})
+				})
+			}
+			wg.Wait()
+			if err := failed.Load(); err != nil {
+				return *err
+			}
+			return r.lim.Sync(ctx)
 		}
-		wg.Wait()
-		if err := failed.Load(); err != nil {
-			r.err = *err
-		} else {
-			r.err = r.lim.Sync(ctx)
+		if r.err = everyUser(2, residentLease); r.err == nil {
+			if r.err = everyUser(4, 1); r.err == nil { // the root package's promoteEvery
+				r.err = everyUser(1, residentLease)
+			}
 		}
 	})
 	if r.err != nil {
