@@ -142,8 +142,13 @@ func apiModes() []struct {
 // a fixed clock, under the test's prefix.
 func newAPILimiter(t *testing.T, c redis.UniversalClient, prefix string, r Rule, front bool, strictN bool) *Limiter {
 	t.Helper()
+	// A long Timeout: these tests count exactly, and a call that times out
+	// after Redis ran it is counted twice, by Redis and by the failure
+	// policy (on the safe side, by design): a loaded machine must not turn
+	// a slow call into one (TestAPIConcurrent failed 8 times in 90 so,
+	// three race binaries at once; see docs/design.md, failure policies).
 	l, err := New(Config{Redis: c, KeyPrefix: prefix, Now: fixedClock(base), ManualSync: true, noFront: !front,
-		StrictN: strictN, Rules: []Rule{r}})
+		StrictN: strictN, Rules: []Rule{r}, Timeout: 10 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l
