@@ -231,9 +231,10 @@ func (h *hybrid) acquire(ctx context.Context, s *local.State, r *rule, user stri
 // by send (or within AllowAll's script), and folded back into the state by
 // finish, failed or unsent. The gate is held shared from prepare on.
 type exchange struct {
-	s    *local.State
-	req  global.LeaseRequest
-	lead bool // this call sizes the key's lease (State.Acquiring)
+	s     *local.State
+	req   global.LeaseRequest
+	lead  bool // this call sizes the key's lease (State.Acquiring)
+	named bool // this call names an op (State.Naming)
 }
 
 // prepare builds s's call to admit n at ms: the lease its demand calls for
@@ -255,7 +256,7 @@ func (h *hybrid) prepare(s *local.State, r *rule, user string, ms, n int64) (exc
 	s.Roll(now / w)
 	s.Seen += n
 	req := global.LeaseRequest{Key: s.Key, Now: now, Window: w, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
-	if s.Lease > 0 {
+	if s.Lease > 0 && !s.Naming() { // else the lease stays: counted twice against n, never lost
 		req.Returns[1] = global.Return{Window: s.Window, N: s.Lease}
 		s.Cur = max(s.Cur-s.Lease, 0)
 		s.Lease = 0
@@ -274,9 +275,13 @@ func (h *hybrid) prepare(s *local.State, r *rule, user string, ms, n int64) (exc
 		h.takeReturns(s, &req)
 	}
 	h.nameReturns(&req)
+	named := !req.Op.IsZero()
+	if named {
+		s.SetNaming(true)
+	}
 	know(s, &req)
 	s.Unlock()
-	return exchange{s: s, req: req, lead: lead}, nil
+	return exchange{s: s, req: req, lead: lead, named: named}, nil
 }
 
 // send sends x alone and folds the answer into its state.
@@ -305,6 +310,9 @@ func (h *hybrid) finish(x exchange, r *rule, ms, n int64, res global.LeaseResult
 	if x.lead {
 		s.Acquiring = false
 	}
+	if x.named {
+		s.SetNaming(false)
+	}
 	h.apply(s, r, x.req, res)
 	cur := res.Cur - res.Granted
 	if res.Now/w == s.Window {
@@ -325,6 +333,9 @@ func (h *hybrid) failed(x exchange, r *rule, n int64, err error) error {
 	s.Lock()
 	if x.lead {
 		s.Acquiring = false
+	}
+	if x.named {
+		s.SetNaming(false)
 	}
 	h.unreport(s, x.req, err)
 	s.Attempts += n // report it next time
@@ -407,7 +418,7 @@ func (h *hybrid) view(s *local.State, r *rule, now int64) leaseView {
 // takeReturns moves what s owes back to Redis, and its unreported
 // attempts, into req. It requires the lock.
 func (h *hybrid) takeReturns(s *local.State, req *global.LeaseRequest) {
-	if s.Return > 0 {
+	if s.Return > 0 && !s.Naming() { // else owed until a later call
 		req.Returns[0] = global.Return{Window: s.ReturnWindow, N: s.Return}
 		s.Return = 0
 	}
@@ -541,7 +552,7 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	if done {
 		ex = s.Lease // nothing will spend it
 	}
-	if ex > 0 {
+	if ex > 0 && !s.Naming() { // else for a later pass
 		s.Lease -= ex
 		s.Cur = max(s.Cur-ex, 0) // no longer counted once Redis has it back
 		req.Returns[1] = global.Return{Window: s.Window, N: ex}
@@ -552,6 +563,9 @@ func (h *hybrid) Plan(s *local.State, now, instances int64) (global.LeaseRequest
 	}
 	h.takeReturns(s, &req)
 	h.nameReturns(&req)
+	if !req.Op.IsZero() {
+		s.SetNaming(true) // until Apply
+	}
 	know(s, &req)
 	send := req.Want > 0 || req.Attempts > 0 || req.Returns[0].N > 0 || req.Returns[1].N > 0
 	return req, send, send || s.Lease > 0
@@ -591,6 +605,9 @@ func (h *hybrid) Apply(s *local.State, req global.LeaseRequest, res global.Lease
 	h.reconcile(r, res, err)
 	s.Lock()
 	defer s.Unlock()
+	if !req.Op.IsZero() {
+		s.SetNaming(false)
+	}
 	if err != nil {
 		h.unreport(s, req, err)
 		return true

@@ -92,7 +92,27 @@ type hot struct {
 }
 
 // State.flags.
-const inRegistry = 1 // held by a Registry
+const (
+	inRegistry = 1 // held by a Registry
+	naming     = 2 // see Naming
+)
+
+// Naming reports whether a call of this instance that gives the key's
+// tokens back (a named op, see global.Op) is under way: no other may be
+// named until it is answered, so that the key's ops reach Redis in the
+// order of their numbers (an op that two newer ones overtook would be
+// stale, and its returns stranded). Guarded by the lock, as the exported
+// fields are (a bit of flags only to keep the layout).
+func (s *State) Naming() bool { return s.flags.Load()&naming != 0 }
+
+// SetNaming sets what Naming reports. It requires the lock.
+func (s *State) SetNaming(on bool) {
+	if on {
+		s.flags.Or(naming)
+	} else {
+		s.flags.And(^uint32(naming))
+	}
+}
 
 // The layout of State.budget.
 const (
