@@ -177,19 +177,7 @@ func TestFrontGrowthRaces(t *testing.T) {
 					wrong.Add(1)
 					continue
 				}
-				s.Lock()
-				if s.Lease > 0 {
-					s.Lease--
-					s.Attempts++
-					s.LocalAllowed++
-					got[k].Add(1)
-					locked.Add(1)
-				}
-				pr := !s.InFront()
-				s.Unlock()
-				if pr {
-					c.Promote(s)
-				}
+				spendLocked(c, s, &got[k], &locked)
 			}
 		})
 	}

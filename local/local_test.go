@@ -754,19 +754,7 @@ func testFrontChurn(t *testing.T, front bool) {
 					wrong.Add(1)
 					continue
 				}
-				s.Lock()
-				if s.Lease > 0 {
-					s.Lease--
-					s.Attempts++
-					s.LocalAllowed++
-					got[k].Add(1)
-					locked.Add(1)
-				}
-				pr := !s.InFront()
-				s.Unlock()
-				if pr {
-					c.Promote(s)
-				}
+				spendLocked(c, s, &got[k], &locked)
 			}
 		})
 	}
@@ -912,4 +900,23 @@ func TestCacheServesRulesAddedLater(t *testing.T) {
 			}
 		}
 	})
+}
+
+// spendLocked spends one token of s's lease under its lock, as the locked
+// decision path does, counting it in got and locked, then promotes s if it
+// has no front slot, as the decision path would.
+func spendLocked(c *Cache, s *State, got, locked *atomic.Int64) {
+	s.Lock()
+	if s.Lease > 0 {
+		s.Lease--
+		s.Attempts++
+		s.LocalAllowed++
+		got.Add(1)
+		locked.Add(1)
+	}
+	pr := !s.InFront()
+	s.Unlock()
+	if pr {
+		c.Promote(s)
+	}
 }
