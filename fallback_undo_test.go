@@ -27,10 +27,7 @@ func TestFallbackAdmissionsUndone(t *testing.T) {
 		{Name: "open", Limit: 100, Window: time.Minute, Algorithm: FixedWindow, Mode: Strict, OnFailure: FailOpen},
 		{Name: "closed", Limit: 100, Window: time.Minute, Mode: Strict, OnFailure: FailClosed},
 	}
-	l, err := New(Config{Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: "undo", Now: clock.Now,
-		ManualSync: true, Timeout: 50 * time.Millisecond})
-	require.NoError(t, err)
-	defer l.Close()
+	l := faultLimiter(t, proc, clock, "undo", 50*time.Millisecond, rules)
 	ctx := context.Background()
 	all := []Check{{Rule: "local", N: 1}, {Rule: "open", N: 1}, {Rule: "closed", N: 1}}
 	for range 3 {
@@ -78,10 +75,7 @@ func TestAllowAllHybridBesidePendingStrict(t *testing.T) {
 		{Name: "s", Limit: 1000, Window: time.Minute, Mode: Strict, OnFailure: FailOpen},
 		{Name: "h", Limit: 10, Window: time.Minute, Mode: Hybrid, OnFailure: FailClosed},
 	}
-	l, err := New(Config{Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: "beside", Now: clock.Now,
-		ManualSync: true, Timeout: 200 * time.Millisecond})
-	require.NoError(t, err)
-	defer l.Close()
+	l := faultLimiter(t, proc, clock, "beside", 200*time.Millisecond, rules)
 	ctx := context.Background()
 	all := []Check{{Rule: "s", N: 1}, {Rule: "h", N: 1}}
 	admitted := 0
@@ -107,4 +101,16 @@ func TestAllowAllHybridBesidePendingStrict(t *testing.T) {
 		allowAll()
 	}
 	require.Equal(t, 10, admitted, "h's limit, exactly")
+}
+
+// faultLimiter returns a Limiter of rules on proc (through faultClient:
+// no retries), clocked by clock, with manual sync and the given Timeout,
+// closed when the test ends.
+func faultLimiter(t *testing.T, proc *redistest.Proc, clock *vclock, prefix string, timeout time.Duration, rules []Rule) *Limiter {
+	t.Helper()
+	l, err := New(Config{Redis: faultClient(t, proc.Addr()), Rules: rules, KeyPrefix: prefix, Now: clock.Now,
+		ManualSync: true, Timeout: timeout})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
 }
