@@ -82,11 +82,8 @@ func peekTable(t *local.Table[localState], r *rule, user string, ms, limit, burs
 // peekRedis runs r's strict script read-only.
 func (l *Limiter) peekRedis(ctx context.Context, r *rule, user string, ms int64) (result, error) {
 	key := r.key(l.cfg.KeyPrefix, user)
-	switch {
-	case l.store.Refuses(key):
-		return result{}, global.ErrBreakerOpen
-	case l.pending.has(r, user):
-		return result{}, errPending
+	if err := l.refusal(r, user, key); err != nil {
+		return result{}, err
 	}
 	g, err := l.store.Take(ctx, global.Request{
 		Algorithm: r.algo, Key: key, Now: ms, Window: r.window, Limit: r.Limit, N: 1,
@@ -366,11 +363,8 @@ func (h *hybrid) peek(ctx context.Context, r *rule, user string, ms int64) (resu
 		s.Unlock()
 	}
 	key := r.key(h.l.cfg.KeyPrefix, user)
-	switch {
-	case h.l.store.Refuses(key):
-		return result{}, global.ErrBreakerOpen
-	case h.l.pending.has(r, user):
-		return result{}, errPending
+	if err := h.l.refusal(r, user, key); err != nil {
+		return result{}, err
 	}
 	k, err := h.l.store.Counts(ctx, key)
 	if err != nil {

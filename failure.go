@@ -485,6 +485,20 @@ func (p *pending) has(r *rule, user string) bool {
 	return p.keys[pendingKey{r.base, user}] > 0
 }
 
+// refusal returns why Redis must not decide user's key under r (key), so
+// that its failure policy does, without a call: the breaker of its node is
+// open, or the key has admissions made without Redis not yet credited to it
+// (Redis would judge it on counts that miss them). Else nil.
+func (l *Limiter) refusal(r *rule, user, key string) error {
+	switch {
+	case l.store.Refuses(key):
+		return global.ErrBreakerOpen
+	case l.pending.has(r, user):
+		return errPending
+	}
+	return nil
+}
+
 // errPending sends to the failure policy a key whose admissions made
 // without Redis are not yet credited to it: Redis would judge it on counts
 // that miss them, until the next sync pass credits them.

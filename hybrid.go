@@ -243,11 +243,8 @@ type exchange struct {
 // the key's failure-policy admissions are not credited yet). It requires
 // the gate, held shared.
 func (h *hybrid) prepare(s *local.State, r *rule, user string, ms, n int64) (exchange, error) {
-	switch {
-	case h.l.store.Refuses(s.Key): // straight to the policy, nothing to undo
-		return exchange{}, global.ErrBreakerOpen
-	case h.l.pending.has(r, user):
-		return exchange{}, errPending
+	if err := h.l.refusal(r, user, s.Key); err != nil { // straight to the policy, nothing to undo
+		return exchange{}, err
 	}
 	w := r.window
 	s.Lock()
@@ -381,11 +378,8 @@ func (h *hybrid) answer(r *rule, res global.LeaseResult, cur, ms, n int64) resul
 // local memory. Its next request, if it comes soon, gets a State.
 func (h *hybrid) admitOnce(ctx context.Context, r *rule, user string, ms, n int64) (result, error) {
 	key := r.key(h.l.cfg.KeyPrefix, user)
-	switch {
-	case h.l.store.Refuses(key): // straight to the policy
-		return result{}, global.ErrBreakerOpen
-	case h.l.pending.has(r, user):
-		return result{}, errPending
+	if err := h.l.refusal(r, user, key); err != nil { // straight to the policy
+		return result{}, err
 	}
 	h.remote.Add(1)
 	res, err := h.l.store.Lease(ctx, global.LeaseRequest{Key: key, Now: ms, Window: r.window, Limit: r.Limit, N: n,

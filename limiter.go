@@ -900,14 +900,7 @@ func (l *Limiter) decide(ctx context.Context, r *rule, user string, ms, earliest
 		// Straight to the policy, without building a call, when the breaker
 		// refuses calls or the key's fallback admissions are not credited.
 		key := r.key(l.cfg.KeyPrefix, user)
-		var cause error
-		switch {
-		case l.store.Refuses(key):
-			cause = global.ErrBreakerOpen
-		case l.pending.has(r, user):
-			cause = errPending
-		}
-		if cause != nil {
+		if cause := l.refusal(r, user, key); cause != nil {
 			if res, err = l.fallback(r, user, ms, earliest, n, cause); err != nil {
 				return Decision{}, err
 			}

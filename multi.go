@@ -106,10 +106,11 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 	var class userClass // the user's class, looked up once
 	quotas := make([]Quota, len(checks))
 	for i, c := range checks {
-		r, err := l.checkOne(ctx, set, c, user, now, &class, &ms, &earliest)
+		r, m, e, err := l.checkOne(ctx, set, c, user, now, &class)
 		if err != nil {
 			return MultiDecision{}, err
 		}
+		ms, earliest = m, e // the same for every rule (the request's)
 		rules = append(rules, r)
 		quotas[i] = r.quotaOf()
 	}
@@ -156,8 +157,7 @@ func (l *Limiter) AllowAll(ctx context.Context, user string, now time.Time, chec
 // allowOne is AllowAll of one check: the rule's plain decision, nothing
 // to roll back.
 func (l *Limiter) allowOne(ctx context.Context, user string, now time.Time, c Check) (MultiDecision, error) {
-	var ms, earliest int64
-	r, err := l.checkOne(ctx, l.rules.Load(), c, user, now, &userClass{}, &ms, &earliest)
+	r, ms, earliest, err := l.checkOne(ctx, l.rules.Load(), c, user, now, &userClass{})
 	if err != nil {
 		return MultiDecision{}, err
 	}
@@ -169,22 +169,21 @@ func (l *Limiter) allowOne(ctx context.Context, user string, now time.Time, c Ch
 }
 
 // checkOne returns the rule of c in set for user (its class's), after
-// checking c's n and the arguments (ms and earliest are check's answers).
-func (l *Limiter) checkOne(ctx context.Context, set *ruleSet, c Check, user string, now time.Time, class *userClass, ms, earliest *int64) (*rule, error) {
-	r, err := set.lookup(c)
-	if err != nil {
-		return nil, err
+// checking c's n and the arguments, and check's answers ms and earliest.
+func (l *Limiter) checkOne(ctx context.Context, set *ruleSet, c Check, user string, now time.Time, class *userClass) (r *rule, ms, earliest int64, err error) {
+	if r, err = set.lookup(c); err != nil {
+		return nil, 0, 0, err
 	}
 	if r, err = l.ruleFor(ctx, r, user, class); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	if c.N < 1 {
-		return nil, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, r.Name)
+		return nil, 0, 0, fmt.Errorf("%w: AllowAll of n = %d under rule %q, want at least 1", ErrInvalidArgument, c.N, r.Name)
 	}
-	if *ms, *earliest, err = l.check(r, user, now, c.N); err != nil {
-		return nil, fmt.Errorf("rule %q: %w", r.Name, err)
+	if ms, earliest, err = l.check(r, user, now, c.N); err != nil {
+		return nil, 0, 0, fmt.Errorf("rule %q: %w", r.Name, err)
 	}
-	return r, nil
+	return r, ms, earliest, nil
 }
 
 // quotaOf is the rule's Quota, as MultiDecision reports it.
@@ -314,7 +313,7 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 	for j, i := range strict {
 		r := a.rules[i]
 		key := r.key(l.cfg.KeyPrefix, a.user)
-		if c := a.refused(r, key); c != nil {
+		if c := l.refusal(r, a.user, key); c != nil {
 			cause = c
 		}
 		req.Rules[j] = global.Request{Algorithm: r.algo, Key: key, Window: r.window, Limit: r.Limit, N: a.checks[i].N, Burst: r.Burst}
@@ -325,7 +324,7 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 		r, n := a.rules[e.i], a.checks[e.i].N
 		if e.s == nil { // a first sighting, as admitOnce
 			key := r.key(l.cfg.KeyPrefix, a.user)
-			if c := a.refused(r, key); c != nil {
+			if c := l.refusal(r, a.user, key); c != nil {
 				cause = c
 			}
 			e.req = global.LeaseRequest{Key: key, Now: a.ms, Window: r.window, Limit: r.Limit, N: n, Fixed: r.Algorithm == FixedWindow}
@@ -397,19 +396,6 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 		a.kept = append(a.kept, i)
 	}
 	return a.out, nil
-}
-
-// refused returns why the script must not decide r's key, or nil: its
-// node's breaker is open, or the key has admissions made without Redis not
-// yet credited to it (Redis would judge it on counts that miss them).
-func (a *allowAll) refused(r *rule, key string) error {
-	switch {
-	case a.l.store.Refuses(key):
-		return global.ErrBreakerOpen
-	case a.l.pending.has(r, a.user):
-		return errPending
-	}
-	return nil
 }
 
 // alone records the answer of check i's exchange sent alone (res, or err).
