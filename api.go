@@ -267,8 +267,8 @@ func (h *hybrid) drop(r *rule, user string) {
 // (for the previous window, at the next sync pass). n is between 1 and the
 // rule's Limit (Burst). With Config.ServerTime, strict rules refund in the
 // window of the Redis server's clock, as they counted. When Redis cannot
-// answer and the call certainly did not run (the breaker refused it, no
-// connection could be made), Refund gives back n admissions that a failure
+// answer and the call certainly did not run (the circuit breaker refused
+// it: global.NotApplied), Refund gives back n admissions that a failure
 // policy (FailOpen, FailLocal) made during the outage in now's window and
 // that still wait for the sync pass to credit them: the same count, once
 // they are. Otherwise it returns an error wrapping ErrUnavailable and gives
