@@ -272,7 +272,7 @@ func (h *hybrid) drop(r *rule, user string) {
 // policy (FailOpen, FailLocal) made during the outage in now's window and
 // that still wait for the sync pass to credit them: the same count, once
 // they are. Otherwise it returns an error wrapping ErrUnavailable and gives
-// nothing back. Refunds are not counted in Stats.
+// nothing back. Refunds are counted in RuleStats.GivenBack, not in Stats.
 func (l *Limiter) Refund(ctx context.Context, ruleName, user string, now time.Time, n int64) error {
 	r, ok := l.rules.Load().byName[ruleName]
 	if !ok {
@@ -308,6 +308,7 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 	switch r.Mode {
 	case Local:
 		r.table.Visit(user, ms, func(s *localState) { s.refund(r.Algorithm, ms, r.window, r.Limit, n) })
+		r.stats.givenBack.Add(n)
 		return nil
 	case Hybrid:
 		err = l.hybrid.refund(ctx, r, user, ms, n)
@@ -319,13 +320,14 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 	}
 	switch {
 	case err == nil:
+		r.stats.givenBack.Add(n)
 		return nil
 	case errors.Is(err, global.ErrClosed), errors.Is(err, ErrClosed):
 		return ErrClosed
 	case errors.Is(err, global.ErrUnavailable):
 		// The call did not run: give back admissions of the outage not yet
 		// credited to Redis instead (the same count, once they are).
-		if global.NotApplied(err) && l.unfallback(r, user, ms, n) {
+		if global.NotApplied(err) && l.unfallback(r, user, ms, n, false) {
 			return nil
 		}
 		return fmt.Errorf("%w: refund rule %q: %w", ErrUnavailable, r.Name, err)
@@ -427,8 +429,28 @@ func (h *hybrid) refund(ctx context.Context, r *rule, user string, ms, n int64) 
 	if h.closed {
 		return ErrClosed
 	}
-	_, err := h.l.store.Lease(ctx, h.refundRequest(r, user, ms, n))
-	return err
+	return h.returnNamed(ctx, h.refundRequest(r, user, ms, n))
+}
+
+// staleTries bounds how many times returnNamed names a return again.
+const staleTries = 3
+
+// returnNamed sends req, a named return of a key without state here, and
+// names it again while Redis answers it stale: a state made for the key
+// since (by a decision) can have sent two newer named calls that got to
+// Redis first, and Redis, which keeps a key's last two ops of a stream,
+// then applies nothing of req (nor of any copy of it later). The State's
+// rule of one named call at a time (State.Naming) cannot cover a return
+// made without a state.
+func (h *hybrid) returnNamed(ctx context.Context, req global.LeaseRequest) error {
+	for range staleTries {
+		res, err := h.l.store.Lease(ctx, req)
+		if err != nil || !res.Stale {
+			return err
+		}
+		h.nameReturns(&req)
+	}
+	return fmt.Errorf("ratelimit: a return to key %q answered stale %d times, not applied", req.Key, staleTries)
 }
 
 // refundRequest is the call that gives n tokens of ms's window back to

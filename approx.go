@@ -125,6 +125,7 @@ func slidingRetryAfter(prev, cur, elapsed, w, limit, n int64) int64 {
 // result is one algorithm's decision, all durations in ms.
 type result struct {
 	allowed    bool
+	dropped    bool // a failure policy's admission beyond MaxPendingKeys: never credited to Redis (pending.add)
 	remaining  int64
 	retryAfter int64 // 0 when allowed
 	resetAfter int64

@@ -281,8 +281,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 	case FailOpen:
 		l.fallbacks.open.Add(1)
 		r.stats.fallback(true)
-		l.pending.add(r, user, ms, n)
-		return result{allowed: true, remaining: r.Limit - n}, nil
+		return result{allowed: true, remaining: r.Limit - n, dropped: !l.pending.add(r, user, ms, n)}, nil
 	case FailClosed:
 		l.fallbacks.closed.Add(1)
 		r.stats.fallback(false)
@@ -303,7 +302,7 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 	r.stats.fallback(res.allowed)
 	if res.allowed {
 		l.fallbacks.localAllowed.Add(1)
-		l.pending.add(r, user, ms, n)
+		res.dropped = !l.pending.add(r, user, ms, n)
 	} else {
 		l.fallbacks.localDenied.Add(1)
 	}
@@ -313,13 +312,20 @@ func (l *Limiter) fallback(r *rule, user string, ms, earliest, n int64, cause er
 // unfallback gives back n admissions of user under r at ms that a failure
 // policy made while Redis could not answer (FailOpen, FailLocal), and
 // reports whether it could: they must still wait for the sync pass, unsent
-// (pending.sub). A FailLocal rule's local count falls by n too. It is how
-// AllowAll rolls such an admission back, and how Refund gives back
-// admissions while Redis is away.
-func (l *Limiter) unfallback(r *rule, user string, ms, n int64) bool {
-	if !l.pending.sub(r, user, ms, n) {
-		return false
+// (pending.sub), unless dropped says that pending could not hold them
+// (MaxPendingKeys: Redis never hears of them). A FailLocal rule's local
+// count falls by n too. It is how AllowAll rolls such an admission back,
+// and how Refund gives back admissions while Redis is away.
+func (l *Limiter) unfallback(r *rule, user string, ms, n int64, dropped bool) bool {
+	if !dropped {
+		if !l.pending.sub(r, user, ms, n) {
+			return false
+		}
+		if l.pending.len() == 0 { // the last key pending: Recovering may end now, not at the next pass
+			l.health.update(nil, l.cfg.Now())
+		}
 	}
+	r.stats.givenBack.Add(n)
 	if r.OnFailure == FailLocal {
 		limit, _ := r.share(l.instances())
 		r.fallback.Visit(user, ms, func(s *localState) { s.refund(r.Algorithm, ms, r.window, limit, n) })
@@ -391,8 +397,10 @@ func newPending(max int) *pending {
 	return &pending{max: max, ops: global.NewOps(), m: make(map[pendingKey]*pendingDelta), keys: make(map[pendingKey]int)}
 }
 
-// add records n admissions of user under r at ms.
-func (p *pending) add(r *rule, user string, ms, n int64) {
+// add records n admissions of user under r at ms, and reports whether it
+// could: not for a new key once max keys are pending (the admissions are
+// counted in dropped).
+func (p *pending) add(r *rule, user string, ms, n int64) bool {
 	k := pendingKey{r.base, user}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -408,7 +416,7 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 	if !ok {
 		if p.keys[k] == 0 && len(p.keys) >= p.max {
 			p.dropped.Add(n)
-			return
+			return false
 		}
 		d = &pendingDelta{idx: ms / r.window}
 		p.m[k] = d
@@ -417,6 +425,7 @@ func (p *pending) add(r *rule, user string, ms, n int64) {
 	}
 	d.by = r.ruleCore
 	p.expired.Add(d.addAt(ms/r.window, n, ms))
+	return true
 }
 
 // sub takes back n admissions of user under r at ms that wait in an

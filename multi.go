@@ -205,8 +205,15 @@ type allowAll struct {
 	anyAdmitted  bool
 	outShadow    bool     // out is a shadow rule's
 	refundable   []int    // the checks whose admission a refund can undo
-	kept         []int    // the checks whose admission a failure policy made (unfallback may undo it)
+	kept         []kept   // the checks whose admission a failure policy made (unfallback may undo it)
 	remote       []remote // the Hybrid checks that Redis decides
+}
+
+// kept is check i's admission by a failure policy: res.dropped as fallback
+// returned it.
+type kept struct {
+	i       int
+	dropped bool
 }
 
 // remote is a Hybrid check of AllowAll that Redis decides: its key's
@@ -393,7 +400,7 @@ func (a *allowAll) takeAll(ctx context.Context, strict []int) (MultiDecision, er
 			return a.denied(i, d), a.keptError(nil)
 		}
 		a.admitted(i, d)
-		a.kept = append(a.kept, i)
+		a.kept = append(a.kept, kept{i, res.dropped})
 	}
 	return a.out, nil
 }
@@ -415,7 +422,7 @@ func (a *allowAll) alone(i int, res result, err error) (d MultiDecision, ok bool
 		if !res.allowed {
 			return a.denied(i, res.decision()), false, a.keptError(nil)
 		}
-		a.kept = append(a.kept, i)
+		a.kept = append(a.kept, kept{i, res.dropped})
 		a.admitted(i, res.decision())
 		return MultiDecision{}, true, nil
 	}
@@ -500,16 +507,16 @@ func (a *allowAll) decided(strict, leases []int, res global.MultiResult) MultiDe
 // rules whose admission it could not undo, if any.
 func (a *allowAll) keptError(err error) error {
 	var left []string
-	for _, i := range a.kept {
-		if !a.l.unfallback(a.rules[i], a.user, a.ms, a.checks[i].N) {
-			left = append(left, a.rules[i].Name)
+	for _, k := range a.kept {
+		if !a.l.unfallback(a.rules[k.i], a.user, a.ms, a.checks[k.i].N, k.dropped) {
+			left = append(left, a.rules[k.i].Name)
 		}
 	}
 	a.kept = nil
 	if len(left) == 0 {
 		return err
 	}
-	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (their failure policy's admission cannot be given back: its credit went to Redis, or it was beyond MaxPendingKeys)", ErrUnavailable, left))
+	return errors.Join(err, fmt.Errorf("%w: AllowAll denied, but rules %q keep the request counted (their failure policy's admission cannot be given back: its credit went to Redis)", ErrUnavailable, left))
 }
 
 // names returns the rule names of the checks of the script (scripted).

@@ -251,6 +251,7 @@ func addClassStats(st *RuleStats, r *rule) {
 		st.MaxOvershoot = max(st.MaxOvershoot, c.overMax.Load())
 		st.ShadowAllowed += c.shadowAllowed.Load()
 		st.ShadowDenied += c.shadowDenied.Load()
+		st.GivenBack += c.givenBack.Load()
 		if v.table == nil { // a Local rule's table counts its classes' decisions too
 			st.LocalAllowed += c.inProcAllowed.Load()
 			st.LocalDenied += c.inProcDenied.Load()

@@ -81,6 +81,12 @@ type RuleStats struct {
 	// UnlimitedAllowed and DenyDenied count the decisions of its Unlimited
 	// and Deny classes, which count nothing else. Peeks are not counted.
 	UnlimitedAllowed, DenyDenied int64
+
+	// GivenBack are admissions of the rule given back: by Refund (those it
+	// gave back, not those it failed to), and by AllowAll when another of
+	// the request's rules denied or failed. The decision counters above
+	// still count them as allowed: a decision is counted as it was made.
+	GivenBack int64
 }
 
 // ruleCounters are a rule's counters for RuleStats.
@@ -93,6 +99,7 @@ type ruleCounters struct {
 	overMax                         atomic.Int64
 	shadowAllowed, shadowDenied     atomic.Int64
 	unlimited, denied               atomic.Int64 // its Unlimited and Deny classes' decisions (overrides.go)
+	givenBack                       atomic.Int64
 }
 
 // shadowed counts a shadow rule's would-be decision.
@@ -196,6 +203,7 @@ func (l *Limiter) RuleStats() []RuleStats {
 			LeaseGranted: c.granted.Load(), LeaseReturned: c.returned.Load(),
 			Reconciliations: c.reconciled.Load(), Overshoots: c.overshoots.Load(),
 			OvershootTokens: c.overSum.Load(), MaxOvershoot: c.overMax.Load(),
+			GivenBack: c.givenBack.Load(),
 		}
 		if r.table != nil {
 			st.LocalAllowed, st.LocalDenied = r.table.Counts()

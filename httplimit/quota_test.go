@@ -2,9 +2,12 @@ package httplimit_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,11 +131,12 @@ func TestShadowRuleNotAdvertised(t *testing.T) {
 	require.EqualValues(t, 3, st.ShadowDenied, "counted apart: 1 admitted, 3 would-be denials")
 }
 
-// TestDenialLeftCountedIsA429: with Redis down, a request that a FailOpen
-// rule admits and a FailClosed rule then denies is a 429. The Limiter gives
-// the FailOpen admission back while its credit waits for Redis (no log);
-// one it cannot give back (beyond Config.MaxPendingKeys, here 1) is logged.
-func TestDenialLeftCountedIsA429(t *testing.T) {
+// TestFailOpenGivenBack: with Redis down, a request that a FailOpen rule
+// admits and a FailClosed rule then denies is a 429, and the Limiter gives
+// the FailOpen admission back, whether it waits for Redis as a credit or
+// was beyond Config.MaxPendingKeys (here 1, taken by bob): nothing is left
+// counted, nothing logged.
+func TestFailOpenGivenBack(t *testing.T) {
 	clk := newClock(t0)
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialerRetries: 1})
@@ -153,14 +157,92 @@ func TestDenialLeftCountedIsA429(t *testing.T) {
 	rec := do(mux, "GET", "/x", "alice")
 	require.Equal(t, 429, rec.Code, rec.Body.String())
 	require.NotEmpty(t, rec.Header().Get("Retry-After"))
-	require.Empty(t, logs.String(), "given back")
-
 	require.Equal(t, 200, do(mux, "GET", "/open", "bob").Code) // the one pending key
 	rec = do(mux, "GET", "/x", "alice")
 	require.Equal(t, 429, rec.Code, rec.Body.String())
+	require.Empty(t, logs.String(), "given back, both times")
+	require.EqualValues(t, 2, lim.RuleStats()[0].GivenBack)
+	require.EqualValues(t, 1, lim.Stats().PendingKeys, "bob's")
+}
+
+// TestDenialLeftCountedIsA429: a request that a rule admitted and counted,
+// and another then denied, is a 429 even when the admission cannot be
+// given back (here the refund's call fails: failNth), and the middleware
+// logs it.
+func TestDenialLeftCountedIsA429(t *testing.T) {
+	clk := newClock(t0)
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialerRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	fail := &failNth{}
+	rdb.AddHook(fail)
+	lim, err := ratelimit.New(ratelimit.Config{Now: clk.Now, Timeout: time.Second, Redis: rdb,
+		Rules: []ratelimit.Rule{
+			// A shadow rule is decided alone, before the script of the others.
+			{Name: "trial", Limit: 100, Window: time.Minute, Mode: ratelimit.Strict, Shadow: true},
+			{Name: "a", Limit: 100, Window: time.Minute, Mode: ratelimit.Strict},
+			{Name: "b", Limit: 1, Window: time.Minute, Mode: ratelimit.Strict},
+		}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lim.Close() })
+	var logs bytes.Buffer
+	m := newMiddleware(t, lim, clk, httplimit.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	mux := http.NewServeMux()
+	require.NoError(t, m.Handle(mux, "GET /x", http.HandlerFunc(ok), "trial", "a", "b"))
+	require.Equal(t, 200, do(mux, "GET", "/x", "alice").Code)
+	require.Empty(t, logs.String())
+
+	fail.arm(3) // trial's decision, the script that b denies, then trial's refund: it fails
+	rec := do(mux, "GET", "/x", "alice")
+	require.Equal(t, 429, rec.Code, rec.Body.String())
+	require.NotEmpty(t, rec.Header().Get("Retry-After"))
+	require.EqualValues(t, 1, fail.failed.Load(), "the refund's call, and only it")
 	require.Contains(t, logs.String(), "denied request left counted")
-	require.Contains(t, logs.String(), "rule=closed")
-	require.Contains(t, logs.String(), `\"open\"`)
+	require.Contains(t, logs.String(), "rule=b")
+	require.Contains(t, logs.String(), `\"trial\"`)
+}
+
+// failNth is a go-redis hook that fails the nth command sent after arm,
+// as a broken connection would (not a reply), and only it.
+type failNth struct {
+	nth, seen atomic.Int64
+	failed    atomic.Int64
+}
+
+func (f *failNth) arm(n int64) { f.seen.Store(0); f.nth.Store(n) }
+
+// fault returns the injected error for the next command, or nil.
+func (f *failNth) fault() error {
+	n := f.nth.Load()
+	if n == 0 || f.seen.Add(1) != n {
+		return nil
+	}
+	f.failed.Add(1)
+	return errors.New("injected: connection reset")
+}
+
+func (f *failNth) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (f *failNth) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := f.fault(); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (f *failNth) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := f.fault(); err != nil {
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		return next(ctx, cmds)
+	}
 }
 
 // TestRenamedToNonSFName: a Reload that renames a route's rule to a name

@@ -23,7 +23,7 @@ import (
 type Collector struct {
 	l *ratelimit.Limiter
 
-	decisions, leaseTokens, reconciliations, overshoots, overshootTokens, overshootMax *prometheus.Desc
+	decisions, givenBack, leaseTokens, reconciliations, overshoots, overshootTokens, overshootMax *prometheus.Desc
 
 	redisErrors, syncPasses, syncDuration, syncKeys, instances, activeKeys, evictions *prometheus.Desc
 
@@ -38,6 +38,9 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 		decisions: prometheus.NewDesc("ratelimit_decisions_total",
 			"Decisions made, by rule, its mode (local, hybrid, strict), source (local: in process; redis: Redis answered; fallback: the rule's failure policy, Redis could not answer; shadow: a shadow rule's would-be decisions, which let every request through and are also counted under their real source) and result (allowed, denied). A hybrid rule's local decisions are counted at the sync pass after them.",
 			[]string{"rule", "mode", "source", "result"}, nil),
+		givenBack: prometheus.NewDesc("ratelimit_given_back_total",
+			"Admissions of the rule given back: by Refund, and by AllowAll when another of the request's rules denied or failed. ratelimit_decisions_total still counts them as allowed.",
+			[]string{"rule"}, nil),
 		leaseTokens: prometheus.NewDesc("ratelimit_lease_tokens_total",
 			"Tokens of hybrid rules leased to this instance (op granted) and given back unspent (op returned).",
 			[]string{"rule", "op"}, nil),
@@ -90,7 +93,7 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 }
 
 func (c *Collector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{c.decisions, c.leaseTokens, c.reconciliations, c.overshoots, c.overshootTokens, c.overshootMax,
+	return []*prometheus.Desc{c.decisions, c.givenBack, c.leaseTokens, c.reconciliations, c.overshoots, c.overshootTokens, c.overshootMax,
 		c.redisErrors, c.syncPasses, c.syncDuration, c.syncKeys, c.instances, c.activeKeys, c.evictions,
 		c.timeouts, c.givenUp, c.breakerState, c.breakerOpened, c.breakerRejected,
 		c.health, c.pendingKeys, c.pendingAdmissions}
@@ -128,6 +131,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if r.Shadow || r.ShadowAllowed > 0 || r.ShadowDenied > 0 { // two series per rule at most
 			decision("shadow", r.ShadowAllowed, r.ShadowDenied)
 		}
+		counter(c.givenBack, r.GivenBack, r.Name)
 		if r.Mode != ratelimit.Strict {
 			decision("local", r.LocalAllowed, r.LocalDenied)
 		}

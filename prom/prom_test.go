@@ -84,6 +84,7 @@ func TestPromDecisions(t *testing.T) {
 	}
 	allow("s", "u", 2)
 	allow("l", "u", 3)
+	require.NoError(t, l.Refund(ctx, "s", "u", base, 1))
 	require.NoError(t, l.Sync(ctx))
 
 	st := l.Stats()
@@ -97,7 +98,7 @@ func TestPromDecisions(t *testing.T) {
 	// three keys' denied requests.
 	require.Equal(t, ratelimit.RuleStats{Name: "h", ID: "h", Mode: ratelimit.Hybrid, Limit: 1,
 		LocalDenied: 3, RedisAllowed: 3, RedisDenied: 3, Reconciliations: 3}, h)
-	require.Equal(t, ratelimit.RuleStats{Name: "s", ID: "s", Mode: ratelimit.Strict, Limit: 1, RedisAllowed: 1, RedisDenied: 1}, rs[1])
+	require.Equal(t, ratelimit.RuleStats{Name: "s", ID: "s", Mode: ratelimit.Strict, Limit: 1, RedisAllowed: 1, RedisDenied: 1, GivenBack: 1}, rs[1])
 	require.Equal(t, ratelimit.RuleStats{Name: "l", ID: "l", Mode: ratelimit.Local, Limit: 2, LocalAllowed: 2, LocalDenied: 1}, rs[2])
 	// The per-rule counts add up to Stats's totals.
 	require.Equal(t, st.HybridInProcessAllowed, h.LocalAllowed)
@@ -120,6 +121,11 @@ ratelimit_decisions_total{mode="strict",result="allowed",rule="s",source="fallba
 ratelimit_decisions_total{mode="strict",result="allowed",rule="s",source="redis"} 1
 ratelimit_decisions_total{mode="strict",result="denied",rule="s",source="fallback"} 0
 ratelimit_decisions_total{mode="strict",result="denied",rule="s",source="redis"} 1
+# HELP ratelimit_given_back_total Admissions of the rule given back: by Refund, and by AllowAll when another of the request's rules denied or failed. ratelimit_decisions_total still counts them as allowed.
+# TYPE ratelimit_given_back_total counter
+ratelimit_given_back_total{rule="h"} 0
+ratelimit_given_back_total{rule="l"} 0
+ratelimit_given_back_total{rule="s"} 1
 # HELP ratelimit_lease_tokens_total Tokens of hybrid rules leased to this instance (op granted) and given back unspent (op returned).
 # TYPE ratelimit_lease_tokens_total counter
 ratelimit_lease_tokens_total{op="granted",rule="h"} 0
@@ -139,7 +145,7 @@ ratelimit_sync_passes_total{outcome="ok"} 1
 ratelimit_breaker_state{node=""} 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "ratelimit_decisions_total",
-		"ratelimit_lease_tokens_total", "ratelimit_reconciliations_total", "ratelimit_overshoot_reconciliations_total",
+		"ratelimit_given_back_total", "ratelimit_lease_tokens_total", "ratelimit_reconciliations_total", "ratelimit_overshoot_reconciliations_total",
 		"ratelimit_sync_passes_total", "ratelimit_breaker_state"))
 
 	// The pass histograms: one pass, which sent the three hybrid keys.
@@ -158,7 +164,7 @@ ratelimit_breaker_state{node=""} 0
 
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
-	require.Equal(t, 37, n, "series")
+	require.Equal(t, 40, n, "series")
 }
 
 // TestPromFallback: with Redis refusing connections, each policy's
