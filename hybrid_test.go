@@ -525,7 +525,7 @@ func testHybridStatsNeverGoDown(t *testing.T, front bool) {
 					return
 				default:
 				}
-				if _, err := l.Allow(ctx, rule.Name, fmt.Sprint("u", g, "-", i%5), base); err != nil {
+				if _, err := l.Allow(ctx, rule.Name, fmt.Sprint("u", g, "-", i%2), base); err != nil {
 					t.Error(err)
 					return
 				}
@@ -545,9 +545,10 @@ func testHybridStatsNeverGoDown(t *testing.T, front bool) {
 			}
 			// Passes back to back see almost no demand per key between
 			// them, so the keys would hold no lease and no decision would
-			// be made in process (a loaded machine made it 0 of all); the
-			// goroutines also share 20 keys, not 200, for the same reason.
-			time.Sleep(2 * time.Millisecond)
+			// be made in process (a loaded machine made it 0 of all, with
+			// 2 ms between passes and 20 keys); the goroutines also share
+			// 8 keys, not 200, for the same reason.
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	var last Stats
