@@ -307,8 +307,9 @@ func (l *Limiter) refund(ctx context.Context, r *rule, user string, now time.Tim
 	}
 	switch r.Mode {
 	case Local:
-		r.table.Visit(user, ms, func(s *localState) { s.refund(r.Algorithm, ms, r.window, r.Limit, n) })
-		r.stats.givenBack.Add(n)
+		if r.table.Visit(user, ms, func(s *localState) { s.refund(r.Algorithm, ms, r.window, r.Limit, n) }) {
+			r.stats.givenBack.Add(n) // else nothing was counted: nothing to give back
+		}
 		return nil
 	case Hybrid:
 		err = l.hybrid.refund(ctx, r, user, ms, n)
@@ -432,26 +433,26 @@ func (h *hybrid) refund(ctx context.Context, r *rule, user string, ms, n int64) 
 	return h.returnNamed(ctx, h.refundRequest(r, user, ms, n))
 }
 
-// staleTries bounds how many times returnNamed names a return again.
-const staleTries = 3
-
-// returnNamed sends req, a named return of a key without state here, and
-// names it again while Redis answers it stale: a state made for the key
-// since (by a decision) can have sent two newer named calls that got to
-// Redis first, and Redis, which keeps a key's last two ops of a stream,
-// then applies nothing of req (nor of any copy of it later). The State's
+// returnNamed sends req, a named return of a key without state here. A
+// state made for the key since (by a decision) can have sent two newer
+// named calls that got to Redis first; Redis, which keeps a key's last two
+// ops of a stream, then answers req stale, and a stale op may have been
+// applied or not (a first copy of it may have run, its answer lost, before
+// the re-sent copy was judged): so it is not sent again under a new name,
+// which could apply it twice, and Refund says it is uncertain. The State's
 // rule of one named call at a time (State.Naming) cannot cover a return
 // made without a state.
 func (h *hybrid) returnNamed(ctx context.Context, req global.LeaseRequest) error {
-	for range staleTries {
-		res, err := h.l.store.Lease(ctx, req)
-		if err != nil || !res.Stale {
-			return err
-		}
-		h.nameReturns(&req)
+	res, err := h.l.store.Lease(ctx, req)
+	if err == nil && res.Stale {
+		return fmt.Errorf("%w: newer calls of this instance for the key got to Redis first", errStaleReturn)
 	}
-	return fmt.Errorf("ratelimit: a return to key %q answered stale %d times, not applied", req.Key, staleTries)
+	return err
 }
+
+// errStaleReturn is a Refund's return that Redis answered stale: it may
+// have been applied or not.
+var errStaleReturn = errors.New("the return was answered stale, and may not have been applied")
 
 // refundRequest is the call that gives n tokens of ms's window back to
 // Redis for a key without state here: a named return, so that a copy

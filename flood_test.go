@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/drl-go/distributed-rate-limiter/internal/redistest"
+	"github.com/drl-go/distributed-rate-limiter/newkeys"
 )
 
 // TestHybridHotKeysOutlastAFlood: keys decided from the front table (which
@@ -182,7 +183,7 @@ func TestFloodLeavesLegitDecisions(t *testing.T) {
 			expired++
 			continue
 		}
-		require.Greater(t, cmd.Val(), time.Duration(0), "key %s has no TTL", keys[i])
+		require.GreaterOrEqual(t, cmd.Val(), time.Duration(0), "key %s has no TTL", keys[i]) // 0: expiring this ms
 		require.LessOrEqual(t, cmd.Val(), 2*rule.Window, "TTL of %s", keys[i])
 	}
 	t.Logf("%d fake ids, %d legitimate decisions in %v; heap +%d B (bound %d); %d Redis keys (%d expired since the scan); %+v",
@@ -195,3 +196,61 @@ func TestFloodLeavesLegitDecisions(t *testing.T) {
 // doorkeeper and the Redis client's buffers; none of it grows with the
 // number of fake ids.
 func floodHeapBound(maxKeys int64) int64 { return maxKeys*4<<10 + 16<<20 }
+
+// TestFloodThroughTheGate: with a newkeys.Gate in front of the Limiter (5
+// identities never seen per client network and second), a flood of 10 fake
+// ids per legitimate request from 8 networks reaches Redis only as far as
+// the gate lets it: the Redis keys are exactly the legitimate users' plus
+// the fake ids the gate admitted, at most 5 × 8 a second, and the
+// legitimate users' decisions are those of a run without the flood.
+func TestFloodThroughTheGate(t *testing.T) {
+	c := testRedis(t)
+	ctx := context.Background()
+	rule := Rule{Name: "gate", Limit: 30, Window: time.Minute, Mode: Strict}
+	const (
+		steps, legit, perFake, nets, perSecond = 3000, 50, 10, 8, 5
+	)
+	run := func(flood bool) (got []bool, admittedFakes int, prefix string) {
+		prefix = testPrefix(t, c)
+		now := base
+		l, err := New(Config{Redis: c, KeyPrefix: prefix, ManualSync: true, Now: func() time.Time { return now },
+			Rules: []Rule{rule}})
+		require.NoError(t, err)
+		defer l.Close()
+		gate, err := newkeys.New(newkeys.Config{PerSecond: perSecond})
+		require.NoError(t, err)
+		fake := 0
+		for i := range steps {
+			now = base.Add(time.Duration(i) * 10 * time.Millisecond)
+			user := fmt.Sprint("legit-", i%legit)
+			ok, _ := gate.Admit(user, fmt.Sprint("legit-net-", i%legit), now)
+			require.True(t, ok, "a legitimate user's own network is never flooded")
+			d, err := l.Allow(ctx, rule.Name, user, now)
+			require.NoError(t, err)
+			got = append(got, d.Allowed)
+			if !flood {
+				continue
+			}
+			for range perFake {
+				id := fmt.Sprint("fake-", fake)
+				if ok, _ := gate.Admit(id, fmt.Sprint("bot-net-", fake%nets), now); ok {
+					_, err := l.Allow(ctx, rule.Name, id, now)
+					require.NoError(t, err)
+					admittedFakes++
+				}
+				fake++
+			}
+		}
+		return got, admittedFakes, prefix
+	}
+	oracle, _, _ := run(false)
+	got, admitted, prefix := run(true)
+	require.Equal(t, oracle, got, "the legitimate users' decisions under the flood")
+	seconds := steps * 10 / 1000
+	require.Positive(t, admitted)
+	require.LessOrEqual(t, admitted, perSecond*nets*seconds, "the gate's budget")
+	keys, err := redistest.ScanKeys(ctx, c, prefix+":{*")
+	require.NoError(t, err)
+	require.Len(t, keys, legit+admitted, "Redis keys: the legitimate users' and the fake ids the gate admitted")
+	t.Logf("%d fake ids offered, %d admitted by the gate (budget %d), %d Redis keys", steps*perFake, admitted, perSecond*nets*seconds, len(keys))
+}

@@ -83,8 +83,8 @@ type Quota struct {
 // FailLocal are given back too, while their credit still waits for the
 // sync pass (FailLocal's local count with it). If a refund fails (Redis
 // went away meanwhile, and the call may have run), or a failure policy's
-// admission cannot be given back (its credit already went to Redis, or it
-// was beyond Config.MaxPendingKeys), AllowAll still returns the denial,
+// admission cannot be given back (its credit already went to Redis),
+// AllowAll still returns the denial,
 // with an error wrapping ErrUnavailable that names the rules left counted:
 // the request is denied either way.
 //

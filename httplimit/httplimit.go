@@ -52,8 +52,8 @@ type Options struct {
 	// Logger receives a warning for a denied request that stays counted
 	// under a rule it passed (ratelimit.Limiter.AllowAll could not roll it
 	// back: Redis went away meanwhile, or a failure policy's admission was
-	// already credited to Redis or beyond Config.MaxPendingKeys). The
-	// request is denied either way. Default: no logging.
+	// already credited to Redis). The request is denied either way.
+	// Default: no logging.
 	Logger *slog.Logger
 
 	// NewKeysPerSecond, when positive, limits the identities (KeyFunc's

@@ -106,17 +106,19 @@ func (g *Gate) Network(a netip.Addr) string {
 // lately always may; a new one if its network has budget left in now's
 // second, and it is then remembered. A new key refused is not remembered,
 // so that sending it again does not pass it. Refused, it returns the wait
-// until the next second.
+// until the next second. Two concurrent first requests of one key may both
+// take budget: a gate errs towards refusing.
 func (g *Gate) Admit(key, network string, now time.Time) (ok bool, wait time.Duration) {
 	if g.seen.Seen(key) {
 		return true, 0
 	}
 	sec := now.Unix()
 	g.mu.Lock()
-	if sec != g.second {
+	if sec > g.second {
 		g.second = sec
 		clear(g.counts)
 	}
+	sec = g.second // a request stamped in an earlier second, late, counts in the current one
 	n, tracked := g.counts[network]
 	ok = n < g.perSecond && (tracked || len(g.counts) < g.maxNets)
 	if ok {

@@ -66,6 +66,21 @@ func TestGateNetworks(t *testing.T) {
 	}
 }
 
+// TestGateLateRequest: a request stamped in an earlier second, arriving
+// after the gate moved on, counts in the current second: it neither
+// resets the current second's budget nor gets a fresh one.
+func TestGateLateRequest(t *testing.T) {
+	g, err := newkeys.New(newkeys.Config{PerSecond: 1})
+	require.NoError(t, err)
+	ok, _ := g.Admit("a", "n", t0.Add(time.Second))
+	require.True(t, ok)
+	ok, wait := g.Admit("b", "n", t0.Add(900*time.Millisecond))
+	require.False(t, ok, "the current second's budget is spent")
+	require.Equal(t, 1100*time.Millisecond, wait, "until the end of the current second")
+	ok, _ = g.Admit("c", "n", t0.Add(time.Second+time.Millisecond))
+	require.False(t, ok, "the late request reset nothing")
+}
+
 // TestConfigErrors: out-of-range fields are errors that name them.
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []struct {
