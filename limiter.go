@@ -1041,7 +1041,8 @@ type Stats struct {
 	BreakerOpened, BreakerRejected int64
 	// PendingKeys are the keys with admissions made without Redis that wait
 	// to be credited to it. PendingDropped are admissions never credited
-	// because MaxPendingKeys was reached (or Close found Redis down);
+	// because MaxPendingKeys was reached (or Close found Redis down), those
+	// that AllowAll gave back since included (RuleStats.GivenBack);
 	// PendingExpired those whose window was over before Redis answered (they
 	// no longer count); PendingFlushed those credited.
 	PendingKeys, PendingDropped, PendingExpired, PendingFlushed int64
@@ -1049,6 +1050,12 @@ type Stats struct {
 	// evicted or refused to admit: each costs its user a Redis call on
 	// their next request.
 	Evictions int64
+	// ResidentKeys are the hybrid key states the local cache holds now, at
+	// most MaxLocalKeys: those handed to it less those it let go of (an
+	// estimate that errs high: a key set again over a state the cache
+	// still holds counts twice until one is let go). A key's first request
+	// makes no state: one-off ids are not resident.
+	ResidentKeys int64
 }
 
 // Stats returns the decision counters. It reads a few atomic counters and
@@ -1089,7 +1096,7 @@ func (l *Limiter) Stats() Stats {
 		st.HybridRedis, st.HybridRedisAllowed, st.HybridRedisDenied = h.remote.Load(), h.remoteAllowed.Load(), h.remoteDenied.Load()
 		st.ActiveKeys = int64(h.registry.Len())
 		if h.cache != nil { // nil only while New builds the Limiter
-			st.Evictions = h.cache.LetGo()
+			st.Evictions, st.ResidentKeys = h.cache.LetGo(), h.cache.Resident()
 		}
 	}
 	return st

@@ -112,6 +112,10 @@ func (t *frontTable) owner(h *hot, key uint64) *atomic.Pointer[State] {
 // LetGo returns how many states ristretto evicted or rejected.
 func (c *Cache) LetGo() int64 { return c.letGoes.Load() }
 
+// Resident returns the states the cache holds: those handed to ristretto
+// less those it let go of, an estimate that errs high (see resident).
+func (c *Cache) Resident() int64 { return max(c.resident.Load(), 0) }
+
 // frontBucket is a set of Cache.front: four slots, a cache line each.
 type frontBucket [frontWays]hot
 

@@ -25,7 +25,7 @@ type Collector struct {
 
 	decisions, givenBack, leaseTokens, reconciliations, overshoots, overshootTokens, overshootMax *prometheus.Desc
 
-	redisErrors, syncPasses, syncDuration, syncKeys, instances, activeKeys, evictions *prometheus.Desc
+	redisErrors, syncPasses, syncDuration, syncKeys, instances, activeKeys, evictions, resident *prometheus.Desc
 
 	timeouts, givenUp, breakerState, breakerOpened, breakerRejected *prometheus.Desc
 	health, pendingKeys, pendingAdmissions                          *prometheus.Desc
@@ -68,6 +68,9 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 			"Live instances seen in the Redis registry at the last sync pass.", nil, nil),
 		activeKeys: prometheus.NewDesc("ratelimit_active_keys",
 			"Hybrid keys with activity since the last sync pass.", nil, nil),
+		resident: prometheus.NewDesc("ratelimit_resident_keys",
+			"Hybrid key states held in the local cache now (an estimate that errs high; a key's first request makes none).",
+			nil, nil),
 		evictions: prometheus.NewDesc("ratelimit_local_evictions_total",
 			"Hybrid key states the local cache (Config.MaxLocalKeys) evicted or refused to admit; each costs its user a Redis call on their next request.", nil, nil),
 		timeouts: prometheus.NewDesc("ratelimit_redis_timeouts_total",
@@ -94,7 +97,7 @@ func NewCollector(l *ratelimit.Limiter) *Collector {
 
 func (c *Collector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{c.decisions, c.givenBack, c.leaseTokens, c.reconciliations, c.overshoots, c.overshootTokens, c.overshootMax,
-		c.redisErrors, c.syncPasses, c.syncDuration, c.syncKeys, c.instances, c.activeKeys, c.evictions,
+		c.redisErrors, c.syncPasses, c.syncDuration, c.syncKeys, c.instances, c.activeKeys, c.evictions, c.resident,
 		c.timeouts, c.givenUp, c.breakerState, c.breakerOpened, c.breakerRejected,
 		c.health, c.pendingKeys, c.pendingAdmissions}
 }
@@ -161,6 +164,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.instances, st.Instances)
 	gauge(c.activeKeys, st.ActiveKeys)
 	counter(c.evictions, st.Evictions)
+	gauge(c.resident, st.ResidentKeys)
 	counter(c.timeouts, st.Timeouts)
 	counter(c.givenUp, st.NotSent, "false")
 	counter(c.givenUp, st.Abandoned, "true")

@@ -136,6 +136,9 @@ ratelimit_reconciliations_total{rule="h"} 3
 # HELP ratelimit_overshoot_reconciliations_total Reconciliations in which the key's global weighted count, as Redis reported it, exceeded the rule's limit.
 # TYPE ratelimit_overshoot_reconciliations_total counter
 ratelimit_overshoot_reconciliations_total{rule="h"} 0
+# HELP ratelimit_resident_keys Hybrid key states held in the local cache now (an estimate that errs high; a key's first request makes none).
+# TYPE ratelimit_resident_keys gauge
+ratelimit_resident_keys 3
 # HELP ratelimit_sync_passes_total Sync passes run, by outcome (ok, error).
 # TYPE ratelimit_sync_passes_total counter
 ratelimit_sync_passes_total{outcome="error"} 0
@@ -146,7 +149,7 @@ ratelimit_breaker_state{node=""} 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "ratelimit_decisions_total",
 		"ratelimit_given_back_total", "ratelimit_lease_tokens_total", "ratelimit_reconciliations_total", "ratelimit_overshoot_reconciliations_total",
-		"ratelimit_sync_passes_total", "ratelimit_breaker_state"))
+		"ratelimit_sync_passes_total", "ratelimit_breaker_state", "ratelimit_resident_keys"))
 
 	// The pass histograms: one pass, which sent the three hybrid keys.
 	mfs, err := reg.Gather()
@@ -164,7 +167,7 @@ ratelimit_breaker_state{node=""} 0
 
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
-	require.Equal(t, 40, n, "series")
+	require.Equal(t, 41, n, "series")
 }
 
 // TestPromFallback: with Redis refusing connections, each policy's
