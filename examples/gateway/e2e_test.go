@@ -87,7 +87,8 @@ func startGateway(t *testing.T, bin string, args ...string) string {
 // rule "orders-read" (20 a minute) each user gets exactly min(sent, 20)
 // 200s and a 429 for every other request, whichever gateways served them,
 // with RateLimit's r counting down to 0 and Retry-After ≥ 1 on every 429;
-// the upstream sees exactly the admitted requests.
+// the upstream sees exactly the admitted requests. Then 10 writers' POSTs
+// go through a route of two rules (Strict and Hybrid, one AllowAll).
 func TestEndToEnd(t *testing.T) {
 	rdb := redistest.Client(t) // skips without a Redis, fails under CI
 	prefix := fmt.Sprintf("e2e-gw-%d-%d", os.Getpid(), time.Now().UnixNano())
@@ -206,4 +207,48 @@ func TestEndToEnd(t *testing.T) {
 		mu.Unlock()
 	}
 	t.Logf("%d requests over %d gateways, %d users", total, len(gateways), users)
+
+	// POST /v1/orders: two rules in one AllowAll, the Strict token bucket
+	// "orders-write" (5 a second) and the Hybrid "default" (1000 a minute).
+	// Each writer sends 12 requests back to back: the bucket's 5 pass, then
+	// one per 200 ms at most; each 429 names orders-write, with r=0 and t
+	// equal to Retry-After; every response lists both policies.
+	const writers, posts = 10, 12
+	for w := range writers {
+		user := "writer-" + strconv.Itoa(w)
+		start := time.Now()
+		ok := 0
+		for j := range posts {
+			req, _ := http.NewRequest("POST", gateways[(w+j)%len(gateways)]+"/v1/orders", nil)
+			req.Header.Set("X-User-ID", user)
+			resp, err := client.Do(req)
+			require.NoError(t, err)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			require.Equal(t, `"orders-write";q=5;w=1, "default";q=1000;w=60`, resp.Header.Get("RateLimit-Policy"), "writer %d request %d", w, j)
+			name, params, found := strings.Cut(resp.Header.Get("RateLimit"), ";")
+			require.True(t, found, "writer %d request %d: RateLimit %q", w, j, resp.Header.Get("RateLimit"))
+			var rem, reset int
+			_, err = fmt.Sscanf(params, "r=%d;t=%d", &rem, &reset)
+			require.NoError(t, err)
+			require.Equal(t, `"orders-write"`, name, "the most restrictive rule, allowed or denied")
+			switch resp.StatusCode {
+			case http.StatusOK:
+				ok++
+				require.Empty(t, resp.Header.Get("Retry-After"))
+			case http.StatusTooManyRequests:
+				require.Equal(t, 0, rem)
+				require.Equal(t, "1", resp.Header.Get("Retry-After"), "a token of a 5/s bucket: within a second, rounded up")
+				require.Equal(t, 1, reset)
+			default:
+				t.Fatalf("writer %d request %d: status %d", w, j, resp.StatusCode)
+			}
+		}
+		refills := int(time.Since(start) / (200 * time.Millisecond))
+		require.GreaterOrEqual(t, ok, 5, "writer %d: the bucket's burst", w)
+		require.LessOrEqual(t, ok, 5+refills+1, "writer %d: the burst and the refills of %v", w, time.Since(start))
+		mu.Lock()
+		require.Equal(t, ok, upstreamSeen[user], "writer %d: upstream saw the admitted requests only", w)
+		mu.Unlock()
+	}
 }
