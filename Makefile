@@ -19,7 +19,7 @@ REDIS_ADDR ?= 127.0.0.1:6379
 export REDIS_ADDR
 
 # Overridable knobs.
-TESTFLAGS  ?= -race -shuffle=on -count=1
+TESTFLAGS  ?= -race -shuffle=on -count=1 -timeout 20m
 BENCH      ?= .
 COUNT      ?= 6
 FUZZTIME   ?= 20s
