@@ -20,11 +20,7 @@ import (
 // lease and the debt wait, and go with the key's next call once the first
 // is answered.
 func TestOneNamedCallPerKey(t *testing.T) {
-	c := testRedis(t)
-	l, err := New(Config{Redis: c, KeyPrefix: testPrefix(t, c), ManualSync: true, Now: fixedClock(base),
-		Rules: []Rule{{Name: "r", Limit: 100, Window: time.Minute, Mode: Hybrid}}})
-	require.NoError(t, err)
-	defer l.Close()
+	l := namingLimiter(t)
 	ctx := context.Background()
 	for range 2 { // the first sighting, then a State with a lease
 		_, err := l.AllowN(ctx, "r", "u", base, 3)
@@ -81,11 +77,7 @@ func TestOneNamedCallPerKey(t *testing.T) {
 func TestStaleReturnIsUncertain(t *testing.T) {
 	for _, firstRan := range []bool{false, true} {
 		t.Run(fmt.Sprint("first_copy_ran=", firstRan), func(t *testing.T) {
-			c := testRedis(t)
-			l, err := New(Config{Redis: c, KeyPrefix: testPrefix(t, c), ManualSync: true, Now: fixedClock(base),
-				Rules: []Rule{{Name: "r", Limit: 100, Window: time.Minute, Mode: Hybrid}}})
-			require.NoError(t, err)
-			defer l.Close()
+			l := namingLimiter(t)
 			ctx := context.Background()
 			r := l.rules.Load().byName["r"]
 			h := l.hybrid
@@ -115,4 +107,16 @@ func TestStaleReturnIsUncertain(t *testing.T) {
 			require.Equal(t, want, k.Cur, "each return applied at most once")
 		})
 	}
+}
+
+// namingLimiter returns a Limiter of one Hybrid rule "r" (100 a minute),
+// synced by hand at a fixed clock, closed when the test ends.
+func namingLimiter(t *testing.T) *Limiter {
+	t.Helper()
+	c := testRedis(t)
+	l, err := New(Config{Redis: c, KeyPrefix: testPrefix(t, c), ManualSync: true, Now: fixedClock(base),
+		Rules: []Rule{{Name: "r", Limit: 100, Window: time.Minute, Mode: Hybrid}}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
 }
