@@ -5,6 +5,7 @@ package ratelimit
 import (
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +21,10 @@ import (
 // that most users are resident. Built only with the measure tag:
 //
 //	go test -tags measure -count=1 -run TestLocalMemoryMeasure -v . 2>&1 | grep -v '^redis: '
+//
+// With LOCAL_MEMORY_PROFILE set to a file name it also writes a heap
+// profile there while the keys are resident (with -memprofilerate 1 for
+// exact figures: go tool pprof -sample_index=inuse_space -top).
 func TestLocalMemoryMeasure(t *testing.T) {
 	c := testRedis(t)
 	prefix := testPrefix(t, c)
@@ -47,6 +52,12 @@ func TestLocalMemoryMeasure(t *testing.T) {
 		}
 	}
 	h2, r2 := heap(), rssKB(t)
+	if name := os.Getenv("LOCAL_MEMORY_PROFILE"); name != "" {
+		f, err := os.Create(name)
+		must(t, err)
+		must(t, pprof.WriteHeapProfile(f))
+		must(t, f.Close())
+	}
 	t.Logf("New(MaxLocalKeys %d): heap +%d B (%.1f B per key of capacity), RSS +%d kB", maxKeys, h1-h0, float64(h1-h0)/maxKeys, r1-r0)
 	t.Logf("%d users, %d resident: heap +%d B (%.1f B per resident key), RSS +%d kB (%.1f B per resident key)",
 		users, resident, h2-h1, float64(h2-h1)/float64(resident), r2-r1, float64(r2-r1)*1024/float64(resident))
