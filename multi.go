@@ -84,9 +84,8 @@ type Quota struct {
 // sync pass (FailLocal's local count with it). If a refund fails (Redis
 // went away meanwhile, and the call may have run), or a failure policy's
 // admission cannot be given back (its credit already went to Redis),
-// AllowAll still returns the denial,
-// with an error wrapping ErrUnavailable that names the rules left counted:
-// the request is denied either way.
+// AllowAll still returns the denial, with an error wrapping ErrUnavailable
+// that names the rules left counted: the request is denied either way.
 //
 // RuleStats count a decision of the script under the rules it decided: every rule when all admitted, the denying rule alone when one
 // denied (the others neither admitted nor denied the request).

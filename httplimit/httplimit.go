@@ -15,6 +15,7 @@ import (
 	"time"
 
 	ratelimit "github.com/drl-go/distributed-rate-limiter"
+	"github.com/drl-go/distributed-rate-limiter/newkeys"
 )
 
 // ErrNoKey is wrapped by the error of a request whose caller cannot be named
@@ -84,7 +85,7 @@ type Options struct {
 type Middleware struct {
 	lim     *ratelimit.Limiter
 	opts    Options
-	newKeys *newKeyGate // nil unless Options.NewKeysPerSecond
+	newKeys *newkeys.Gate // nil unless Options.NewKeysPerSecond
 
 	mu      sync.RWMutex
 	routes  map[string]*route // by pattern, for Wrap

@@ -3,22 +3,15 @@ package httplimit
 import (
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/drl-go/distributed-rate-limiter/newkeys"
 )
 
-// newKeyGate is the gate of Options.NewKeysPerSecond: a newkeys.Gate,
-// whose networks are the client's address prefix, or the forwarded entry
-// that is not an address.
-type newKeyGate struct {
-	*newkeys.Gate
-}
-
-// newNewKeyGate returns the gate of opts, or nil when it is off.
-func newNewKeyGate(opts *Options) (*newKeyGate, error) {
+// newNewKeyGate returns the gate of Options.NewKeysPerSecond, or nil when
+// it is off.
+func newNewKeyGate(opts *Options) (*newkeys.Gate, error) {
 	switch {
 	case opts.NewKeysPerSecond == 0:
 		return nil, nil
@@ -30,16 +23,7 @@ func newNewKeyGate(opts *Options) (*newKeyGate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("httplimit: Options.NewKeys* (as newkeys.Config): %w", err)
 	}
-	return &newKeyGate{g}, nil
-}
-
-// network is the client network of a, or the forwarded entry fwd that is
-// not an address.
-func (g *newKeyGate) network(a netip.Addr, fwd string) string {
-	if fwd != "" {
-		return "fwd:" + fwd
-	}
-	return g.Network(a)
+	return g, nil
 }
 
 // gateNewKey applies the gate to r of key: it answers a denied request
@@ -50,7 +34,11 @@ func (m *Middleware) gateNewKey(w http.ResponseWriter, r *http.Request, key stri
 		m.opts.OnError(w, r, err)
 		return false
 	}
-	ok, wait := m.newKeys.Admit(key, m.newKeys.network(a, fwd), now)
+	network := "fwd:" + fwd // a forwarded entry that is not an address
+	if fwd == "" {
+		network = m.newKeys.Network(a)
+	}
+	ok, wait := m.newKeys.Admit(key, network, now)
 	if ok {
 		return true
 	}
