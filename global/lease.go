@@ -110,8 +110,11 @@ func (r LeaseRequest) route() string { return r.Key }
 // layout.
 func (r LeaseRequest) keysArgs() ([]string, []any) {
 	if r.admitOnly() {
-		return []string{r.Key}, []any{r.Now, r.Window, r.Limit, r.N, r.Attempts, r.fixed(),
-			r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version}
+		args := []any{r.Now, r.Window, r.Limit, r.N, r.Attempts, r.fixed()}
+		if r.Known.Version > 0 { // else the script reads the Known counts as 0
+			args = append(args, r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version)
+		}
+		return []string{r.Key}, args
 	}
 	return []string{r.Key}, r.args()
 }
@@ -131,14 +134,31 @@ func (r LeaseRequest) args() []any {
 		r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version, r.Op.Seq}
 }
 
-// ints returns the answer to a call of one key: its 10 integers, or its
-// error.
+// ints returns the answer to a call of one key: its 10 integers in the
+// lease script's layout, or its error.
 func (r LeaseRequest) ints(cmd *redis.Cmd) ([]int64, error) {
+	if r.admitOnly() {
+		return admitInts(cmd)
+	}
 	replies, err := leaseReplies(cmd, 1)
 	if err != nil {
 		return nil, err
 	}
 	return replies[0].v, replies[0].err
+}
+
+// admitInts returns the admit script's answer, {allowed, prev, cur,
+// prev_attempts, cur_attempts, now, version, restored}, in the lease
+// script's layout: granted 0 and op 0 put in.
+func admitInts(cmd *redis.Cmd) ([]int64, error) {
+	v, err := ints(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if len(v) != 8 {
+		return nil, fmt.Errorf("global: admit script returned %d values, want 8", len(v))
+	}
+	return []int64{v[0], 0, v[1], v[2], v[3], v[4], v[5], v[6], v[7], 0}, nil
 }
 
 // leaseBatch is several LeaseRequests sent as one call of the lease script.

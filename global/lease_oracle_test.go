@@ -89,6 +89,7 @@ type leaseModel struct {
 // op records by stream.
 type leaseHash struct {
 	w, c, p, t, ac, ap, v int64
+	noP, noAP             bool                  // p or ap absent: admit.lua does not write a new key's zeros
 	ops                   map[string][]opRecord // by stream: the latest applied first
 }
 
@@ -103,6 +104,12 @@ type opRecord struct {
 func (h leaseHash) fields() map[string]string {
 	f := func(x int64) string { return strconv.FormatInt(x, 10) }
 	out := map[string]string{"w": f(h.w), "c": f(h.c), "p": f(h.p), "t": f(h.t), "ac": f(h.ac), "ap": f(h.ap)}
+	if h.noP {
+		delete(out, "p")
+	}
+	if h.noAP {
+		delete(out, "ap")
+	}
 	if h.v != 0 { // a key only admit.lua wrote has no version
 		out["v"] = f(h.v)
 	}
@@ -136,6 +143,9 @@ type modelAnswer struct {
 	// for T0 and T1 the server's clock (µs) before and after the call.
 	newVersion bool
 	floor      int64
+	// newTTL: the call set the key's TTL (2 windows): its first write of
+	// the window (a new, rolled or restored key); later ones keep it.
+	newTTL bool
 }
 
 func newLeaseModel() *leaseModel {
@@ -251,6 +261,19 @@ func (m *leaseModel) lease(r LeaseRequest, admit bool) modelAnswer {
 	if a.newVersion {
 		a.reply.Version = 0 // not known until pinned
 	}
+	same := exists && h.w == idx && !restored
+	a.newTTL = !same
+	var noP, noAP bool // fields p and ap absent after the write
+	switch {
+	case same:
+		// In the key's own window the scripts write c, t, ac (v), and
+		// lease.lua p if a return took from it.
+		noP, noAP = h.noP && (admit || prev == h.p), h.noAP
+	case admit:
+		// all but the zeros of fields the key does not hold
+		noP = prev == 0 && (!exists || h.noP)
+		noAP = prevAttempts == 0 && (!exists || h.noAP)
+	}
 	ops := h.ops // a missing key has none
 	if ops == nil {
 		ops = make(map[string][]opRecord)
@@ -268,7 +291,7 @@ func (m *leaseModel) lease(r LeaseRequest, admit bool) modelAnswer {
 			next = append(next, keep)
 		}
 		ops[r.Op.Stream] = next
-		if 7+len(ops) > 12 {
+		if 7-b2i(noP)-b2i(noAP)+int64(len(ops)) > 12 { // op_prune: more than 12 fields
 			for stream, recs := range ops {
 				if win := recs[0].index % 4; win != idx%4 && win != (idx-1)%4 {
 					delete(ops, stream)
@@ -277,7 +300,8 @@ func (m *leaseModel) lease(r LeaseRequest, admit bool) modelAnswer {
 			}
 		}
 	}
-	m.hashes[r.Key] = leaseHash{w: idx, c: cur, p: prev, t: now, ac: curAttempts, ap: prevAttempts, v: a.reply.Version, ops: ops}
+	m.hashes[r.Key] = leaseHash{w: idx, c: cur, p: prev, t: now, ac: curAttempts, ap: prevAttempts, v: a.reply.Version,
+		ops: ops, noP: noP, noAP: noAP}
 	return a
 }
 
@@ -765,8 +789,11 @@ func (h *leaseHistory) send(calls []oracleCall) {
 	if err != nil && !errors.Is(err, redis.Nil) {
 		h.fatalf("pipeline: %v", err)
 	}
-	replies, err := leaseReplies(cmd, len(calls))
-	if err != nil {
+	var replies []leaseReply
+	if calls[0].admit {
+		v, err := batch[0].ints(cmd)
+		replies = []leaseReply{{v: v, err: err}}
+	} else if replies, err = leaseReplies(cmd, len(calls)); err != nil {
 		h.fatalf("%v", err)
 	}
 	lo, hi := micros(t0.Val()), micros(t1.Val())
@@ -794,8 +821,10 @@ func (h *leaseHistory) send(calls []oracleCall) {
 			h.fatalf("lease(%+v) = %+v, want %+v", c.r, got, want.reply)
 		}
 		h.count(c, want)
-		if !want.replayed {
+		if want.newTTL {
 			h.ttls[c.r.Key] = ttlMark{lo: before, hi: after, ttl: 2 * c.r.Window}
+		}
+		if !want.replayed {
 			if !c.r.Op.IsZero() {
 				h.sent = append(h.sent, c.r)
 			}

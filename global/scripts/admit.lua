@@ -1,16 +1,20 @@
 -- Hybrid mode, a key's decision that gives nothing back and asks for no
 -- lease (a sparse user's): admit n now and answer the key's counts, as
--- lease.lua would for the same call, at about the cost of a strict
--- decision: ten arguments, no op record, no grant; a key Redis lost is
+-- lease.lua would for the same call, at no more than the cost of a strict
+-- decision: no op record, no grant, no TIME; as few arguments as strict's
+-- when the caller knows nothing of the key, an answer of 8 integers, no
+-- field written that would hold 0 on a new key. A key Redis lost is
 -- restored from the caller's counts as lease.lua does.
+-- Its fields go to redis.call as numbers (see int in prelude.lua).
 -- KEYS[1]  the key, in lease.lua's layout
 -- ARGV     now_ms, window_ms, limit, n (> 0), attempts (requests seen since
 --          the last report, n not among them), fixed ("1": no
---          previous-window weight), known_window, known_prev,
---          known_cur, known_version (as in lease.lua)
--- Returns  lease.lua's reply for one key: {{allowed, granted (0), prev,
---          cur, prev_attempts, cur_attempts, now_used, version (0: the key
---          has none), restored, op (0)}}
+--          previous-window weight), then, only when the caller knows the
+--          key (known_version > 0), known_window, known_prev, known_cur,
+--          known_version (as in lease.lua)
+-- Returns  {allowed, prev, cur, prev_attempts, cur_attempts, now_used,
+--          version (0: the key has none), restored}: lease.lua's reply
+--          for one key without its granted and op.
 local key = KEYS[1]
 local now, w, limit, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local attempts, fixed = tonumber(ARGV[5]), ARGV[6] == '1'
@@ -25,8 +29,8 @@ if version ~= nil then version = version + 1 end
 local last = tonumber(st[4]) or 0
 if now < last then now = last end
 local idx = fdiv(now, w)
-local kv = tonumber(ARGV[10])
-local prev, cur, ap, ac, restored = hybrid_counts(st, idx, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), kv)
+local kv = tonumber(ARGV[10]) or 0
+local prev, cur, ap, ac, restored = hybrid_counts(st, idx, tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0, tonumber(ARGV[9]) or 0, kv)
 if restored == 1 then version = math.max(version or 0, kv + 1) end -- lost, not expired: see lease.lua
 ac = ac + attempts + n
 
@@ -39,17 +43,21 @@ if pw * (w - elapsed) + (cur + n) * w <= limit * w then
 end
 -- Write what changed: in the key's own window (the common case) only the
 -- count, the time and the attempts; after a roll, a restore or on a new
--- key, everything.
+-- key, everything but the zeros of fields the key does not hold (HMGET
+-- answered false: absent reads as 0), and the TTL as lease.lua sets it.
+local same = tonumber(st[1]) == idx and restored == 0
 local fields
-if tonumber(st[1]) == idx and restored == 0 then
-  fields = {'c', int(cur), 't', int(now), 'ac', int(ac)}
+if same then
+  fields = {'c', cur, 't', now, 'ac', ac}
 else
-  fields = {'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap)}
+  fields = {'w', idx, 'c', cur, 't', now, 'ac', ac}
+  if prev ~= 0 or st[3] then fields[#fields + 1] = 'p'; fields[#fields + 1] = prev end
+  if ap ~= 0 or st[6] then fields[#fields + 1] = 'ap'; fields[#fields + 1] = ap end
 end
 if version ~= nil then
   fields[#fields + 1] = 'v'
-  fields[#fields + 1] = int(version)
+  fields[#fields + 1] = version
 end
 redis.call('HSET', key, unpack(fields))
-redis.call('PEXPIRE', key, 2 * w)
-return {{allowed, 0, prev, cur, ap, ac, now, version or 0, restored, 0}}
+if not same then redis.call('PEXPIRE', key, 2 * w) end
+return {allowed, prev, cur, ap, ac, now, version or 0, restored}

@@ -23,8 +23,8 @@
 -- granted if the copy's now_ms is still of the key's window (else 0: the
 -- grant stays counted, unspent), and changes nothing; so does an op older
 -- than both (stale), which admits and grants nothing.
--- A key the caller knew in a window still live cannot have expired (every
--- write sets a TTL of two windows): if it is missing, Redis lost it (a
+-- A key the caller knew in a window still live cannot have expired (the
+-- first write of each window sets a TTL of two windows): if it is missing, Redis lost it (a
 -- restart, a flush, a failover), and the key starts again from what the
 -- caller knew rather than from zero, so that a data loss hands no user a
 -- fresh budget.
@@ -81,6 +81,7 @@ local function lease(key, a, put)
   local prev, cur, ap, ac, restored = hybrid_counts(st, idx,
     tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15]), kv)
   if restored == 1 then version = math.max(version, kv + 1) end
+  local prev0 = prev
   if op ~= 0 then
     -- A copy of the recorded op, or an older op: the key as it is. (A
     -- record lives in the key, so the key exists: it was not restored.)
@@ -120,14 +121,28 @@ local function lease(key, a, put)
     cur = cur + granted
   end
 
-  if stream ~= '' then
-    put('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap),
-      'v', int(version), stream, op_record(ops, seq, idx, 8 * granted + allowed))
-    op_prune(key, idx)
-  else
-    put('HSET', key, 'w', int(idx), 'c', int(cur), 'p', int(prev), 't', int(now), 'ac', int(ac), 'ap', int(ap), 'v', int(version))
+  -- Write what changed, as numbers (see int in prelude.lua): in the key's
+  -- own window (a sync pass's common case) the count, the time, the
+  -- attempts, the version, and the previous count if a return took from
+  -- it; after a roll, a restore or on a new key, every field.
+  -- The TTL: two windows from the key's first write of window idx, when it
+  -- is needed until the end of window idx+1, (idx + 2)·w ≤ now + 2·w.
+  -- Later writes of the window keep it: a TTL set at every write would
+  -- cost a command a key for nothing but to keep an idle key longer.
+  local same = tonumber(st[1]) == idx and restored == 0
+  local fields = {'c', cur, 't', now, 'ac', ac, 'v', version}
+  if not same then
+    fields[9], fields[10], fields[11], fields[12], fields[13], fields[14] = 'w', idx, 'p', prev, 'ap', ap
+  elseif prev ~= prev0 then
+    fields[9], fields[10] = 'p', prev
   end
-  put('PEXPIRE', key, 2 * w)
+  if stream ~= '' then
+    fields[#fields + 1] = stream
+    fields[#fields + 1] = op_record(ops, seq, idx, 8 * granted + allowed)
+  end
+  put('HSET', key, unpack(fields))
+  if stream ~= '' then op_prune(key, idx) end
+  if not same then put('PEXPIRE', key, 2 * w) end
   return {allowed, granted, prev, cur, ap, ac, now, version, restored, 0}
 end
 

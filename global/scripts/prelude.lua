@@ -5,7 +5,11 @@ local function fdiv(x, y) -- floor(x / y) for integers, exact past 2^31
   if q * y > x then q = q - 1 elseif (q + 1) * y <= x then q = q + 1 end
   return q
 end
-local function int(x) return string.format('%.0f', x) end -- exact decimal, never 1e+15
+-- int(x) is x in exact decimal, never 1e+15: for strings a script builds.
+-- An argument of redis.call needs none: Redis writes a number argument in
+-- decimal itself, exact for every integer below 2^53 (all values here, see
+-- maxLimitWindow in approx.go), at a fraction of string.format's cost.
+local function int(x) return string.format('%.0f', x) end
 
 -- The server's clock (TIME) in microseconds: below 2^53, so exact.
 local function server_us()
@@ -123,7 +127,8 @@ end
 -- HMGET of 'w', 'c', 'p', 't', 'ac', 'ap', 'v' (lease.lua's layout): the
 -- window's and the previous window's counts and attempts. A key missing
 -- while its caller knew it (known_version kv > 0) in window idx or idx-1
--- was lost, not expired (every write sets a TTL of two windows): it starts
+-- was lost, not expired (a window's first write sets a TTL of two windows,
+-- which outlasts the next window): it starts
 -- again from what the caller knew (kw, kp, kc), so that a data loss hands
 -- no user a fresh budget; restored is 1 then. Returns prev, cur, ap, ac,
 -- restored.
