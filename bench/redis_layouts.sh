@@ -10,14 +10,7 @@
 # (read, count one more, write, TTL), 10 000 a call, over the user-rules.
 # Usage: bash bench/redis_layouts.sh
 set -euo pipefail
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-	--pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir"
-trap 'kill "$(cat "$dir/pid")" 2>/dev/null; rm -rf "$dir"' EXIT
-R="redis-cli -p $port"
-until $R ping >/dev/null 2>&1; do sleep 0.1; done
-redis-server --version
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/private_redis.sh"
 
 key_hash="'rl:{user'..i..'}:api'"
 key_bucket="'rl:{b'..math.floor(i/64)..'}:api'"

@@ -18,14 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 old=${1:-HEAD}
 new=${2:-}
 rounds=${ROUNDS:-7}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-	--pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir"
-trap 'kill "$(cat "$dir/pid")" 2>/dev/null; rm -rf "$dir"' EXIT
-R="redis-cli -p $port"
-until $R ping >/dev/null 2>&1; do sleep 0.1; done
-redis-server --version
+source bench/private_redis.sh
 
 # file REV NAME: global/scripts/NAME at REV ("" is the working tree).
 file() {
@@ -72,6 +65,8 @@ pass() {
 }
 
 declare -A runs
+# med LIST: the median of a space-separated list.
+med() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for r in $(seq "$rounds"); do
 	for side in old new; do
 		runs[$side.strict]+=" $(sparse "${sha[$side.strict]}" "$now" 10000 1073741824 1 0 0)"
@@ -83,6 +78,5 @@ for r in $(seq "$rounds"); do
 done
 printf '%-6s %-12s %s\n' script "${old}" "${new:-working tree}  (µs per key, median of $rounds)"
 for s in strict admit lease; do
-	med() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 	printf '%-6s %-12s %s   [old:%s] [new:%s]\n' "$s" "$(med "${runs[old.$s]}")" "$(med "${runs[new.$s]}")" "${runs[old.$s]}" "${runs[new.$s]}"
 done
