@@ -143,9 +143,6 @@ type modelAnswer struct {
 	// for T0 and T1 the server's clock (µs) before and after the call.
 	newVersion bool
 	floor      int64
-	// newTTL: the call set the key's TTL (2 windows): its first write of
-	// the window (a new, rolled or restored key); later ones keep it.
-	newTTL bool
 }
 
 func newLeaseModel() *leaseModel {
@@ -262,7 +259,6 @@ func (m *leaseModel) lease(r LeaseRequest, admit bool) modelAnswer {
 		a.reply.Version = 0 // not known until pinned
 	}
 	same := exists && h.w == idx && !restored
-	a.newTTL = !same
 	var noP, noAP bool // fields p and ap absent after the write
 	switch {
 	case same:
@@ -821,10 +817,8 @@ func (h *leaseHistory) send(calls []oracleCall) {
 			h.fatalf("lease(%+v) = %+v, want %+v", c.r, got, want.reply)
 		}
 		h.count(c, want)
-		if want.newTTL {
-			h.ttls[c.r.Key] = ttlMark{lo: before, hi: after, ttl: 2 * c.r.Window}
-		}
 		if !want.replayed {
+			h.ttls[c.r.Key] = ttlMark{lo: before, hi: after, ttl: 2 * c.r.Window}
 			if !c.r.Op.IsZero() {
 				h.sent = append(h.sent, c.r)
 			}

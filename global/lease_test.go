@@ -241,3 +241,61 @@ func TestLeaseBatchOnClusterModeServer(t *testing.T) {
 		t.Fatal("the store did not learn that keys live on several slots")
 	}
 }
+
+// TestKeysLiveWhileWritten: a key written again and again within one
+// window of the caller's time outlives two windows of Redis' time. The TTL
+// runs on Redis' clock and the windows on the caller's timestamps; a
+// caller whose timestamps lag the wall clock (a simulator, requests
+// stamped at arrival and decided late) must not see a key it keeps using
+// expire under it and come back restored from a stale copy. So every write
+// of every script (hybrid admit and lease, strict) renews the TTL to two
+// windows: after each write PTTL is more than 2·W minus the write's own
+// round trip and the tolerance, never the remainder of an older TTL.
+func TestKeysLiveWhileWritten(t *testing.T) {
+	c, p := testClient(t)
+	ctx := context.Background()
+	s := NewStore(c, Options{})
+	defer s.Close()
+	const w = 100 // ms; 2·W of real time passes during the test
+	now := int64(1_700_000_000_000) / w * w
+	calls := []struct {
+		name  string
+		key   string
+		write func(key string) error
+	}{
+		{"hybrid admit", Key(p, "admit", "u"), func(key string) error {
+			_, err := s.Lease(ctx, LeaseRequest{Key: key, Now: now, Window: w, Limit: 1000, N: 1})
+			return err
+		}},
+		{"hybrid lease", Key(p, "lease", "u"), func(key string) error {
+			_, err := s.Lease(ctx, LeaseRequest{Key: key, Now: now, Window: w, Limit: 1000, Want: 1})
+			return err
+		}},
+		{"strict", Key(p, "strict", "u"), func(key string) error {
+			_, err := s.Take(ctx, Request{Algorithm: SlidingWindow, Key: key, Now: now, Window: w, Limit: 1000, N: 1})
+			return err
+		}},
+	}
+	if !(LeaseRequest{N: 1}).admitOnly() || (LeaseRequest{Want: 1}).admitOnly() {
+		t.Fatal("the two hybrid calls no longer take the admit and the lease script")
+	}
+	start := time.Now()
+	for i := 0; time.Since(start) < 3*w*time.Millisecond; i++ {
+		for _, call := range calls {
+			before := time.Now()
+			if err := call.write(call.key); err != nil {
+				t.Fatalf("%s, write %d: %v", call.name, i, err)
+			}
+			ttl, err := c.PTTL(ctx, call.key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			const tol = 3 * time.Millisecond
+			if floor := 2*w*time.Millisecond - time.Since(before) - tol; ttl < floor {
+				t.Fatalf("%s, write %d, %v after the first: PTTL %v, want ≥ %v (two windows from this write)",
+					call.name, i, time.Since(start).Round(time.Millisecond), ttl, floor)
+			}
+		}
+		time.Sleep(w / 4 * time.Millisecond)
+	}
+}

@@ -44,7 +44,8 @@ end
 -- Write what changed: in the key's own window (the common case) only the
 -- count, the time and the attempts; after a roll, a restore or on a new
 -- key, everything but the zeros of fields the key does not hold (HMGET
--- answered false: absent reads as 0), and the TTL as lease.lua sets it.
+-- answered false: absent reads as 0); and the TTL at every write, as
+-- lease.lua sets it.
 local same = tonumber(st[1]) == idx and restored == 0
 local fields
 if same then
@@ -59,5 +60,5 @@ if version ~= nil then
   fields[#fields + 1] = version
 end
 redis.call('HSET', key, unpack(fields))
-if not same then redis.call('PEXPIRE', key, 2 * w) end
+redis.call('PEXPIRE', key, 2 * w)
 return {allowed, prev, cur, ap, ac, now, version or 0, restored}

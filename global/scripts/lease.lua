@@ -23,8 +23,8 @@
 -- granted if the copy's now_ms is still of the key's window (else 0: the
 -- grant stays counted, unspent), and changes nothing; so does an op older
 -- than both (stale), which admits and grants nothing.
--- A key the caller knew in a window still live cannot have expired (the
--- first write of each window sets a TTL of two windows): if it is missing, Redis lost it (a
+-- A key the caller knew in a window still live cannot have expired (every
+-- write sets a TTL of two windows): if it is missing, Redis lost it (a
 -- restart, a flush, a failover), and the key starts again from what the
 -- caller knew rather than from zero, so that a data loss hands no user a
 -- fresh budget.
@@ -125,10 +125,13 @@ local function lease(key, a, put)
   -- own window (a sync pass's common case) the count, the time, the
   -- attempts, the version, and the previous count if a return took from
   -- it; after a roll, a restore or on a new key, every field.
-  -- The TTL: two windows from the key's first write of window idx, when it
-  -- is needed until the end of window idx+1, (idx + 2)·w ≤ now + 2·w.
-  -- Later writes of the window keep it: a TTL set at every write would
-  -- cost a command a key for nothing but to keep an idle key longer.
+  -- The TTL: two windows from every write. Set once a window (at its first
+  -- write) it would be enough only while the callers' clock runs no slower
+  -- than Redis' own: the TTL runs in Redis' time, windows in the caller's
+  -- timestamps, and a key still written in window idx+1 of a caller whose
+  -- time lags (a simulator, queued requests stamped at arrival) would
+  -- expire under its users and come back restored from a stale copy. Set
+  -- at every write, a key lives while it is used, whatever the clocks.
   local same = tonumber(st[1]) == idx and restored == 0
   local fields = {'c', cur, 't', now, 'ac', ac, 'v', version}
   if not same then
@@ -142,7 +145,7 @@ local function lease(key, a, put)
   end
   put('HSET', key, unpack(fields))
   if stream ~= '' then op_prune(key, idx) end
-  if not same then put('PEXPIRE', key, 2 * w) end
+  put('PEXPIRE', key, 2 * w)
   return {allowed, granted, prev, cur, ap, ac, now, version, restored, 0}
 end
 

@@ -127,8 +127,7 @@ end
 -- HMGET of 'w', 'c', 'p', 't', 'ac', 'ap', 'v' (lease.lua's layout): the
 -- window's and the previous window's counts and attempts. A key missing
 -- while its caller knew it (known_version kv > 0) in window idx or idx-1
--- was lost, not expired (a window's first write sets a TTL of two windows,
--- which outlasts the next window): it starts
+-- was lost, not expired (every write sets a TTL of two windows): it starts
 -- again from what the caller knew (kw, kp, kc), so that a data loss hands
 -- no user a fresh budget; restored is 1 then. Returns prev, cur, ap, ac,
 -- restored.
