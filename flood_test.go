@@ -121,7 +121,10 @@ func TestFloodLeavesLegitDecisions(t *testing.T) {
 		got := make([]bool, 0, steps)
 		fake := 0
 		for i := range steps {
-			now = base.Add(time.Duration(i) * 10 * time.Millisecond)
+			// A step a millisecond: each legitimate user asks every 50 ms,
+			// more often than the sync interval (100 ms), as a user whose
+			// State pays for itself does (Cache.FirstSight forgets rarer ones).
+			now = base.Add(time.Duration(i) * time.Millisecond)
 			d, err := l.Allow(ctx, rule.Name, fmt.Sprint("legit-", i%legit), now)
 			require.NoError(t, err)
 			got = append(got, d.Allowed)

@@ -93,7 +93,7 @@ func (h *hybrid) inProcess(r *rule, user string, ms, n int64) (res result, s *lo
 		}
 	}
 	s = h.cache.State(ref)
-	if s == nil && h.cache.FirstSight(ref) {
+	if s == nil && h.cache.FirstSight(ref, ms, h.l.cfg.SyncInterval.Milliseconds()) {
 		return result{}, nil, false
 	}
 	if s == nil {

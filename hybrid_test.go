@@ -925,3 +925,60 @@ func testHybridSparseKeysCostNoState(t *testing.T, front bool) {
 	require.Equal(t, int64(users+1), st.HybridRedis, "every decision asked Redis")
 	require.Equal(t, int64(users+1), st.HybridRedisAllowed)
 }
+
+// TestHybridRareUsersCostNoState: users whose requests come further apart
+// than two sync intervals (every 300 ms here, at the default 100 ms) never
+// get a State, however many requests they make: the doorkeeper forgets them
+// on request time (Cache.FirstSight's span), so each request is one exact
+// decision in Redis, with no lease to hand back and no place in a sync
+// pass. Each admits exactly the limit. A user asking every 50 ms among
+// them gets a State and is decided in process.
+func TestHybridRareUsersCostNoState(t *testing.T) {
+	forEachFront(t, testHybridRareUsersCostNoState)
+}
+
+func testHybridRareUsersCostNoState(t *testing.T, front bool) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ctx := context.Background()
+	rule := Rule{Name: "rare", Limit: 5, Window: time.Minute}
+	now := base
+	l := manualHybrid(t, front, c, prefix, rule, func() time.Time { return now }, 1<<14)
+	const users, rounds, every = 200, 10, 300 * time.Millisecond
+	name := func(i int) string { return "r" + strconv.Itoa(i) }
+	admitted := make([]int, users)
+	hot := 0
+	for j := range rounds {
+		for u := range users {
+			// Staggered, 1.5 ms apart: requests come all the time, as on a
+			// gateway, and the doorkeeper rotates every sync interval.
+			at := base.Add(time.Duration(j)*every + time.Duration(u)*1500*time.Microsecond)
+			now = at
+			d, err := l.Allow(ctx, rule.Name, name(u), at)
+			require.NoError(t, err)
+			if d.Allowed {
+				admitted[u]++
+			}
+			if u%33 == 0 { // about every 50 ms
+				_, err := l.Allow(ctx, rule.Name, "hot", at)
+				require.NoError(t, err)
+				hot++
+			}
+		}
+	}
+	for u := range users {
+		require.Equal(t, int(rule.Limit), admitted[u], name(u))
+	}
+	states := 0
+	for u := range users {
+		if l.hybrid.cache.State(l.hybrid.cache.Get(name(u), 0)) != nil {
+			states++
+		}
+	}
+	require.LessOrEqual(t, states, users*3/100, "states of users asking every %v (the doorkeeper's false positives only)", every)
+	require.NotNil(t, l.hybrid.cache.State(l.hybrid.cache.Get("hot", 0)), "a user asking every 50 ms has a State")
+	require.NoError(t, l.Sync(ctx)) // in-process decisions are counted by the pass
+	st := l.Stats()
+	require.Positive(t, st.HybridInProcessDenied, "the hot user is decided in process")
+	require.GreaterOrEqual(t, st.HybridRedis, int64(users*rounds-states*rounds), "the rare users' requests were decided in Redis")
+}

@@ -472,11 +472,14 @@ func (c *Cache) Touch(s *State) {
 func (c *Cache) HasFront() bool { return c.maxSlots != 0 }
 
 // FirstSight reports whether the key of r, which Get did not find, is one
-// not seen lately (then it records the sighting): the caller may decide its
-// request without a State, so that a key seen once costs none. A key is
-// remembered for at least the cache's maxKeys first sightings of others;
-// about 1.4 % of new keys are taken for seen ones.
-func (c *Cache) FirstSight(r Ref) bool { return !c.door.seen(r.key, r.check) }
+// not seen lately (then it records the sighting), for a request at ms: the
+// caller may decide its request without a State, so that a key seen once,
+// or seldom, costs none. A key is remembered for at least the cache's
+// maxKeys first sightings of others and, when span > 0, for at least span
+// ms of request time; with span > 0 it is forgotten once requests have
+// come for two spans after its sighting (see doorkeeper). About 1.4 % of
+// new keys are taken for seen ones.
+func (c *Cache) FirstSight(r Ref, ms, span int64) bool { return !c.door.seen(r.key, r.check, ms, span) }
 
 // GetOrCreate returns the state of user under rule, creating it (with
 // NewState(redisKey(), rule)) if needed.

@@ -14,13 +14,19 @@ import (
 //
 // It is a Bloom filter with two hashes (the Cache's two independent hashes
 // of the key), in two generations: a key is seen if the current or the
-// previous generation holds it; after capacity first sightings the current
-// generation becomes the previous one and a cleared one takes its place.
-// So a key is remembered for at least capacity first sightings of other
-// keys. A false positive (a new key taken for one seen) only costs that
-// key a State a request early; a key forgotten only costs it one more
-// request without State. It is safe for concurrent use, and lock-free but
-// for the rotation.
+// previous generation holds it; after capacity first sightings, or (when
+// the caller gives a span) once a request's time is span ms past the
+// current generation's start, the current generation becomes the previous
+// one and a cleared one takes its place. So a key is remembered for at
+// least capacity first sightings of other keys and, with a span, for at
+// least span ms of request time; and with a span it is forgotten once two
+// spans have passed, so that a user whose requests come further apart than
+// that (one every few seconds, at a sync interval of 100 ms) never costs a
+// State: it would hold a lease no request spends and cost a place in every
+// sync pass until evicted. A false positive (a new key taken for one seen)
+// only costs that key a State a request early; a key forgotten only costs
+// it one more request without State. It is safe for concurrent use, and
+// lock-free but for the rotation.
 type doorkeeper struct {
 	gens     atomic.Pointer[doorGens]
 	sighted  atomic.Int64 // first sightings in the current generation
@@ -31,6 +37,7 @@ type doorkeeper struct {
 type doorGens struct {
 	cur, prev []atomic.Uint64
 	mask      uint64 // of bit indexes
+	start     int64  // request time (ms) at which cur became current
 }
 
 // Sizing: bits per key of capacity (16 bits and two hashes: about 1.4 %
@@ -58,9 +65,13 @@ func has(g []atomic.Uint64, a, b uint64) bool {
 }
 
 // seen reports whether the key of hashes (key, check) was seen lately; if
-// not, it records it.
-func (d *doorkeeper) seen(key, check uint64) bool {
+// not, it records it. ms is the request's time and span (> 0) how long a
+// generation lasts in request time; span 0 rotates on counts only.
+func (d *doorkeeper) seen(key, check uint64, ms, span int64) bool {
 	g := d.gens.Load()
+	if span > 0 && ms-g.start >= span {
+		g = d.rotate(g, ms)
+	}
 	a, b := key&g.mask, (check>>1)&g.mask
 	if has(g.cur, a, b) || has(g.prev, a, b) {
 		return true
@@ -68,21 +79,29 @@ func (d *doorkeeper) seen(key, check uint64) bool {
 	g.cur[a/64].Or(1 << (a % 64))
 	g.cur[b/64].Or(1 << (b % 64))
 	if d.sighted.Add(1) >= d.capacity {
-		d.rotate(g)
+		d.rotate(g, g.start)
 	}
 	return false
 }
 
-// rotate makes g's current generation the previous one, unless another
-// call already rotated g.
-func (d *doorkeeper) rotate(g *doorGens) {
+// rotate makes g's current generation the previous one, starting the new
+// one at request time start, unless another call already rotated g; it
+// returns the generations now current. The new generation reuses the
+// bits of the one dropped, cleared before it is published: a reader still
+// holding g may miss a key there, which only takes it for a new one.
+func (d *doorkeeper) rotate(g *doorGens, start int64) *doorGens {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.gens.Load() != g {
-		return
+	if now := d.gens.Load(); now != g {
+		return now
 	}
-	d.gens.Store(&doorGens{cur: make([]atomic.Uint64, len(g.cur)), prev: g.cur, mask: g.mask})
+	for i := range g.prev {
+		g.prev[i].Store(0)
+	}
+	next := &doorGens{cur: g.prev, prev: g.cur, mask: g.mask, start: start}
+	d.gens.Store(next)
 	d.sighted.Store(0)
+	return next
 }
 
 // contains reports whether the key of hashes (key, check) was seen lately,
@@ -104,7 +123,7 @@ func (d *doorkeeper) record(key, check uint64) {
 	g.cur[a/64].Or(1 << (a % 64))
 	g.cur[b/64].Or(1 << (b % 64))
 	if d.sighted.Add(1) >= d.capacity {
-		d.rotate(g)
+		d.rotate(g, g.start)
 	}
 }
 

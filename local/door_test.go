@@ -16,7 +16,7 @@ func TestFirstSight(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	first := func(u string, rule int) bool { return c.FirstSight(c.Get(u, rule)) }
+	first := func(u string, rule int) bool { return c.FirstSight(c.Get(u, rule), 0, 0) }
 	if !first("a", 0) {
 		t.Fatal("a key never seen is not new")
 	}
@@ -76,7 +76,7 @@ func TestFirstSightConcurrent(t *testing.T) {
 		wg.Go(func() {
 			n := 0
 			for i := range keys {
-				if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0)) {
+				if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0), 1000, 100) {
 					n++
 				}
 			}
@@ -87,12 +87,66 @@ func TestFirstSightConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	for i := range keys {
-		if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0)) {
+		if c.FirstSight(c.Get("k"+strconv.Itoa(i), 0), 1000, 100) {
 			t.Fatalf("key %d forgotten", i)
 		}
 	}
 	if news < keys*97/100 || news > keys*goroutines {
 		t.Fatalf("%d first sightings of %d keys by %d goroutines", news, keys, goroutines)
+	}
+}
+
+// TestFirstSightSpan: with a span, a key is remembered for at least span
+// ms of request time after its sighting, however few keys come meanwhile,
+// and forgotten once requests have come for two spans after it: a user
+// whose requests come further apart than that is new at every request. A
+// timestamp older than the generation's start rotates nothing.
+func TestFirstSightSpan(t *testing.T) {
+	c, err := NewCache(1<<12, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const span = 100
+	first := func(u string, ms int64) bool { return c.FirstSight(c.Get(u, 0), ms, span) }
+	t0 := int64(1_700_000_000_000)
+	if !first("a", t0) {
+		t.Fatal("a key never seen is not new")
+	}
+	// Remembered through its own span and the next, request by request
+	// (each sighting of a rotates the filter at most once).
+	for _, ms := range []int64{t0 + 1, t0 + span - 1, t0 + span, t0 + span + 1, t0 + 2*span - 1} {
+		if first("a", ms) {
+			t.Fatalf("a new again at +%d ms, want remembered for at least %d ms", ms-t0, span)
+		}
+	}
+	if first("a", t0-10*span) {
+		t.Fatal("an old timestamp made a new")
+	}
+	// Others' requests at +2·span and +3·span: two rotations since a was
+	// last recorded (at t0, in the generation that started at t0).
+	first("b", t0+2*span)
+	first("b", t0+3*span)
+	if !first("a", t0+3*span) {
+		t.Fatal("a still remembered three spans later: a rare user would get a State")
+	}
+	if first("a", t0+3*span) {
+		t.Fatal("a just seen is new again")
+	}
+	// A user every 3 spans, with other traffic in between, is new every time.
+	u := "rare"
+	for i := range int64(10) {
+		ms := t0 + 10*span + 3*span*i
+		first("other", ms+span)
+		first("other", ms+2*span)
+		if !first(u, ms) && i > 0 {
+			t.Fatalf("request %d of a user every %d ms taken for a seen one", i, 3*span)
+		}
+	}
+	// Span 0: counts only, however far time moves.
+	first("z", t0)
+	if c.FirstSight(c.Get("z", 0), t0+100*span, 0) {
+		t.Fatal("span 0 forgot a key on time")
 	}
 }
 
