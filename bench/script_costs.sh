@@ -24,13 +24,17 @@ source bench/private_redis.sh
 file() {
 	if [ -z "$1" ]; then cat "global/scripts/$2"; else git show "$1:global/scripts/$2"; fi
 }
-declare -A sha
+declare -A sha packed
 for side in old new; do
 	rev=$old
 	[ "$side" = new ] && rev=$new
 	sha[$side.strict]=$($R script load "$(file "$rev" prelude.lua; file "$rev" sliding_window.lua; printf '\nreturn strict_main(sliding_window)\n')")
 	sha[$side.admit]=$($R script load "$(file "$rev" prelude.lua; file "$rev" admit.lua)")
 	sha[$side.lease]=$($R script load "$(file "$rev" prelude.lua; file "$rev" lease.lua; printf '\nreturn lease_main()\n')")
+	# lease.lua reads its arguments packed, one string a key, since the
+	# revision that defines lease_args
+	packed[$side]=0
+	if file "$rev" lease.lua | grep -q '^local lease_args'; then packed[$side]=1; fi
 done
 
 now=1764860000000
@@ -50,17 +54,36 @@ sparse() {
 	redis-benchmark -p "$port" -n 100000 -r 100000000 -c 4 -q evalsha "$s" 1 'k:__rand_int__' "$@" >/dev/null
 	usec_per_key 1
 }
-# pass SHA: 32 keys a call, 5000 calls, after one call that creates them.
+# resp SHA PACKED CALLS: CALLS lease calls of 32 keys (each in its own
+# window with a lease to top up and requests to report) in Redis's protocol,
+# for redis-cli --pipe (binary-safe): the arguments packed in one string a
+# key when PACKED is 1 (lease.lua's lease_args), else 17 a key.
+resp() {
+	python3 - "$1" "$2" "$3" "$now" <<'PY'
+import struct, sys
+sha, packed, calls, now = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
+def bulk(b):
+    b = b if isinstance(b, bytes) else str(b).encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+keys = ["lk%d" % i for i in range(1, 33)]
+if packed:
+    # now, window, limit, n, want, 2 returns, attempts; fixed; known x4, seq; stream ""
+    one = struct.pack("<10qB5qB", now, 10000, 1 << 30, 0, 4, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0)
+    args = [one] * 32
+else:
+    args = [a for _ in keys for a in (now, 10000, 1 << 30, 0, 4, 0, 0, 0, 0, 4, 0, "", 0, 0, 0, 0, 0)]
+parts = [b"EVALSHA", sha, 32] + keys + args
+cmd = b"*%d\r\n" % len(parts) + b"".join(bulk(p) for p in parts)
+sys.stdout.buffer.write(cmd * calls)
+PY
+}
+# pass SHA PACKED: 32 keys a call, 5000 calls, after one call that creates
+# them.
 pass() {
-	local keys=() args=()
-	for i in $(seq 32); do
-		keys+=("lk$i")
-		args+=("$now" 10000 1073741824 0 4 0 0 0 0 4 0 '' 0 0 0 0 0)
-	done
 	$R flushall >/dev/null
-	$R evalsha "$1" 32 "${keys[@]}" "${args[@]}" >/dev/null
+	resp "$1" "$2" 1 | $R --pipe >/dev/null
 	$R config resetstat >/dev/null
-	redis-benchmark -p "$port" -n 5000 -c 2 -q evalsha "$1" 32 "${keys[@]}" "${args[@]}" >/dev/null
+	resp "$1" "$2" 5000 | $R --pipe >/dev/null
 	usec_per_key 32
 }
 
@@ -73,7 +96,7 @@ for r in $(seq "$rounds"); do
 		# the old admit.lua reads ten arguments, the new one six when the
 		# caller knows nothing; four zeros more change neither
 		runs[$side.admit]+=" $(sparse "${sha[$side.admit]}" "$now" 10000 1073741824 1 0 0 0 0 0 0)"
-		runs[$side.lease]+=" $(pass "${sha[$side.lease]}")"
+		runs[$side.lease]+=" $(pass "${sha[$side.lease]}" "${packed[$side]}")"
 	done
 done
 printf '%-6s %-12s %s\n' script "${old}" "${new:-working tree}  (µs per key, median of $rounds)"

@@ -313,13 +313,6 @@ func (m *leaseModel) pin(r LeaseRequest, v int64) {
 // restart): its op records with it.
 func (m *leaseModel) lose(key string) { delete(m.hashes, key) }
 
-func b2i(b bool) int64 {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // leaseOracleConfigs are the keys' settings a history draws from: windows
 // of at least 30 s, so that the 2-window TTLs (real time) outlast any
 // history by far, and limits from 1 to 2^30 (Limit·Window ≤ 2^50).

@@ -299,3 +299,34 @@ func TestKeysLiveWhileWritten(t *testing.T) {
 		time.Sleep(w / 4 * time.Millisecond)
 	}
 }
+
+// TestLeaseRejectsLongStream: a request whose op stream is too long to pack
+// (a length byte) fails with a clear error, alone: the others of its batch
+// are answered, and Lease refuses it before Redis sees it.
+func TestLeaseRejectsLongStream(t *testing.T) {
+	c, p := testClient(t)
+	ctx := context.Background()
+	s := NewStore(c, Options{})
+	defer s.Close()
+	now := int64(1_700_000_000_000)
+	long := LeaseRequest{Key: Key(p, "r", "long"), Now: now, Window: 1000, Limit: 10, N: 1,
+		Op: Op{Stream: "~" + strings.Repeat("x", maxStream), Seq: 1}}
+	if _, err := s.Lease(ctx, long); err == nil || !strings.Contains(err.Error(), "op stream of 256 bytes") {
+		t.Fatalf("Lease of a 256-byte stream: %v, want the stream's error", err)
+	}
+	rs := []LeaseRequest{
+		{Key: Key(p, "r", "a"), Now: now, Window: 1000, Limit: 10, N: 1, Want: 2},
+		long,
+		{Key: Key(p, "r", "b"), Now: now, Window: 1000, Limit: 10, N: 1, Op: Op{Stream: "~ok", Seq: 1}},
+	}
+	res, errs := s.LeaseBatch(ctx, rs)
+	if errs[1] == nil || errs[0] != nil || errs[2] != nil {
+		t.Fatalf("errors %v, want the long stream's only", errs)
+	}
+	if !res[0].Allowed || res[0].Granted != 2 || !res[2].Allowed || res[2].Cur != 1 {
+		t.Fatalf("answers %+v, want a and b admitted (a granted 2)", res)
+	}
+	if n, err := c.Exists(ctx, long.Key).Result(); err != nil || n != 0 {
+		t.Fatalf("the long stream's key: exists %d, %v", n, err)
+	}
+}

@@ -114,7 +114,7 @@ func (r MultiRequest) keysArgs() ([]string, []any) {
 	if r.ServerTime {
 		st = "1"
 	}
-	args := make([]any, 0, 3+5*len(r.Rules)+17*len(r.Leases))
+	args := make([]any, 0, 3+5*len(r.Rules)+len(r.Leases))
 	args = append(args, r.Now, st, len(r.Rules))
 	for _, q := range r.Rules {
 		keys = append(keys, q.Key)
@@ -129,7 +129,7 @@ func (r MultiRequest) keysArgs() ([]string, []any) {
 	}
 	for _, q := range r.Leases {
 		keys = append(keys, q.Key)
-		args = append(args, q.args()...)
+		args = append(args, q.packed())
 	}
 	return keys, args
 }

@@ -6,16 +6,16 @@
 -- KEYS[i]     key i: hash {w, c, p, t, ac = attempts in window w,
 --             ap = in window w-1, v = version, incremented by every call
 --             that changes it; and one field per op stream, see below}
--- ARGV        17 per key: now_ms, window_ms, limit, n (to admit now; 0 =
---             sync only), want (lease to reserve), return_window_1,
---             return_n_1, return_window_2, return_n_2 (unspent leases given
---             back), attempts (requests seen since the last report; n
---             is counted as one more of them), fixed
---             ("1": no previous-window weight), op_stream (a field name, or
---             "": the call names no op), known_window, known_prev,
---             known_cur, known_version (the counts the caller last learned
---             of the key, its own unspent leases included; version 0:
---             none), op_seq
+-- ARGV[i]     key i's arguments, packed in one string (lease_args below):
+--             now_ms, window_ms, limit, n (to admit now; 0 = sync only),
+--             want (lease to reserve), return_window_1, return_n_1,
+--             return_window_2, return_n_2 (unspent leases given back),
+--             attempts (requests seen since the last report; n is counted
+--             as one more of them), fixed (1: no previous-window weight),
+--             known_window, known_prev, known_cur, known_version (the
+--             counts the caller last learned of the key, its own unspent
+--             leases included; version 0: none), op_seq, op_stream (a
+--             field name, or "": the call names no op)
 -- A call that gives tokens back is not idempotent, and clients re-send a
 -- call whose answer timed out: such a call names an op (prelude.lua), and
 -- the key's field op_stream records the stream's last two ops applied. A
@@ -30,31 +30,27 @@
 -- fresh budget.
 -- Counts include every lease reserved and not returned, so leased tokens are
 -- spent locally without ever exceeding the limit.
--- Returns  one reply per key: 10 integers {allowed (0|1), granted, prev,
---          cur, prev_attempts, cur_attempts, now_used, version, restored
---          (1: the key was missing and started from the caller's counts),
---          op (0: applied, 1: a copy of the op applied before, 2: a stale
---          op; for 1 and 2 nothing changed)}, or, when that key's commands
---          failed (a foreign value under it, say), the error's text. One
---          key's error changes nothing of the others'.
+-- Returns  one reply per key: 10 integers packed in a string (lease_reply
+--          below) {allowed (0|1), granted, prev, cur, prev_attempts,
+--          cur_attempts, now_used, version, restored (1: the key was
+--          missing and started from the caller's counts), op (0: applied,
+--          1: a copy of the op applied before, 2: a stale op; for 1 and 2
+--          nothing changed)}, or, when that key's commands failed (a
+--          foreign value under it, say), {the error's text}. One key's
+--          error changes nothing of the others'.
 -- Helpers (fdiv, int, op_state, ...): prelude.lua, which Go puts before
 -- this file. The file defines lease, one key's exchange, and lease_main,
 -- the script's entry, which Go calls at its end (`return lease_main()`);
 -- multi.lua calls lease too, for the hybrid keys of AllowAll, with its
 -- writes deferred until every rule has admitted.
 
--- lease decides key from its 17 arguments after ARGV[a] and writes through
--- put (redis.call, or multi.lua's collector; an op's prune reads the key
--- first, so multi.lua sends no op).
-local function lease(key, a, put)
-  local now = tonumber(ARGV[a + 1])
-  local w = tonumber(ARGV[a + 2])
-  local limit = tonumber(ARGV[a + 3])
-  local n = tonumber(ARGV[a + 4])
-  local want = tonumber(ARGV[a + 5])
-  local attempts = tonumber(ARGV[a + 10])
-  local fixed = ARGV[a + 11] == '1'
-  local stream, seq = ARGV[a + 12], tonumber(ARGV[a + 17])
+-- lease decides key from its arguments, unpacked (lease_args) and writes
+-- through put (redis.call, or multi.lua's collector; an op's prune reads
+-- the key first, so multi.lua sends no op).
+local function lease(key, put, req_now, w, limit, n, want, ret_w1, ret_n1, ret_w2, ret_n2, attempts, fixed,
+                     kw, kp, kc, kv, seq, stream)
+  local now = req_now
+  fixed = fixed == 1
 
   local st
   local op, x, ops = 0, 0, nil
@@ -77,9 +73,7 @@ local function lease(key, a, put)
   local last = tonumber(st[4]) or 0
   if now < last then now = last end
   local idx = fdiv(now, w)
-  local kv = tonumber(ARGV[a + 16])
-  local prev, cur, ap, ac, restored = hybrid_counts(st, idx,
-    tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14]), tonumber(ARGV[a + 15]), kv)
+  local prev, cur, ap, ac, restored = hybrid_counts(st, idx, kw, kp, kc, kv)
   if restored == 1 then version = math.max(version, kv + 1) end
   local prev0 = prev
   if op ~= 0 then
@@ -88,13 +82,14 @@ local function lease(key, a, put)
     local allowed, granted = 0, 0
     if op == 1 then
       allowed = x % 2
-      if fdiv(tonumber(ARGV[a + 1]), w) == idx then granted = fdiv(x, 8) end
+      if fdiv(req_now, w) == idx then granted = fdiv(x, 8) end
     end
     return {allowed, granted, prev, cur, ap, ac, now, tonumber(st[7]) or 0, 0, op}
   end
 
-  for i = a + 6, a + 8, 2 do
-    local ret_w, ret_n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  for i = 1, 2 do
+    local ret_w, ret_n = ret_w1, ret_n1
+    if i == 2 then ret_w, ret_n = ret_w2, ret_n2 end
     if ret_n > 0 then
       if ret_w == idx then
         cur = math.max(cur - ret_n, 0)
@@ -149,20 +144,62 @@ local function lease(key, a, put)
   return {allowed, granted, prev, cur, ap, ac, now, version, restored, 0}
 end
 
+-- lease_args is the struct format of a key's arguments, packed in one
+-- string (global/lease.go, packArgs): the request's time, window, limit,
+-- n, want, the two returns' window and n, attempts (int64 each), fixed (a
+-- byte), the known window, prev, cur and version, the op's seq (int64
+-- each), and the op stream (a length byte, then its bytes). One unpack
+-- costs Redis a fraction of 17 arguments read with tonumber.
+local lease_args = '<i8i8i8i8i8i8i8i8i8i8Bi8i8i8i8i8Bc0'
+-- lease_reply is the struct format of a key's answer: lease's 10 integers.
+local lease_reply = '<i8i8i8i8i8i8i8i8i8i8'
+
+-- Redis has the struct library; an embedded store (miniredis, the demo's
+-- default) may not, and gets the same formats in plain Lua, slower but
+-- exact for every integer below 2^53 (lease_portable_test.go checks the
+-- two agree on a real Redis).
+local function portable_int(s, i) -- the little-endian int64 at s[i..i+7]
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(s, i, i + 7)
+  local hi = b5 + 256 * (b6 + 256 * (b7 + 256 * b8))
+  if hi >= 2147483648 then hi = hi - 4294967296 end
+  return hi * 4294967296 + (b1 + 256 * (b2 + 256 * (b3 + 256 * b4)))
+end
+local function portable_unpack_args(_, s)
+  local v = {}
+  for j = 0, 9 do v[#v + 1] = portable_int(s, 1 + 8 * j) end
+  v[#v + 1] = string.byte(s, 81)
+  for j = 0, 4 do v[#v + 1] = portable_int(s, 82 + 8 * j) end
+  local len = string.byte(s, 122)
+  v[#v + 1] = string.sub(s, 123, 122 + len)
+  return unpack(v)
+end
+local function portable_pack_reply(_, ...)
+  local out = {}
+  for _, x in ipairs({...}) do
+    local lo = x % 4294967296
+    local hi = (x - lo) / 4294967296 % 4294967296
+    for _, h in ipairs({lo, hi}) do
+      out[#out + 1] = string.char(h % 256, fdiv(h, 256) % 256, fdiv(h, 65536) % 256, fdiv(h, 16777216) % 256)
+    end
+  end
+  return table.concat(out)
+end
+local unpack_args, pack_reply = portable_unpack_args, portable_pack_reply
+if rawget(_G, 'struct') then unpack_args, pack_reply = struct.unpack, struct.pack end
+
 local function lease_main()
   local out = {}
   for i = 1, #KEYS do
-    local a = 17 * (i - 1)
     -- A key fails on its first command in practice (a foreign value under
     -- it) and writes nothing; a later failure (out of memory) may leave its
     -- writes, which the caller treats as a lost answer.
-    local ok, r = pcall(lease, KEYS[i], a, redis.call)
+    local ok, r = pcall(lease, KEYS[i], redis.call, unpack_args(lease_args, ARGV[i]))
     if ok then
-      out[i] = r
+      out[i] = pack_reply(lease_reply, unpack(r))
     elseif type(r) == 'table' and r.err then
-      out[i] = r.err
+      out[i] = {r.err}
     else
-      out[i] = tostring(r)
+      out[i] = {tostring(r)}
     end
   end
   return out

@@ -9,8 +9,9 @@
 -- ARGV     now_ms, use_server_time ("1" or "0"), the number of strict
 --          rules, then per strict rule: algorithm (0 sliding window, 1
 --          sliding log, 2 fixed window, 3 token bucket), window_ms, limit,
---          n, burst; then per hybrid key lease.lua's 17 arguments (naming
---          no op: nothing given back). No two rules share a key.
+--          n, burst; then per hybrid key lease.lua's arguments, packed in
+--          one string (naming no op: nothing given back). No two rules
+--          share a key.
 -- Returns  {0, then per strict rule allowed (1), remaining,
 --          retry_after_ms, reset_after_ms, then per hybrid key lease.lua's
 --          10 integers} when every rule admits (all counted), or {i, then
@@ -47,14 +48,14 @@ for i, r in ipairs(rules) do
   for j = 1, 4 do out[#out + 1] = d[j] end
 end
 for j = k, #KEYS do
-  local d = lease(KEYS[j], a - 1, defer) -- lease reads ARGV[a + 1] on
+  local d = lease(KEYS[j], defer, unpack_args(lease_args, ARGV[a]))
   if d[1] == 0 then
     d[8] = tonumber(redis.call('HGET', KEYS[j], 'v')) or 0 -- not written: the version as it is
     table.insert(d, 1, nstrict + j - k + 1)
     return d
   end
   for m = 1, 10 do out[#out + 1] = d[m] end
-  a = a + 17
+  a = a + 1
 end
 for _, c in ipairs(writes) do redis.call(unpack(c)) end
 for i, r in ipairs(rules) do
