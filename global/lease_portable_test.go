@@ -49,8 +49,8 @@ return {struct ~= nil and 1 or 0, x}
 		r := LeaseRequest{Now: num(), Window: num(), Limit: num(), N: num(), Want: num(),
 			Returns:  [2]Return{{Window: num(), N: num()}, {Window: num(), N: num()}},
 			Attempts: num(), Fixed: i%2 == 0,
-			Known:    Known{Window: num(), Prev: num(), Cur: num(), Version: num()},
-			Op:       Op{Stream: "~abcdefgh"[:i%10], Seq: uint64(rng.Int64N(1 << 53))}}
+			Known: Known{Window: num(), Prev: num(), Cur: num(), Version: num()},
+			Op:    Op{Stream: "~abcdefgh"[:i%10], Seq: uint64(rng.Int64N(1 << 53))}}
 		answer := make([]int64, 10)
 		args := []any{r.packed()}
 		for j := range answer {
