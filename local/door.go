@@ -25,8 +25,12 @@ import (
 // State: it would hold a lease no request spends and cost a place in every
 // sync pass until evicted. A false positive (a new key taken for one seen)
 // only costs that key a State a request early; a key forgotten only costs
-// it one more request without State. It is safe for concurrent use, and
-// lock-free but for the rotation.
+// it one more request without State. Time moves a generation's start
+// forward only: a request stamped ahead (a caller's MaxSkew allows minutes)
+// holds the time rotation back until the stamps reach it, and for so long
+// keys are forgotten on counts only, as before there was a span; costlier,
+// never wrong. It is safe for concurrent use, and lock-free but for the
+// rotation.
 type doorkeeper struct {
 	gens     atomic.Pointer[doorGens]
 	sighted  atomic.Int64 // first sightings in the current generation
