@@ -143,6 +143,18 @@ func TestFirstSightSpan(t *testing.T) {
 			t.Fatalf("request %d of a user every %d ms taken for a seen one", i, 3*span)
 		}
 	}
+	// A request stamped ahead holds the time rotation back (keys are then
+	// remembered longer, never shorter): y, seen before it, is still
+	// remembered ten spans later by the clock of the other requests.
+	ahead := t0 + 1000*span
+	first("y", ahead-10*span)
+	first("early", ahead)
+	for i := range int64(10) {
+		first("other", ahead-9*span+i*span)
+	}
+	if first("y", ahead-span) {
+		t.Fatal("y forgotten on time while the generation started ahead of the stamps")
+	}
 	// Span 0: counts only, however far time moves.
 	first("z", t0)
 	if c.FirstSight(c.Get("z", 0), t0+100*span, 0) {
