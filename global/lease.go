@@ -307,26 +307,20 @@ func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResul
 	if len(rs) == 0 {
 		return res, errs
 	}
-	var good []int // the requests that can be sent, when some cannot
+	bad := false // some request cannot be sent: send the others
 	for i, r := range rs {
-		if errs[i] = r.check(); errs[i] != nil && good == nil {
-			good = make([]int, 0, len(rs))
-			for k := range i {
-				good = append(good, k)
-			}
-		} else if errs[i] == nil && good != nil {
-			good = append(good, i)
+		if errs[i] = r.check(); errs[i] != nil {
+			bad = true
 		}
 	}
-	if good != nil {
-		sub := make([]LeaseRequest, len(good))
-		for j, k := range good {
-			sub[j] = rs[k]
+	if bad {
+		var good []int
+		for i := range rs {
+			if errs[i] == nil {
+				good = append(good, i)
+			}
 		}
-		subRes, subErrs := s.LeaseBatch(ctx, sub)
-		for j, k := range good {
-			res[k], errs[k] = subRes[j], subErrs[j]
-		}
+		s.leaseSome(ctx, rs, good, res, errs)
 		return res, errs
 	}
 	sharded := s.sharded.Load()
@@ -375,16 +369,23 @@ func (s *Store) LeaseBatch(ctx context.Context, rs []LeaseRequest) ([]LeaseResul
 		// Redis refused those calls before running them: send them again,
 		// grouped by hash tag from now on.
 		s.sharded.Store(true)
-		sub := make([]LeaseRequest, len(again))
-		for i, k := range again {
-			sub[i] = rs[k]
-		}
-		subRes, subErrs := s.LeaseBatch(ctx, sub)
-		for i, k := range again {
-			res[k], errs[k] = subRes[i], subErrs[i]
-		}
+		s.leaseSome(ctx, rs, again, res, errs)
 	}
 	return res, errs
+}
+
+// leaseSome runs the requests rs[k] for k in which as a LeaseBatch of
+// their own, and puts their results and errors at their places in res and
+// errs.
+func (s *Store) leaseSome(ctx context.Context, rs []LeaseRequest, which []int, res []LeaseResult, errs []error) {
+	sub := make([]LeaseRequest, len(which))
+	for j, k := range which {
+		sub[j] = rs[k]
+	}
+	subRes, subErrs := s.LeaseBatch(ctx, sub)
+	for j, k := range which {
+		res[k], errs[k] = subRes[j], subErrs[j]
+	}
 }
 
 // admit passes each of ops through the breaker of its master, once per
