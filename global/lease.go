@@ -143,18 +143,25 @@ const packedSize = 15*8 + 2
 // of a few bytes). Redis unpacks it in one call instead of parsing 17
 // arguments.
 func (r LeaseRequest) packed() string {
-	b := make([]byte, 0, packedSize+len(r.Op.Stream))
+	var sb strings.Builder // one allocation: String does not copy
+	sb.Grow(packedSize + len(r.Op.Stream))
+	var w [8]byte
+	put := func(x uint64) {
+		binary.LittleEndian.PutUint64(w[:], x)
+		sb.Write(w[:])
+	}
 	for _, x := range [...]int64{r.Now, r.Window, r.Limit, r.N, r.Want,
 		r.Returns[0].Window, r.Returns[0].N, r.Returns[1].Window, r.Returns[1].N, r.Attempts} {
-		b = binary.LittleEndian.AppendUint64(b, uint64(x))
+		put(uint64(x))
 	}
-	b = append(b, byte(b2i(r.Fixed)))
+	sb.WriteByte(byte(b2i(r.Fixed)))
 	for _, x := range [...]int64{r.Known.Window, r.Known.Prev, r.Known.Cur, r.Known.Version} {
-		b = binary.LittleEndian.AppendUint64(b, uint64(x))
+		put(uint64(x))
 	}
-	b = binary.LittleEndian.AppendUint64(b, r.Op.Seq) // below 2^53: Lua reads a double
-	b = append(b, byte(len(r.Op.Stream)))
-	return string(append(b, r.Op.Stream...))
+	put(r.Op.Seq) // below 2^53: Lua reads a double
+	sb.WriteByte(byte(len(r.Op.Stream)))
+	sb.WriteString(r.Op.Stream)
+	return sb.String()
 }
 
 // b2i is 1 for true, 0 for false.
@@ -219,13 +226,14 @@ func leaseReplies(cmd *redis.Cmd, want int) ([]leaseReply, error) {
 		return nil, fmt.Errorf("global: lease script answered %d keys, want %d", len(all), want)
 	}
 	out := make([]leaseReply, want)
+	ints := make([]int64, 10*want) // every key's, in one allocation
 	for i, x := range all {
 		switch x := x.(type) {
 		case string: // 10 int64s, packed (lease.lua's lease_reply)
 			if len(x) != 80 {
 				return nil, fmt.Errorf("global: lease script answered %d bytes for a key, want 80", len(x))
 			}
-			v := make([]int64, 10)
+			v := ints[10*i : 10*i+10 : 10*i+10]
 			for j := range v {
 				v[j] = int64(binary.LittleEndian.Uint64([]byte(x[8*j:])))
 			}
@@ -250,7 +258,7 @@ func (b leaseBatch) keysArgs() ([]string, []any) {
 	args := make([]any, 0, len(b))
 	for _, r := range b {
 		keys = append(keys, r.Key)
-		args = append(args, r.args()...)
+		args = append(args, r.packed())
 	}
 	return keys, args
 }
